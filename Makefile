@@ -1,0 +1,47 @@
+# Every target does its own set-up: a fresh machine needs only `make demo` or `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+BROKERS := $(PYTHON) scripts/brokers.py
+
+.PHONY: install demo test lint unit integration bench brokers brokers-down clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The sample service on the in-memory default (no broker, no set-up).
+demo: $(STAMP)
+	$(BIN)/hexbus demo
+
+## Quality gates, then every test (brokers are provisioned and stopped again).
+test: lint
+	$(BROKERS) run -- $(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/mypy --strict src
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider
+
+integration: $(STAMP)
+	$(BROKERS) run -- $(BIN)/python -m pytest tests/integration -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(BIN)/hexbus bench --adapter memory
+
+brokers:
+	$(BROKERS) up
+
+brokers-down:
+	$(BROKERS) down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

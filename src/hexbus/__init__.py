@@ -1,0 +1,90 @@
+"""hexbus: one typed domain-event bus for asyncio services, with swappable transports.
+
+Application code publishes ``DomainEvent``s through the ``EventBus`` port; the
+``Container`` picks the transport (memory, RabbitMQ, Kafka) from ``HEXBUS_ADAPTER``.
+"""
+
+from hexbus.application.bus import BusState, EventBusBase
+from hexbus.application.dispatch import DispatchStats
+from hexbus.application.handlers import (
+    EventHandler,
+    EventRouter,
+    Subscription,
+    default_router,
+    on_event,
+)
+from hexbus.application.middleware import (
+    CorrelationIdMiddleware,
+    FilterMiddleware,
+    LoggingMiddleware,
+)
+from hexbus import errors
+from hexbus.domain.context import DeliveryContext, current_context
+from hexbus.domain.errors import (
+    BusClosedError,
+    ConfigurationError,
+    DecodeError,
+    DuplicateEventTypeError,
+    EventSchemaError,
+    HexbusError,
+    InvalidHandlerError,
+    InvalidMetadataError,
+    InvalidPatternError,
+    NotADomainEventError,
+    NotStartedError,
+    PublishError,
+    UnknownEventTypeError,
+)
+from hexbus.domain.events import DomainEvent, EventRegistry, event_from_dict, event_registry
+from hexbus.domain.ports import EventBus, EventBusProtocol, Handler, Middleware
+from hexbus.infrastructure.audit import AuditLogHandler
+from hexbus.infrastructure.container import Container
+from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
+from hexbus.infrastructure.settings import HexbusSettings, load_settings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuditLogHandler",
+    "BusClosedError",
+    "BusState",
+    "ConfigurationError",
+    "Container",
+    "CorrelationIdMiddleware",
+    "DecodeError",
+    "DeliveryContext",
+    "DispatchStats",
+    "DomainEvent",
+    "DuplicateEventTypeError",
+    "EventBus",
+    "EventBusBase",
+    "EventBusProtocol",
+    "EventHandler",
+    "EventRegistry",
+    "EventRouter",
+    "EventSchemaError",
+    "FilterMiddleware",
+    "Handler",
+    "HexbusError",
+    "HexbusSettings",
+    "InMemoryEventBus",
+    "InvalidHandlerError",
+    "InvalidMetadataError",
+    "InvalidPatternError",
+    "LoggingMiddleware",
+    "MemoryConfig",
+    "Middleware",
+    "NotADomainEventError",
+    "NotStartedError",
+    "PublishError",
+    "Subscription",
+    "UnknownEventTypeError",
+    "__version__",
+    "current_context",
+    "default_router",
+    "errors",
+    "event_from_dict",
+    "event_registry",
+    "load_settings",
+    "on_event",
+]

@@ -1,0 +1,1 @@
+"""The application layer: subscriptions, middleware, dispatch. Imports the domain only."""

@@ -1,0 +1,194 @@
+"""What every bus shares, whatever the transport: subscriptions, middleware, lifecycle.
+
+Why a base class next to the ``EventBus`` protocol: the protocol is what use cases
+depend on; this class is how adapters avoid writing subscribe/register/include and the
+lifecycle checks three times, so the three behave identically.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, Self
+
+from hexbus.application.handlers import (
+    EventRouter,
+    Subscription,
+    SubscriptionTable,
+    handler_subscriptions,
+)
+from hexbus.application.middleware import MiddlewareChain
+from hexbus.domain.errors import (
+    BusClosedError,
+    InvalidMetadataError,
+    NotADomainEventError,
+    NotStartedError,
+)
+from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
+from hexbus.domain.ports import Handler, Middleware, SubscriptionTarget
+
+__all__ = ["BusState", "EventBusBase", "validate_metadata"]
+
+_NO_METADATA: Mapping[str, str] = MappingProxyType({})
+
+
+class BusState(enum.Enum):
+    """Lifecycle: NEW → RUNNING → CLOSED. A closed bus says so; it is not restarted."""
+
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    CLOSED = "closed"
+
+
+def validate_metadata(metadata: Mapping[str, str] | None) -> Mapping[str, str]:
+    """Check publish metadata is ``str → str`` (it travels as broker headers)."""
+    if not metadata:
+        return _NO_METADATA
+    if not isinstance(metadata, Mapping):
+        raise InvalidMetadataError(
+            f"metadata must be a mapping of str to str, got {type(metadata).__name__}"
+        )
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidMetadataError(
+                f"metadata entry {key!r}: {value!r} is not str → str; convert values with "
+                "str() before publishing (metadata travels as message headers)"
+            )
+    return MappingProxyType(dict(metadata))
+
+
+class EventBusBase:
+    """Subscriptions, middleware and lifecycle; adapters add ``publish``/``start``/``stop``."""
+
+    adapter_name = "base"
+
+    def __init__(self, *, registry: EventRegistry = event_registry) -> None:
+        self.registry = registry
+        self.subscriptions = SubscriptionTable(registry)
+        self.middleware = MiddlewareChain()
+        self.state = BusState.NEW
+
+    # -- subscriptions ---------------------------------------------------------------
+    def subscribe(
+        self, event_type: SubscriptionTarget, handler: Handler, *, name: str | None = None
+    ) -> None:
+        """Subscribe ``handler`` to an event class (exact) or an AMQP-style pattern."""
+        sub = self.subscriptions.add(event_type, handler, name)
+        if sub is not None:
+            self._subscribed(sub)
+
+    def unsubscribe(self, event_type: SubscriptionTarget, handler: Handler) -> None:
+        sub = self.subscriptions.remove(event_type, handler)
+        if sub is not None:
+            self._unsubscribed(sub)
+
+    def register(self, obj: Any) -> None:
+        """Subscribe an ``EventHandler`` object's ``handle`` to each of its ``event_types``."""
+        for target, handler, name in handler_subscriptions(obj):
+            self.subscribe(target, handler, name=name)
+
+    def unregister(self, obj: Any) -> None:
+        for target, handler, _ in handler_subscriptions(obj):
+            self.unsubscribe(target, handler)
+
+    def include(self, router: EventRouter) -> None:
+        """Subscribe every handler collected by ``router`` (``@router.on`` / ``@on_event``)."""
+        for target, handler, name in router:
+            self.subscribe(target, handler, name=name)
+
+    def clear(self) -> None:
+        """Remove every subscription (between tests)."""
+        for sub in list(self.subscriptions):
+            self.unsubscribe(sub.target, sub.handler)
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        self.middleware.add(middleware)
+
+    def _subscribed(self, sub: Subscription) -> None:
+        """Hook for adapters that must declare something for a new subscription."""
+
+    def _unsubscribed(self, sub: Subscription) -> None:
+        """Hook for adapters that must tear something down for a removed subscription."""
+
+    # -- publishing --------------------------------------------------------------------
+    def _check_publish(self, event: Any) -> None:
+        if self.state is not BusState.RUNNING:
+            self._raise_not_running()
+        if not isinstance(event, DomainEvent):
+            raise NotADomainEventError(
+                f"publish() takes a DomainEvent instance, got {type(event).__name__}; "
+                "build one (e.g. UserCreated(...)) or use hexbus.event_from_dict(type, data)"
+            )
+
+    def _raise_not_running(self) -> None:
+        if self.state is BusState.NEW:
+            raise NotStartedError(
+                f"the {self.adapter_name} event bus is not started; call `await bus.start()` "
+                "or use `async with bus:` before publishing"
+            )
+        raise BusClosedError(
+            f"the {self.adapter_name} event bus is {self.state.value}; a stopped bus cannot "
+            "publish or be restarted, create a new one"
+        )
+
+    async def publish(
+        self,
+        event: DomainEvent,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+        session: Any = None,
+    ) -> None:
+        raise NotImplementedError
+
+    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
+        """Publish in order; adapters override this to batch."""
+        for event in list(events):
+            await self.publish(event)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.state is BusState.RUNNING:
+            return
+        if self.state is not BusState.NEW:
+            self._raise_not_running()
+        await self._start()
+        self.state = BusState.RUNNING
+
+    async def stop(self) -> None:
+        """Drain in-flight work and close; calling it again is harmless."""
+        if self.state in (BusState.CLOSED, BusState.STOPPING):
+            return
+        was_new = self.state is BusState.NEW
+        self.state = BusState.STOPPING
+        try:
+            if not was_new:
+                await self._stop()
+        finally:
+            self.state = BusState.CLOSED
+
+    async def _start(self) -> None:
+        """Adapter start-up (connect, declare)."""
+
+    async def _stop(self) -> None:
+        """Adapter shutdown (drain, close)."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} state={self.state.value} "
+            f"subscriptions={len(self.subscriptions)}>"
+        )

@@ -1,0 +1,217 @@
+"""Subscriptions: who handles what, and under which durable name.
+
+Why one ``SubscriptionTable`` shared by every adapter: the memory bus routes with it,
+and the broker adapters declare one durable queue / consumer group per subscription
+name from it, so ``subscribe`` behaves the same whatever the transport.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+from hexbus.application.patterns import compile_pattern
+from hexbus.application.wiring import check_handler, handler_name, is_async_handler
+from hexbus.domain.errors import InvalidHandlerError, InvalidPatternError
+from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
+from hexbus.domain.ports import Handler, SubscriptionTarget
+
+__all__ = [
+    "EventHandler",
+    "EventRouter",
+    "Subscription",
+    "SubscriptionTable",
+    "default_router",
+    "on_event",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Subscription:
+    """One handler bound to one event class or pattern, under a durable ``name``."""
+
+    target: SubscriptionTarget
+    handler: Handler
+    name: str
+    is_async: bool
+
+    @property
+    def routing_key(self) -> str:
+        """The event type or pattern as the brokers see it (AMQP binding key)."""
+        return self.target if isinstance(self.target, str) else self.target.event_type
+
+    def matches(self, event_cls: type[DomainEvent]) -> bool:
+        if isinstance(self.target, str):
+            return compile_pattern(self.target).match(event_cls.event_type) is not None
+        return event_cls is self.target
+
+
+def _normalise_target(target: Any) -> SubscriptionTarget:
+    if isinstance(target, str):
+        compile_pattern(target)  # an exact wire name is a pattern without wildcards
+        return target
+    if isinstance(target, type) and issubclass(target, DomainEvent):
+        if target is DomainEvent:
+            raise InvalidPatternError(
+                "subscribe to DomainEvent itself is ambiguous; use the pattern '#' for all events"
+            )
+        return target
+    raise InvalidPatternError(
+        f"cannot subscribe to {target!r}: pass a DomainEvent subclass or an AMQP-style "
+        "pattern string such as 'user.*' or '#'"
+    )
+
+
+class SubscriptionTable:
+    """The subscriptions of one bus, with a per-event-class lookup cache."""
+
+    def __init__(self, registry: EventRegistry = event_registry) -> None:
+        self._registry = registry
+        self._subs: list[Subscription] = []
+        #: event class → its subscriptions; filled lazily, emptied on every change.
+        self.routes: dict[type[DomainEvent], tuple[Subscription, ...]] = {}
+
+    def add(
+        self, target: Any, handler: Any, name: str | None = None
+    ) -> Subscription | None:
+        """Add a subscription; ``None`` when the same (target, handler) is already there."""
+        target = _normalise_target(target)
+        check_handler(target, handler, self._registry)
+        for sub in self._subs:
+            if sub.target == target and sub.handler == handler:
+                return None  # idempotent: subscribing twice changes nothing
+        resolved = name or handler_name(handler)
+        for sub in self._subs:
+            if sub.name == resolved and sub.handler != handler:
+                raise InvalidHandlerError(
+                    f"subscription name {resolved!r} is already used by another handler "
+                    f"({handler_name(sub.handler)}); pass a distinct name= so each handler "
+                    "keeps its own durable queue / consumer group"
+                )
+        sub = Subscription(target, handler, resolved, is_async_handler(handler))
+        self._subs.append(sub)
+        self.routes.clear()
+        return sub
+
+    def remove(self, target: Any, handler: Any) -> Subscription | None:
+        """Remove a subscription; unknown ones are ignored (like ``set.discard``)."""
+        target = _normalise_target(target)
+        for i, sub in enumerate(self._subs):
+            if sub.target == target and sub.handler == handler:
+                del self._subs[i]
+                self.routes.clear()
+                return sub
+        return None
+
+    def clear(self) -> None:
+        self._subs.clear()
+        self.routes.clear()
+
+    def for_event(self, event_cls: type[DomainEvent]) -> tuple[Subscription, ...]:
+        """Subscriptions that receive ``event_cls``, in subscription order (cached)."""
+        found = self.routes.get(event_cls)
+        if found is None:
+            found = tuple(sub for sub in self._subs if sub.matches(event_cls))
+            self.routes[event_cls] = found
+        return found
+
+    def by_name(self) -> dict[str, list[Subscription]]:
+        """Subscriptions grouped by durable name (one queue / group each)."""
+        out: dict[str, list[Subscription]] = {}
+        for sub in self._subs:
+            out.setdefault(sub.name, []).append(sub)
+        return out
+
+    def __iter__(self) -> Iterator[Subscription]:
+        return iter(tuple(self._subs))
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+
+class EventHandler:
+    """A handler class: list ``event_types`` and implement ``handle``.
+
+    Why a class: handlers with collaborators (a mailer, a cache) get them through the
+    constructor, so the container can inject them; ``bus.register(obj)`` subscribes
+    ``obj.handle`` to every entry of ``event_types``.
+    """
+
+    event_types: ClassVar[tuple[SubscriptionTarget, ...]] = ()
+    #: Durable subscription name; default: ``module.ClassName``.
+    subscription_name: ClassVar[str | None] = None
+
+    async def handle(self, event: Any) -> None:
+        raise NotImplementedError(f"{type(self).__qualname__} must implement handle(event)")
+
+    def subscriptions(self) -> list[tuple[SubscriptionTarget, Handler, str]]:
+        cls = type(self)
+        if not cls.event_types:
+            raise InvalidHandlerError(
+                f"{cls.__qualname__}.event_types is empty; list the event classes or "
+                "patterns it handles, e.g. event_types = (UserCreated, 'item.*')"
+            )
+        name = cls.subscription_name or f"{cls.__module__}.{cls.__qualname__}"
+        return [(target, self.handle, name) for target in cls.event_types]
+
+
+def handler_subscriptions(obj: Any) -> list[tuple[SubscriptionTarget, Handler, str]]:
+    """What ``register(obj)`` subscribes: an ``EventHandler`` or anything shaped like one."""
+    if isinstance(obj, EventHandler):
+        return obj.subscriptions()
+    if hasattr(obj, "event_types") and callable(getattr(obj, "handle", None)):
+        return EventHandler.subscriptions(obj)
+    raise InvalidHandlerError(
+        f"cannot register {obj!r}: it needs an event_types tuple and a handle(event) method "
+        "(subclass hexbus.EventHandler); for a plain function use bus.subscribe(EventType, fn)"
+    )
+
+
+@dataclass
+class EventRouter:
+    """Handlers collected by decorator, added to a bus with ``bus.include(router)``.
+
+    Why a router: modules declare their handlers at import time without knowing which
+    bus (memory in tests, a broker in production) they will be attached to.
+    """
+
+    registry: EventRegistry = field(default=event_registry, repr=False)
+    entries: list[tuple[SubscriptionTarget, Handler, str | None]] = field(default_factory=list)
+
+    def on(self, *targets: Any, name: str | None = None) -> Callable[[F], F]:
+        if not targets:
+            raise InvalidPatternError(
+                "on() needs at least one event class or pattern, e.g. @router.on(UserCreated)"
+            )
+
+        def decorator(handler: F) -> F:
+            for target in targets:
+                self.add(target, handler, name=name)
+            return handler
+
+        return decorator
+
+    def add(self, target: Any, handler: Any, *, name: str | None = None) -> None:
+        target = _normalise_target(target)
+        check_handler(target, handler, self.registry)  # fail at import, not at include
+        entry = (target, handler, name)
+        if entry not in self.entries:
+            self.entries.append(entry)
+
+    def __iter__(self) -> Iterator[tuple[SubscriptionTarget, Handler, str | None]]:
+        return iter(tuple(self.entries))
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+#: The router behind module-level ``@on_event``; the container includes it in its bus.
+default_router = EventRouter()
+
+
+def on_event(*targets: Any, name: str | None = None) -> Callable[[F], F]:
+    """Module-level decorator: ``@on_event(UserCreated)`` adds to ``default_router``."""
+    return default_router.on(*targets, name=name)

@@ -1,0 +1,1 @@
+"""The domain layer: events, the ``EventBus`` port, errors. Only pydantic and stdlib."""

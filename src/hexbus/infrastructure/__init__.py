@@ -1,0 +1,1 @@
+"""Adapters, codec, settings and the composition root."""

@@ -1,0 +1,563 @@
+"""CloudEvents 1.0 codec (binary content mode), shared by the RabbitMQ and Kafka adapters.
+
+Why CloudEvents in binary mode: the envelope (id, type, source, time ...) travels as
+message headers and the body is the event's own fields as plain JSON, so a non-Python
+service reads and writes hexbus events with any CloudEvents SDK, and a consumer can route
+or dead-letter a message by its headers without parsing the body.
+
+Why the codec speaks in plain attribute names (``id``, ``type`` ...) and the bindings are
+separate small functions: the two brokers differ only in how attribute names are prefixed
+(``ce_`` for Kafka, ``cloudEvents:`` for AMQP) and where ``datacontenttype`` goes; the
+encoding rules themselves are written once.
+
+Metadata (``ip_address``, ``user_agent`` ...) rides as CloudEvents extensions. Extension
+names may only hold lower-case ASCII letters and digits, so each key travels under its
+sanitized name and the extension ``hexbusmetakeys`` lists the original spelling of every
+key whose name changed; a hexbus decoder restores the exact keys, a foreign consumer
+still sees readable names, and a foreign producer's extensions come back as metadata
+under their own names.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from hexbus.domain.errors import DecodeError, InvalidMetadataError, UnknownEventTypeError
+from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
+
+__all__ = [
+    "AMQP_PREFIX",
+    "AMQP_PREFIX_JMS",
+    "CONTENT_TYPE",
+    "ENVELOPE_FIELDS",
+    "KAFKA_CONTENT_TYPE_HEADER",
+    "KAFKA_PREFIX",
+    "METAKEYS_EXTENSION",
+    "RESERVED_ATTRIBUTES",
+    "SPECVERSION",
+    "CloudEventCodec",
+    "DecodeReason",
+    "decode_error_reason",
+    "extension_name",
+    "from_amqp_headers",
+    "from_kafka_headers",
+    "to_amqp_headers",
+    "to_kafka_headers",
+]
+
+SPECVERSION: Final = "1.0"
+CONTENT_TYPE: Final = "application/json"
+KAFKA_PREFIX: Final = "ce_"
+KAFKA_CONTENT_TYPE_HEADER: Final = "content-type"
+AMQP_PREFIX: Final = "cloudEvents:"
+#: The AMQP binding's alternative prefix, for JMS / RabbitMQ clients that disallow ':'.
+AMQP_PREFIX_JMS: Final = "cloudEvents_"
+METAKEYS_EXTENSION: Final = "hexbusmetakeys"
+_KAFKA_PREFIX_LEN: Final = len(KAFKA_PREFIX)
+_AMQP_PREFIX_LEN: Final = len(AMQP_PREFIX)  # == len(AMQP_PREFIX_JMS)
+
+#: The ``DomainEvent`` base fields; they travel as CloudEvents attributes, never in data.
+ENVELOPE_FIELDS: Final[frozenset[str]] = frozenset(DomainEvent.model_fields)
+# pydantic's ``exclude`` wants a ``set``; built once, never mutated.
+_BODY_EXCLUDE: Final[set[str]] = set(ENVELOPE_FIELDS)
+
+#: Attribute names hexbus or the CloudEvents spec gives a meaning; metadata may not use them.
+RESERVED_ATTRIBUTES: Final[frozenset[str]] = frozenset(
+    {
+        "specversion",
+        "id",
+        "type",
+        "source",
+        "time",
+        "datacontenttype",
+        "dataschema",
+        "subject",
+        "data",
+        "correlationid",
+        "causationid",
+        "eventversion",
+        METAKEYS_EXTENSION,
+    }
+)
+_REQUIRED: Final = ("specversion", "id", "type", "source")
+_NOT_EXTENSION_NAME = re.compile(r"[^a-z0-9]+")
+_ESCAPED = re.compile(r"%(25|2[Cc])")
+
+#: Why a message could not be decoded, on ``DecodeError.reason``:
+#: ``malformed`` (not a CloudEvent hexbus can read: missing/invalid attributes, bad body),
+#: ``unknown_type`` (no class registered for ``type``; maybe a newer producer, or a module
+#: not imported), ``newer_version`` (``eventversion`` above the local class's version),
+#: ``invalid_data`` (the body does not validate against the event class).
+DecodeReason = Literal["malformed", "unknown_type", "newer_version", "invalid_data"]
+
+
+def decode_error_reason(exc: DecodeError) -> str:
+    """The ``reason`` the codec put on a ``DecodeError`` (``"malformed"`` if none)."""
+    return exc.reason
+
+
+def _decode_error(
+    message: str, reason: DecodeReason, body: bytes, attributes: Mapping[str, Any]
+) -> DecodeError:
+    exc = DecodeError(message, raw=body, headers=dict(attributes))
+    # An instance attribute rather than a subclass so errors.py stays the single list of
+    # exception classes; ``vars()`` keeps mypy --strict quiet either way.
+    exc.reason = reason
+    return exc
+
+
+@functools.lru_cache(maxsize=4096)
+def extension_name(key: str) -> str:
+    """The CloudEvents extension name a metadata key travels under (may be ``""``).
+
+    Cached: the same handful of keys (``ip_address``, ``user_agent`` ...) repeats on every
+    message, and this sits on the per-message path.
+    """
+    return _NOT_EXTENSION_NAME.sub("", key.lower())
+
+
+def _escape_key(key: str) -> str:
+    # ``hexbusmetakeys`` is comma-separated; '%' and ',' are escaped so any key survives.
+    return key.replace("%", "%25").replace(",", "%2C")
+
+
+def _unescape_key(text: str) -> str:
+    if "%" not in text:
+        return text
+    return _ESCAPED.sub(lambda m: "%" if m.group(1) == "25" else ",", text)
+
+
+def _utf8_ok(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates cannot go into a header
+        return False
+    return True
+
+
+def _format_time(value: datetime) -> str:
+    # RFC 3339 in UTC with 'Z'; occurred_at is already UTC, so astimezone is a no-op.
+    text = value.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def _metadata_problems(metadata: Mapping[Any, Any]) -> list[str]:
+    """Every reason ``metadata`` cannot travel, each naming the keys and the fix."""
+    problems: list[str] = []
+    seen: dict[str, list[str]] = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            problems.append(f"key {key!r} is a {type(key).__name__}; use a str key")
+            continue
+        if not isinstance(value, str):
+            problems.append(
+                f"value of {key!r} is a {type(value).__name__}; convert it to str "
+                "(metadata travels as message headers)"
+            )
+        elif not _utf8_ok(value):
+            problems.append(f"value of {key!r} is not encodable as UTF-8")
+        if not _utf8_ok(key):
+            problems.append(f"key {key!r} is not encodable as UTF-8")
+            continue
+        name = extension_name(key)
+        if not name:
+            problems.append(
+                f"key {key!r} has no ASCII letter or digit, so it has no CloudEvents "
+                "extension name; rename it (e.g. 'ip_address')"
+            )
+        elif name in RESERVED_ATTRIBUTES:
+            problems.append(
+                f"key {key!r} maps to the CloudEvents/hexbus attribute {name!r}; "
+                "rename it (these are set from the event itself)"
+            )
+        else:
+            seen.setdefault(name, []).append(key)
+    for name, keys in seen.items():
+        if len(keys) > 1:
+            problems.append(
+                f"keys {', '.join(map(repr, keys))} all map to the extension name {name!r} "
+                "(lower-case letters and digits only); rename all but one"
+            )
+    return problems
+
+
+def _metadata_attributes(metadata: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    renamed: list[str] = []
+    for key, value in metadata.items():
+        if not (isinstance(key, str) and isinstance(value, str)):
+            break
+        name = extension_name(key)
+        if not name or name in RESERVED_ATTRIBUTES or name in out or not _utf8_ok(value):
+            break
+        out[name] = value
+        if name != key:
+            if not _utf8_ok(key):
+                break
+            renamed.append(_escape_key(key))
+    else:
+        if renamed:
+            out[METAKEYS_EXTENSION] = ",".join(renamed)
+        return out
+    # Slow path, only when something is wrong: explain everything at once.
+    raise InvalidMetadataError(
+        "metadata cannot travel as CloudEvents extensions: "
+        + "; ".join(_metadata_problems(metadata))
+    )
+
+
+class CloudEventCodec:
+    """Event ⇄ (CloudEvents attributes, JSON body), plus the broker bindings' shortcuts.
+
+    ``source`` is this service's name (``HEXBUS_SERVICE_NAME``): it is stamped on events
+    whose ``source`` is ``""`` (= "this service"), and a decoded event whose source equals
+    it comes back with ``source=""`` again, so ``decode(encode(e)) == e``.
+    """
+
+    __slots__ = ("_registry", "_source")
+
+    def __init__(self, *, source: str = "hexbus", registry: EventRegistry = event_registry):
+        if not source:
+            raise ValueError("CloudEventCodec source must be a non-empty string")
+        self._source = source
+        self._registry = registry
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    # -- encode ---------------------------------------------------------------------
+    def encode(
+        self, event: DomainEvent, metadata: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """The CloudEvents attributes (plain names, str values) and the JSON body.
+
+        Raises ``InvalidMetadataError`` when a metadata key cannot be an extension name
+        (nothing is sent half-encoded).
+        """
+        cls = type(event)
+        attributes = {
+            "specversion": SPECVERSION,
+            "id": str(event.event_id),
+            "type": cls.event_type,
+            "source": event.source or self._source,
+            "time": _format_time(event.occurred_at),
+            "datacontenttype": CONTENT_TYPE,
+            "correlationid": event.correlation_id,
+            "eventversion": str(cls.event_version),
+        }
+        if event.causation_id is not None:
+            attributes["causationid"] = event.causation_id
+        if metadata:
+            attributes.update(_metadata_attributes(metadata))
+        # Straight to bytes: model_dump_json() would decode to str only for us to encode.
+        body = cls.__pydantic_serializer__.to_json(
+            event, exclude=_BODY_EXCLUDE, by_alias=True, round_trip=True
+        )
+        return attributes, body
+
+    def encode_kafka(
+        self, event: DomainEvent, metadata: Mapping[str, str] | None = None
+    ) -> tuple[list[tuple[str, bytes]], bytes]:
+        """``encode`` + ``to_kafka_headers``: (headers, value)."""
+        attributes, body = self.encode(event, metadata)
+        return to_kafka_headers(attributes), body
+
+    def encode_amqp(
+        self, event: DomainEvent, metadata: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, str], str, bytes]:
+        """``encode`` + ``to_amqp_headers``: (headers, content_type, body)."""
+        attributes, body = self.encode(event, metadata)
+        return to_amqp_headers(attributes), attributes["datacontenttype"], body
+
+    # -- decode ---------------------------------------------------------------------
+    def decode(
+        self, attributes: Mapping[str, str | bytes], body: bytes
+    ) -> tuple[DomainEvent, dict[str, str]]:
+        """The event and its metadata, or ``DecodeError`` (``raw=body``, a ``reason``).
+
+        Attributes win over body keys of the same name. ``time`` is optional in
+        CloudEvents; without it ``occurred_at`` is the decode time. Missing
+        ``correlationid`` (a foreign producer) starts a conversation at the event's id.
+        """
+        attrs = _as_text(attributes, body)
+        for name in _REQUIRED:
+            if name not in attrs:
+                raise _decode_error(
+                    f"not a CloudEvent: required attribute {name!r} is missing "
+                    f"(got {', '.join(sorted(attrs)) or 'no attributes'})",
+                    "malformed",
+                    body,
+                    attributes,
+                )
+        if attrs["specversion"] != SPECVERSION:
+            raise _decode_error(
+                f"unsupported CloudEvents specversion {attrs['specversion']!r}; "
+                f"hexbus reads {SPECVERSION!r}",
+                "malformed",
+                body,
+                attributes,
+            )
+        content_type = attrs.get("datacontenttype")
+        if content_type is not None and not _is_json(content_type):
+            raise _decode_error(
+                f"unsupported datacontenttype {content_type!r}; hexbus reads JSON "
+                "(application/json or */*+json)",
+                "malformed",
+                body,
+                attributes,
+            )
+        event_type = attrs["type"]
+        try:
+            cls = self._registry.get(event_type)
+        except UnknownEventTypeError as exc:
+            raise _decode_error(str(exc), "unknown_type", body, attributes) from exc
+        wire_version = attrs.get("eventversion")
+        if wire_version is not None:
+            try:
+                version = int(wire_version)
+            except ValueError:
+                version = 0
+            if version < 1:
+                raise _decode_error(
+                    f"eventversion {wire_version!r} is not a positive integer",
+                    "malformed",
+                    body,
+                    attributes,
+                )
+            if version > cls.event_version:
+                raise _decode_error(
+                    f"{event_type!r} version {version} was produced by a newer schema than "
+                    f"this service knows ({cls.__qualname__} is version {cls.event_version}); "
+                    "deploy the newer event class here, then replay the message",
+                    "newer_version",
+                    body,
+                    attributes,
+                )
+        envelope = self._envelope(attrs, body, attributes)
+        try:
+            # JSON-mode validation of the body alone: exactly the rules the event's own
+            # fields were serialized by (strict fields, bytes, aliases ...). The envelope
+            # fields have defaults, so they are then replaced by the (checked) attributes.
+            # Trade-off: an event class's mode="after" model validator sees the default
+            # envelope here, not the wire one (no hexbus event needs that today).
+            event = cls.model_validate_json(body)
+        except ValidationError as exc:
+            raise _body_error(exc, event_type, cls, body, attributes) from exc
+        event = event.model_copy(update=envelope)
+        return event, _metadata_from(attrs)
+
+    def decode_kafka(
+        self, headers: Sequence[tuple[str, bytes]], value: bytes
+    ) -> tuple[DomainEvent, dict[str, str]]:
+        """``from_kafka_headers`` + ``decode``; every failure is a ``DecodeError``."""
+        try:
+            attributes = from_kafka_headers(headers)
+        except DecodeError as exc:
+            exc.raw = value
+            raise
+        return self.decode(attributes, value)
+
+    def decode_amqp(
+        self, headers: Mapping[str, Any] | None, content_type: str | None, body: bytes
+    ) -> tuple[DomainEvent, dict[str, str]]:
+        """``from_amqp_headers`` + ``decode``; every failure is a ``DecodeError``."""
+        try:
+            attributes = from_amqp_headers(headers or {}, content_type)
+        except DecodeError as exc:
+            exc.raw = body
+            raise
+        return self.decode(attributes, body)
+
+    def _envelope(
+        self, attrs: Mapping[str, str], body: bytes, attributes: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            event_id = UUID(attrs["id"])
+        except ValueError:
+            raise _decode_error(
+                f"attribute 'id' {attrs['id']!r} is not a UUID", "malformed", body, attributes
+            ) from None
+        source = attrs["source"]
+        correlation_id = attrs.get("correlationid")
+        envelope: dict[str, Any] = {
+            "event_id": event_id,
+            "correlation_id": str(event_id) if correlation_id is None else correlation_id,
+            "causation_id": attrs.get("causationid"),
+            "source": "" if source == self._source else source,
+        }
+        time = attrs.get("time")
+        if time is not None:
+            try:
+                occurred_at = datetime.fromisoformat(time)
+            except ValueError:
+                occurred_at = None
+            if occurred_at is None or occurred_at.utcoffset() is None:
+                raise _decode_error(
+                    f"attribute 'time' {time!r} is not an RFC 3339 timestamp with an offset",
+                    "malformed",
+                    body,
+                    attributes,
+                )
+            envelope["occurred_at"] = occurred_at.astimezone(UTC)
+        return envelope
+
+
+def _as_text(attributes: Mapping[str, str | bytes], body: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in attributes.items():
+        if isinstance(value, bytes):
+            try:
+                out[name] = value.decode()
+            except UnicodeDecodeError:
+                raise _decode_error(
+                    f"attribute {name!r} is not valid UTF-8", "malformed", body, attributes
+                ) from None
+        else:
+            out[name] = value
+    return out
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == CONTENT_TYPE or media.endswith("+json") or media == "text/json"
+
+
+def _body_error(
+    exc: ValidationError,
+    event_type: str,
+    cls: type[DomainEvent],
+    body: bytes,
+    attributes: Mapping[str, Any],
+) -> DecodeError:
+    errors = exc.errors(include_url=False)
+    root = errors[0] if len(errors) == 1 and not errors[0]["loc"] else None
+    if root is not None and root["type"] == "json_invalid":
+        return _decode_error(
+            f"body of {event_type!r} is not valid JSON: {root['msg']}",
+            "malformed",
+            body,
+            attributes,
+        )
+    if root is not None and root["type"] == "model_type":
+        return _decode_error(
+            f"body of {event_type!r} is not a JSON object (CloudEvents data must be the "
+            "event's fields as an object)",
+            "malformed",
+            body,
+            attributes,
+        )
+    details = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in errors
+    )
+    decode_exc = _decode_error(
+        f"body does not fit {event_type!r} ({cls.__qualname__}): {details}",
+        "invalid_data",
+        body,
+        attributes,
+    )
+    vars(decode_exc)["errors"] = errors
+    return decode_exc
+
+
+def _metadata_from(attrs: Mapping[str, str]) -> dict[str, str]:
+    extensions = {k: v for k, v in attrs.items() if k not in RESERVED_ATTRIBUTES}
+    listed = attrs.get(METAKEYS_EXTENSION)
+    if not listed:
+        return extensions
+    metadata: dict[str, str] = {}
+    for escaped in listed.split(","):
+        key = _unescape_key(escaped)
+        name = extension_name(key)
+        if name in extensions:
+            metadata[key] = extensions.pop(name)
+    metadata.update(extensions)
+    return metadata
+
+
+# -- protocol bindings ----------------------------------------------------------------
+def to_kafka_headers(attributes: Mapping[str, str]) -> list[tuple[str, bytes]]:
+    """Kafka binding, binary mode: ``ce_<name>`` headers; ``datacontenttype`` → ``content-type``."""
+    headers: list[tuple[str, bytes]] = []
+    for name, value in attributes.items():
+        if name == "datacontenttype":
+            headers.append((KAFKA_CONTENT_TYPE_HEADER, value.encode()))
+        else:
+            headers.append((KAFKA_PREFIX + name, value.encode()))
+    return headers
+
+
+def from_kafka_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    """Attributes from Kafka headers; other headers are ignored. Bad UTF-8 → ``DecodeError``."""
+    attributes: dict[str, str] = {}
+    for name, value in headers or ():
+        if name.startswith(KAFKA_PREFIX):
+            attr = name[_KAFKA_PREFIX_LEN:]
+        elif name.lower() == KAFKA_CONTENT_TYPE_HEADER:
+            attr = "datacontenttype"
+        else:
+            continue
+        if value is None:
+            continue
+        try:
+            attributes[attr] = value.decode() if isinstance(value, bytes) else str(value)
+        except UnicodeDecodeError:
+            raise _decode_error(
+                f"Kafka header {name!r} is not valid UTF-8", "malformed", b"", dict(headers or ())
+            ) from None
+    return attributes
+
+
+def to_amqp_headers(attributes: Mapping[str, str]) -> dict[str, str]:
+    """AMQP binding, binary mode: ``cloudEvents:<name>`` application properties.
+
+    ``datacontenttype`` is left out on purpose: the binding maps it to the message's
+    ``content_type`` property, which the caller sets (``encode_amqp`` returns it).
+    """
+    return {
+        AMQP_PREFIX + name: value for name, value in attributes.items() if name != "datacontenttype"
+    }
+
+
+def from_amqp_headers(headers: Mapping[str, Any], content_type: str | None) -> dict[str, str]:
+    """Attributes from AMQP headers (``cloudEvents:`` or ``cloudEvents_``) + content type.
+
+    Values may arrive as AMQP types (bytes, int, timestamp) from foreign producers; they
+    are turned back into the CloudEvents string forms. Other headers are ignored.
+    """
+    attributes: dict[str, str] = {}
+    for name, value in headers.items():
+        if name.startswith((AMQP_PREFIX, AMQP_PREFIX_JMS)):
+            attr = name[_AMQP_PREFIX_LEN:]
+        else:
+            continue
+        if isinstance(value, str):
+            attributes[attr] = value
+        elif value is None:
+            continue
+        elif isinstance(value, bytes):
+            try:
+                attributes[attr] = value.decode()
+            except UnicodeDecodeError:
+                raise _decode_error(
+                    f"AMQP header {name!r} is not valid UTF-8", "malformed", b"", headers
+                ) from None
+        elif isinstance(value, bool):
+            attributes[attr] = "true" if value else "false"
+        elif isinstance(value, datetime):
+            aware = value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
+            attributes[attr] = _format_time(aware)
+        else:
+            attributes[attr] = str(value)
+    if content_type:
+        attributes["datacontenttype"] = content_type
+    return attributes

@@ -1,0 +1,107 @@
+"""The composition root: settings in, a started ``EventBus`` out.
+
+Why dependency-injector: ops switch transports with ``HEXBUS_ADAPTER`` and the code
+that publishes never changes; use cases receive the bus by injection, so tests hand
+them a memory or recording bus instead.
+
+Usage::
+
+    container = Container()
+    container.config.from_dict({"adapter": "memory"})   # optional, overrides env
+    await container.init_resources()                    # starts the bus
+    bus = container.event_bus()
+    ...
+    await container.shutdown_resources()                # drains and stops it
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from dependency_injector import containers, providers
+
+from hexbus.application.handlers import EventRouter, default_router
+from hexbus.domain.errors import ConfigurationError
+from hexbus.domain.ports import EventBus
+from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
+from hexbus.infrastructure.settings import HexbusSettings, load_settings
+
+__all__ = ["Container", "build_bus"]
+
+_EXTRAS = {"rabbitmq": ("aio_pika", "RabbitMQEventBus"), "kafka": ("aiokafka", "KafkaEventBus")}
+
+
+def _settings(overrides: dict[str, Any] | None) -> HexbusSettings:
+    return load_settings(**(overrides or {}))
+
+
+def _memory_bus(settings: HexbusSettings) -> InMemoryEventBus:
+    return InMemoryEventBus(
+        MemoryConfig(mode=settings.memory_mode, handler_timeout=settings.handler_timeout)
+    )
+
+
+def _broker_bus(adapter: str, settings: HexbusSettings) -> EventBus:
+    client, class_name = _EXTRAS[adapter]
+    try:
+        importlib.import_module(client)
+    except ImportError:
+        raise ConfigurationError(
+            f"HEXBUS_ADAPTER={adapter!r} needs the {client} package; install the extra: "
+            f"pip install 'hexbus[{adapter}]'"
+        ) from None
+    try:
+        module = importlib.import_module(f"hexbus.infrastructure.{adapter}")
+        bus_class = getattr(module, class_name)
+    except (ImportError, AttributeError):
+        raise ConfigurationError(
+            f"HEXBUS_ADAPTER={adapter!r}: the {adapter} adapter is not available in this "
+            "version of hexbus yet; use HEXBUS_ADAPTER=memory"
+        ) from None
+    bus: EventBus = bus_class.from_settings(settings)
+    return bus
+
+
+def build_bus(settings: HexbusSettings) -> EventBus:
+    """The bus ``settings.adapter`` names (not started)."""
+    if settings.adapter == "memory":
+        return _memory_bus(settings)
+    return _broker_bus(settings.adapter, settings)
+
+
+async def _running_bus(bus: EventBus, routers: list[EventRouter]) -> AsyncIterator[EventBus]:
+    for router in routers:
+        bus.include(router)
+    await bus.start()
+    try:
+        yield bus
+    finally:
+        await bus.stop()
+
+
+def _adapter(settings: HexbusSettings) -> str:
+    return settings.adapter
+
+
+class Container(containers.DeclarativeContainer):
+    """Settings → bus (chosen by ``adapter``) → its start/stop lifecycle."""
+
+    #: Overrides of the ``HEXBUS_*`` variables: keys are the names without the prefix.
+    config = providers.Configuration(strict=False)
+    settings = providers.Singleton(_settings, config)
+    #: Routers whose handlers the bus gets on start (``@on_event`` fills the default one).
+    routers = providers.List(providers.Object(default_router))
+
+    memory_bus = providers.Singleton(_memory_bus, settings)
+    rabbitmq_bus = providers.Singleton(_broker_bus, "rabbitmq", settings)
+    kafka_bus = providers.Singleton(_broker_bus, "kafka", settings)
+    event_bus = providers.Selector(
+        providers.Callable(_adapter, settings),
+        memory=memory_bus,
+        rabbitmq=rabbitmq_bus,
+        kafka=kafka_bus,
+    )
+    #: ``await container.init_resources()`` starts the bus; ``shutdown_resources()`` stops it.
+    bus_lifecycle = providers.Resource(_running_bus, event_bus, routers)

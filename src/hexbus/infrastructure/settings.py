@@ -1,0 +1,101 @@
+"""Configuration from ``HEXBUS_*`` environment variables (or a ``.env`` file).
+
+Why pydantic-settings: every value is validated at start-up, and an error names the
+variable (``HEXBUS_ADAPTER``) and the values it accepts, instead of failing on the
+first publish. Secrets are ``SecretStr``-backed and masked in reprs and messages.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hexbus.domain.errors import ConfigurationError
+
+__all__ = ["ADAPTERS", "HexbusSettings", "load_settings", "redact_url"]
+
+ADAPTERS = ("memory", "rabbitmq", "kafka")
+ENV_PREFIX = "HEXBUS_"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***`` (for logs, reprs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port is not None:
+        netloc = f"{netloc}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class HexbusSettings(BaseSettings):
+    """All hexbus settings; see README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    adapter: Literal["memory", "rabbitmq", "kafka"] = "memory"
+    service_name: str = Field(default="hexbus", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    rabbitmq_exchange: str = Field(default="hexbus.events", min_length=1)
+    rabbitmq_prefetch: int = Field(default=64, ge=1)
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_topic_prefix: str = ""
+    kafka_partitions: int = Field(default=3, ge=1)
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    max_attempts: int = Field(default=5, ge=1)
+    handler_timeout: float = Field(default=30.0, gt=0)
+    publish_timeout: float = Field(default=10.0, gt=0)
+    memory_mode: Literal["await", "background"] = "await"
+    audit_log_path: str | None = None
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in ("amqp", "amqps"):
+            raise ValueError("must be an amqp:// or amqps:// URL")
+        return value
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "rabbitmq_url" else value
+
+    def safe_dump(self) -> dict[str, Any]:
+        """Settings as a dict with the broker password masked (for ``hexbus check``)."""
+        data = self.model_dump()
+        data["rabbitmq_url"] = redact_url(self.rabbitmq_url)
+        return data
+
+
+def load_settings(**overrides: Any) -> HexbusSettings:
+    """Read settings from the environment, apply ``overrides``; errors name the variable."""
+    try:
+        return HexbusSettings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            variable = ENV_PREFIX + field.upper()
+            value = err.get("input")
+            shown = redact_url(value) if field == "rabbitmq_url" and isinstance(value, str) else value
+            hint = ""
+            if field == "adapter":
+                hint = f"; allowed values: {', '.join(ADAPTERS)}"
+            lines.append(f"{variable}={shown!r}: {err['msg']}{hint}")
+        raise ConfigurationError(
+            "invalid hexbus configuration:\n  " + "\n  ".join(lines)
+        ) from None

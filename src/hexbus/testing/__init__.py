@@ -1,0 +1,1 @@
+"""Test helpers for hexbus users and adapter authors."""

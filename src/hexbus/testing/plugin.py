@@ -1,0 +1,1 @@
+"""pytest plugin (entry point ``hexbus``): fixtures for testing code that uses hexbus."""

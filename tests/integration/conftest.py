@@ -1,0 +1,3 @@
+"""Integration tests need real brokers; the fixtures live in hexbus.testing.brokers."""
+
+pytest_plugins = ["hexbus.testing.brokers"]
