@@ -4,6 +4,7 @@ Application code publishes ``DomainEvent``s through the ``EventBus`` port; the
 ``Container`` picks the transport (memory, RabbitMQ, Kafka) from ``HEXBUS_ADAPTER``.
 """
 
+from hexbus import errors
 from hexbus.application.bus import BusState, EventBusBase
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import (
@@ -18,7 +19,6 @@ from hexbus.application.middleware import (
     FilterMiddleware,
     LoggingMiddleware,
 )
-from hexbus import errors
 from hexbus.domain.context import DeliveryContext, current_context
 from hexbus.domain.errors import (
     BusClosedError,

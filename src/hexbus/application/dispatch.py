@@ -56,7 +56,7 @@ class _EagerTaskStandIn:
     handler suspends and gets its real Task, every call is forwarded to that Task.
     """
 
-    __slots__ = ("_loop", "_task", "_cancels", "_cancel_msg")
+    __slots__ = ("_cancel_msg", "_cancels", "_loop", "_task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -113,9 +113,6 @@ class _EagerTaskStandIn:
     def get_coro(self) -> Any:
         return self._bound("get_coro").get_coro()
 
-    def get_context(self) -> Context:
-        return self._bound("get_context").get_context()
-
     def add_done_callback(self, fn: Callable[..., Any], *, context: Context | None = None) -> None:
         self._bound("add_done_callback").add_done_callback(fn, context=context)
 
@@ -155,7 +152,9 @@ async def _in_thread(handler: Callable[[Any], Any], event: DomainEvent) -> None:
         await result
 
 
-async def run_handler(sub: Subscription, event: DomainEvent, timeout: float | None) -> None:
+async def run_handler(
+    sub: Subscription, event: DomainEvent, timeout: float | None  # noqa: ASYNC109
+) -> None:
     """Run one handler to completion, raising its error (broker adapters retry on it)."""
     async with asyncio.timeout(timeout):
         if sub.is_async:

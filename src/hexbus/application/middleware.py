@@ -38,7 +38,7 @@ class MiddlewareChain:
                 "takes the event and returns it (or None to drop it)"
             )
         is_async = inspect.iscoroutinefunction(middleware) or inspect.iscoroutinefunction(
-            getattr(middleware, "__call__", None)
+            getattr(middleware, "__call__", None)  # noqa: B004
         )
         self.items.append((middleware, is_async))
 

@@ -40,7 +40,7 @@ def _call_target(handler: Callable[..., Any]) -> Callable[..., Any]:
     """The function whose signature receives the event (``__call__`` for callable objects)."""
     if inspect.isfunction(handler) or inspect.ismethod(handler):
         return handler
-    call = getattr(handler, "__call__", None)
+    call = getattr(handler, "__call__", None)  # noqa: B004 - the bound method, not callability
     return call if inspect.ismethod(call) else handler
 
 
@@ -50,7 +50,7 @@ def is_async_handler(handler: Callable[..., Any]) -> bool:
     while hasattr(inner, "func") and not inspect.isfunction(inner):  # functools.partial
         inner = inner.func
     return inspect.iscoroutinefunction(inner) or inspect.iscoroutinefunction(
-        getattr(inner, "__call__", None)
+        getattr(inner, "__call__", None)  # noqa: B004
     )
 
 

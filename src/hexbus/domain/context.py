@@ -45,5 +45,5 @@ delivery_context: ContextVar[DeliveryContext] = ContextVar(
 
 
 def current_context() -> DeliveryContext:
-    """The context of the delivery being handled; an empty one (``event is None``) outside handlers."""
+    """The delivery being handled; outside handlers an empty one (``event is None``)."""
     return delivery_context.get()

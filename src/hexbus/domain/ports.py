@@ -24,7 +24,9 @@ __all__ = [
 #: A handler takes the event; ``async def`` or plain ``def`` (plain ones run in a thread).
 Handler: TypeAlias = Callable[[Any], Awaitable[None] | None]
 #: Middleware sees each published event and returns it (maybe changed) or ``None`` to drop it.
-Middleware: TypeAlias = Callable[[DomainEvent], "DomainEvent | None | Awaitable[DomainEvent | None]"]
+Middleware: TypeAlias = Callable[
+    [DomainEvent], "DomainEvent | Awaitable[DomainEvent | None] | None"
+]
 #: An AMQP topic pattern such as ``"user.*"`` or ``"#"``.
 EventPattern: TypeAlias = str
 SubscriptionTarget: TypeAlias = "type[DomainEvent] | str"

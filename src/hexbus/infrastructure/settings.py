@@ -91,7 +91,8 @@ def load_settings(**overrides: Any) -> HexbusSettings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             variable = ENV_PREFIX + field.upper()
             value = err.get("input")
-            shown = redact_url(value) if field == "rabbitmq_url" and isinstance(value, str) else value
+            secret = field == "rabbitmq_url" and isinstance(value, str)
+            shown = redact_url(value) if secret else value
             hint = ""
             if field == "adapter":
                 hint = f"; allowed values: {', '.join(ADAPTERS)}"

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hexbus.application.bus import BusState, EventBusBase, validate_metadata
-from hexbus.application.dispatch import DispatchStats, Dispatcher
+from hexbus.application.dispatch import Dispatcher, DispatchStats
 from hexbus.domain.context import DeliveryContext
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.infrastructure.memory.config import MemoryConfig
@@ -85,7 +85,8 @@ class InMemoryEventBus(EventBusBase):
             return
         context = _new_context(
             DeliveryContext,
-            (event, validate_metadata(metadata) if metadata else _NO_METADATA, 1, session, key, None),
+            (event, validate_metadata(metadata) if metadata else _NO_METADATA, 1, session, key,
+             None),
         )
         if self._background:
             self._track(asyncio.create_task(dispatcher.dispatch(event, subs, context)))
@@ -109,7 +110,7 @@ class InMemoryEventBus(EventBusBase):
         """Wait for in-flight handlers up to ``drain_timeout``, then cancel the rest."""
         if not self._inflight:
             return
-        done, still = await asyncio.wait(
+        _, still = await asyncio.wait(
             set(self._inflight), timeout=self.config.drain_timeout
         )
         if still:
