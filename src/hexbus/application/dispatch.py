@@ -241,12 +241,13 @@ class Dispatcher:
         if stand_in is None or stand_in._loop is not loop:
             stand_in = _EagerTaskStandIn(loop)
         pending: list[asyncio.Task[None]] | None = None
-        handled = 0
+        done_eagerly = 0  # +1 per handler, -1 again for those that fail or suspend
         token = delivery_context.set(context)
         previous = registry.get(loop)
         registry[loop] = stand_in
         try:
             for sub in subs:
+                done_eagerly += 1
                 ctx = copy_context()
                 try:
                     coro: Any = sub.handler(event) if sub.is_async else _in_thread(
@@ -256,13 +257,13 @@ class Dispatcher:
                     # which halves the cost of a handler that never suspends.
                     yielded = ctx.run(next, coro.__await__(), _DONE)
                 except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - fail-open
+                    done_eagerly -= 1
                     self.failed(sub, event, exc)
                     if stand_in._cancels:
                         stand_in = _EagerTaskStandIn(loop)
                         registry[loop] = stand_in
                     continue
                 if yielded is _DONE:
-                    handled += 1
                     if stand_in._cancels:  # the handler cancelled "itself": start clean
                         stand_in = _EagerTaskStandIn(loop)
                         registry[loop] = stand_in
@@ -273,6 +274,7 @@ class Dispatcher:
                 stand_in.bind(task)
                 stand_in = _EagerTaskStandIn(loop)
                 registry[loop] = stand_in
+                done_eagerly -= 1
                 if pending is None:
                     pending = [task]
                 else:
@@ -284,7 +286,7 @@ class Dispatcher:
                 registry[loop] = previous
             delivery_context.reset(token)
             self._stand_in = stand_in
-            self.stats.handled += handled
+            self.stats.handled += done_eagerly
         return pending
 
     def _start_portable(
