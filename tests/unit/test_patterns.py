@@ -109,8 +109,10 @@ def test_pattern_table(pattern: str, event_type: str, expected: bool) -> None:
     assert reference_match(pattern, event_type) is expected
 
 
-@pytest.mark.parametrize("pattern", ["", "a..b", "a.b*", "a b", ".a", "a.", "#a", "a.**",
-                                     "a.#b", ".", "..", "a/b", "a.b.", "*a"])
+@pytest.mark.parametrize(
+    "pattern",
+    ["", "a..b", "a.b*", "a b", ".a", "a.", "#a", "a.**", "a.#b", ".", "..", "a/b", "a.b.", "*a"],
+)
 def test_malformed_patterns_are_rejected(pattern: str) -> None:
     with pytest.raises(InvalidPatternError) as info:
         pattern_matches(pattern, "a.b")

@@ -257,9 +257,7 @@ async def test_on_event_and_default_router(
 
 def test_default_router_fixture_restored() -> None:
     # runs after the test above (file order): the handler it added must be gone
-    assert not any(
-        getattr(entry[1], "__name__", "") == "wired" for entry in default_router.entries
-    )
+    assert not any(getattr(entry[1], "__name__", "") == "wired" for entry in default_router.entries)
 
 
 # -- durable names -----------------------------------------------------------------------
@@ -387,8 +385,19 @@ class CallableObject:
         (UtSubOther, h_kwargs),
         (UtSubOther, CallableObject()),
     ],
-    ids=["union", "pipe-union", "optional", "base", "pattern-base", "hash-domain", "any",
-         "unannotated", "sync", "kw-only-extras", "callable-object"],
+    ids=[
+        "union",
+        "pipe-union",
+        "optional",
+        "base",
+        "pattern-base",
+        "hash-domain",
+        "any",
+        "unannotated",
+        "sync",
+        "kw-only-extras",
+        "callable-object",
+    ],
 )
 def test_wiring_check_accepts(target: Any, handler: Any) -> None:
     bus = InMemoryEventBus()

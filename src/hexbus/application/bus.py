@@ -44,12 +44,14 @@ class BusState(enum.Enum):
 
 def validate_metadata(metadata: Mapping[str, str] | None) -> Mapping[str, str]:
     """Check publish metadata is ``str → str`` (it travels as broker headers)."""
-    if not metadata:
+    if metadata is None:
         return _NO_METADATA
     if not isinstance(metadata, Mapping):
         raise InvalidMetadataError(
             f"metadata must be a mapping of str to str, got {type(metadata).__name__}"
         )
+    if not metadata:
+        return _NO_METADATA
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise InvalidMetadataError(

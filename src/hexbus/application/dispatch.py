@@ -31,10 +31,13 @@ __all__ = ["DispatchStats", "Dispatcher", "run_handler"]
 
 logger = logging.getLogger("hexbus.dispatch")
 
-# The C-accelerated registry behind asyncio.current_task() (Python 3.11). When it is not
-# there (other interpreters, 3.12+), fall back to real eager Tasks or plain Tasks.
-_current_tasks: dict[Any, Any] | None = getattr(asyncio.tasks, "_current_tasks", None)
 _HAS_EAGER_TASKS = sys.version_info >= (3, 12)
+# The registry behind asyncio.current_task() on Python 3.11, where eager start is done by
+# hand. From 3.12 on, asyncio's own eager Tasks do it (and later versions keep the
+# current task elsewhere), so the hand-made path is used on 3.11 only.
+_current_tasks: dict[Any, Any] | None = (
+    None if _HAS_EAGER_TASKS else getattr(asyncio.tasks, "_current_tasks", None)
+)
 _DONE: Any = object()  # what next() returns for a handler that finished without suspending
 
 
@@ -223,7 +226,13 @@ class Dispatcher:
         """Run every subscription's handler for ``event``; return when all have finished."""
         pending = self.start(event, subs, context)
         if pending:
-            await asyncio.wait(pending)
+            try:
+                await asyncio.wait(pending)
+            except asyncio.CancelledError:  # stop() gave up on draining: stop the handlers
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+                raise
 
     def start(
         self, event: DomainEvent, subs: Iterable[Subscription], context: DeliveryContext
@@ -238,6 +247,7 @@ class Dispatcher:
             return self._start_portable(event, subs, context)
         loop = asyncio.get_running_loop()
         stand_in = self._stand_in
+        self._stand_in = None  # a publish from inside a handler must not share it
         if stand_in is None or stand_in._loop is not loop:
             stand_in = _EagerTaskStandIn(loop)
         pending: list[asyncio.Task[None]] | None = None

@@ -56,9 +56,7 @@ class ActivityLog:
         return new
 
     def actions(self, actor: str | None = None) -> list[Action]:
-        return [
-            e for e in self.entries if isinstance(e, Action) and actor in (None, e.actor)
-        ]
+        return [e for e in self.entries if isinstance(e, Action) and actor in (None, e.actor)]
 
     def events(self) -> list[DomainEvent]:
         return [e.event for e in self.entries if isinstance(e, EventSeen)]

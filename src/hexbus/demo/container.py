@@ -89,9 +89,7 @@ class DemoContainer(Container):
     )
     #: The library's default router (``@on_event``) plus the demo's.
     routers = providers.List(providers.Object(default_router), router)
-    bus_lifecycle = providers.Resource(
-        _running_demo_bus, Container.event_bus, routers, audit_log
-    )
+    bus_lifecycle = providers.Resource(_running_demo_bus, Container.event_bus, routers, audit_log)
 
     register_user = providers.Factory(use_cases.RegisterUser, users=users, bus=Container.event_bus)
     log_in = providers.Factory(use_cases.LogIn, users=users, bus=Container.event_bus)

@@ -141,6 +141,7 @@ class AuditCounter:
 
 
 def demo_router(
+    *,
     tap: EventTap,
     cache_invalidation: CacheInvalidationHandler,
     welcome_mail: WelcomeMailHandler,

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from hexbus.demo.activity import Action, ActivityLog, EventSeen
 from hexbus.demo.container import DemoContainer
+from hexbus.demo.model import User
 from hexbus.demo.ports import StorageError
 from hexbus.demo.use_cases import Request
 
@@ -44,6 +45,10 @@ class DemoReport:
     event_counts: dict[str, int] = field(default_factory=dict)
 
 
+#: Display names for common metadata keys (keeps an event on one 80-column line).
+_SHORT_KEYS = {"ip_address": "ip", "user_agent": "ua"}
+
+
 def short_id(value: object) -> str:
     """The last 8 hex digits: UUIDv7s share their leading (timestamp) digits."""
     return str(value)[-8:]
@@ -56,15 +61,14 @@ def render_entries(console: Console, entries: Sequence[EventSeen | Action]) -> N
             event = entry.event
             line = Text.assemble(
                 ("● ", "bold green"),
-                (f"{event.event_type:<18}", "bold cyan"),
-                f" id=…{short_id(event.event_id)}",
-                (f" corr=…{short_id(event.correlation_id)}", "magenta"),
+                (f"{event.event_type:<17}", "bold cyan"),
+                f" #{short_id(event.event_id)}",
+                (f" corr={short_id(event.correlation_id)}", "magenta"),
             )
             if event.causation_id is not None:
-                line.append(f" cause=…{short_id(event.causation_id)}", "magenta")
-            if entry.metadata:
-                meta = " ".join(f"{k}={v}" for k, v in sorted(entry.metadata.items()))
-                line.append(f"  {meta}", "dim")
+                line.append(f" cause={short_id(event.causation_id)}", "magenta")
+            for key, value in sorted(entry.metadata.items()):
+                line.append(f" {_SHORT_KEYS.get(key, key)}={value}", "dim")
             console.print(line)
         else:
             style = "bold red" if "ALERT" in entry.text else "yellow"
@@ -100,15 +104,14 @@ async def run_demo(container: DemoContainer, console: Console) -> DemoReport:
 async def _play(c: DemoContainer, console: Console) -> None:
     activity: ActivityLog = c.activity()
     register, log_in, get_user = c.register_user(), c.log_in(), c.get_user()
-    users: dict[str, object] = {}
+    users: dict[str, User] = {}
 
     async def sign_up() -> None:
         users["ann"] = await register("ann@example.com", "Ann", "correct horse", ANN)
         users["bob"] = await register("bob@example.com", "Bob", "hunter2", BOB)
 
     await _step(console, activity, "Two people sign up", sign_up)
-    ann = users["ann"].user_id  # type: ignore[attr-defined]
-    bob = users["bob"].user_id  # type: ignore[attr-defined]
+    ann, bob = users["ann"].user_id, users["bob"].user_id
 
     async def ann_logs_in() -> None:
         await log_in("ann@example.com", "correct horse", ANN)
@@ -183,6 +186,6 @@ def _print_summary(console: Console, report: DemoReport) -> None:
     table.add_row("cache invalidations", str(report.cache_invalidations))
     table.add_row("audit log lines written", str(report.audit_lines))
     console.print(table)
-    counts = ", ".join(f"{name}×{n}" for name, n in report.event_counts.items())
+    counts = ", ".join(f"{name} x{n}" for name, n in report.event_counts.items())
     console.print(Text(f"audit counter (plain def handler): {counts}", style="dim"))
     console.print(Text(f"audit log: {report.audit_path}", style="dim"))

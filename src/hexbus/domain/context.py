@@ -34,8 +34,20 @@ class DeliveryContext(NamedTuple):
     metadata: Mapping[str, str] = _EMPTY
     attempt: int = 0
     session: Any = None
-    key: str | None = None
+    #: The key the publisher passed, or ``None``; read ``key`` for the effective one.
+    explicit_key: str | None = None
     subscription: str | None = None
+
+    @property
+    def key(self) -> str | None:
+        """The publish key (ordering per aggregate); defaults to ``str(event_id)``.
+
+        Computed on access because turning a UUID into text costs more than the rest
+        of an in-memory publish, and most handlers never ask.
+        """
+        if self.explicit_key is not None:
+            return self.explicit_key
+        return None if self.event is None else str(self.event.event_id)
 
 
 _NO_CONTEXT = DeliveryContext()

@@ -11,6 +11,7 @@ from typing import Any
 
 __all__ = [
     "BusClosedError",
+    "ConfigurationError",
     "DecodeError",
     "DuplicateEventTypeError",
     "EventSchemaError",
@@ -20,7 +21,6 @@ __all__ = [
     "InvalidPatternError",
     "NotADomainEventError",
     "NotStartedError",
-    "ConfigurationError",
     "PublishError",
     "UnknownEventTypeError",
 ]

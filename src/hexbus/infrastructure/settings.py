@@ -7,6 +7,7 @@ first publish. Secrets are ``SecretStr``-backed and masked in reprs and messages
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,19 +22,26 @@ ADAPTERS = ("memory", "rabbitmq", "kafka")
 ENV_PREFIX = "HEXBUS_"
 
 
+_USERINFO_RE = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/@]*@")
+
+
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***`` (for logs, reprs and errors)."""
+    """The URL with its password replaced by ``***`` (for logs, reprs and errors).
+
+    Anything that does not parse cleanly loses its whole user-info part: a URL we cannot
+    read is never echoed with a secret in it.
+    """
     try:
         parts = urlsplit(url)
+        password, port = parts.password, parts.port
     except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
+        return _USERINFO_RE.sub(r"\1***@", url)
+    if password is None:
+        return _USERINFO_RE.sub(r"\1***@", url) if "@" in url and not parts.netloc else url
     netloc = parts.hostname or ""
-    if parts.port is not None:
-        netloc = f"{netloc}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if port is not None:
+        netloc = f"{netloc}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
 
 
 class HexbusSettings(BaseSettings):

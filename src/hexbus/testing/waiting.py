@@ -22,7 +22,7 @@ Condition = Callable[[], object | Awaitable[object]]
 async def eventually(
     condition: Condition,
     *,
-    timeout: float = 5.0,
+    timeout: float = 5.0,  # noqa: ASYNC109 - a polling deadline, not a cancel scope
     interval: float = 0.01,
     message: str | Callable[[], str] | None = None,
 ) -> None:

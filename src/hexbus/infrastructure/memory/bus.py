@@ -67,6 +67,8 @@ class InMemoryEventBus(EventBusBase):
         """Deliver ``event`` to its handlers (await mode: return when all finished)."""
         if self.state is not _RUNNING:
             self._raise_not_running()
+        if metadata is not None:  # checked even when nobody listens: brokers would refuse it
+            metadata = validate_metadata(metadata)
         cls = event.__class__
         subs = self._routes.get(cls)  # a hit means cls is a known DomainEvent subclass
         if subs is None:
@@ -85,8 +87,7 @@ class InMemoryEventBus(EventBusBase):
             return
         context = _new_context(
             DeliveryContext,
-            (event, validate_metadata(metadata) if metadata else _NO_METADATA, 1, session, key,
-             None),
+            (event, metadata or _NO_METADATA, 1, session, key, None),
         )
         if self._background:
             self._track(asyncio.create_task(dispatcher.dispatch(event, subs, context)))

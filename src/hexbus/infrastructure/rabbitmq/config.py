@@ -23,7 +23,8 @@ class RabbitMQConfig(BaseModel):
 
     ``retry_delays`` are the back-off tiers (seconds): a failed delivery waits in the
     tier of its attempt number (the last tier for every later attempt) before it returns
-    to the subscription's queue. ``drain_timeout`` bounds how long ``stop()`` waits for
+    to the subscription's queue. ``reconnect_interval``: seconds between reconnection
+    attempts after the broker went away. ``drain_timeout`` bounds how long ``stop()`` waits for
     handlers in flight; the rest are requeued, never dropped.
     """
 
@@ -38,6 +39,7 @@ class RabbitMQConfig(BaseModel):
     handler_timeout: float | None = Field(default=30.0, gt=0)
     publish_timeout: float = Field(default=10.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
+    reconnect_interval: float = Field(default=2.0, gt=0)
     drain_timeout: float = Field(default=30.0, gt=0)
 
     @field_validator("url")

@@ -1,0 +1,38 @@
+"""The ``hexbus`` command line (typer): one small module per command.
+
+Why nothing here imports a broker client: ``hexbus check`` must work, and say what is
+missing, precisely when a broker extra is not installed.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from hexbus.cli.asyncapi import asyncapi_command
+from hexbus.cli.bench import bench_command
+from hexbus.cli.check import check_command
+from hexbus.cli.demo import demo_command
+from hexbus.cli.publish import publish_command
+from hexbus.cli.stubs import dlq_command, tail_command
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="hexbus",
+    help="Typed asyncio domain-event bus: demo, diagnostics, benchmarks and tooling.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("demo")(demo_command)
+app.command("check")(check_command)
+app.command("bench")(bench_command)
+app.command("publish")(publish_command)
+app.command("asyncapi")(asyncapi_command)
+app.command("tail")(tail_command)
+app.command("dlq")(dlq_command)
+
+
+def main() -> None:
+    """Console-script entry point (``hexbus = "hexbus.cli:main"``)."""
+    app()

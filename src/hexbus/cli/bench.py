@@ -1,0 +1,297 @@
+"""``hexbus bench``: what does the memory bus cost per publish, against honest baselines?
+
+Three contenders, measured in one run on the same pre-built events:
+
+- ``hexbus``: ``InMemoryEventBus`` in await mode (the real thing);
+- ``gather``: the 20-line bus people write by hand — ``dict[type, list]`` and
+  ``asyncio.gather(..., return_exceptions=True)`` — the baseline to beat;
+- ``sequential``: ``for h in handlers: await h(e)``, no isolation at all — the floor.
+
+Why interleaved repeats and medians: a laptop's clock and a shared CI box drift; running
+the contenders in turn, several times, and taking medians keeps that noise out of the
+ratio. Functions, not a script, so ``benchmarks/bench_memory.py`` reuses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import platform
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hexbus.cli._common import EXIT_UNAVAILABLE, fail, out_console
+from hexbus.domain.events import DomainEvent
+from hexbus.infrastructure.memory import InMemoryEventBus
+
+__all__ = [
+    "CONTENDERS",
+    "BenchEvent",
+    "GatherBus",
+    "Measurement",
+    "bench_command",
+    "measure",
+    "results_table",
+    "run_benchmark",
+    "to_json",
+]
+
+CONTENDERS = ("hexbus", "gather", "sequential")
+Publish = Callable[[DomainEvent], Awaitable[None]]
+AsyncHandler = Callable[[DomainEvent], Awaitable[None]]
+ProgressHook = Callable[[str, int], None]
+
+
+class BenchEvent(DomainEvent, event_type="hexbus.bench.ping", abstract=True):
+    """``abstract=True`` keeps it out of the event registry: it is no part of any
+    service's catalogue (``hexbus asyncapi``, ``publish``), and exact-class
+    subscriptions do not need the registry."""
+
+    seq: int
+
+
+class GatherBus:
+    """The hand-written baseline: a dict of handler lists and ``asyncio.gather``."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[type[DomainEvent], list[AsyncHandler]] = {}
+
+    def subscribe(self, event_type: type[DomainEvent], handler: AsyncHandler) -> None:
+        self.handlers.setdefault(event_type, []).append(handler)
+
+    async def publish(self, event: DomainEvent) -> None:
+        handlers = self.handlers.get(type(event), ())
+        # return_exceptions: one failing handler must not fail the publisher (fail-open).
+        await asyncio.gather(*(h(event) for h in handlers), return_exceptions=True)
+
+
+def _noop_handlers(count: int) -> list[AsyncHandler]:
+    """Distinct no-op handlers (the same function twice would be subscribed once)."""
+
+    def make() -> AsyncHandler:
+        async def noop(event: DomainEvent) -> None:
+            return None
+
+        return noop
+
+    return [make() for _ in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One contender at one handler count: medians over the repeats."""
+
+    contender: str
+    handlers: int
+    events: int
+    events_per_s: float
+    p50_us: float
+    p99_us: float
+
+
+async def measure(publish: Publish, events: Sequence[DomainEvent]) -> tuple[float, list[int]]:
+    """(events/s, per-publish latencies in ns) for one pass over ``events``."""
+    latencies = [0] * len(events)
+    clock = time.perf_counter_ns
+    start = clock()
+    for i, event in enumerate(events):
+        t0 = clock()
+        await publish(event)
+        latencies[i] = clock() - t0
+    elapsed = clock() - start
+    return len(events) / (elapsed / 1e9), latencies
+
+
+def _percentile(sorted_ns: Sequence[int], q: float) -> float:
+    index = min(len(sorted_ns) - 1, max(0, round(q * (len(sorted_ns) - 1))))
+    return sorted_ns[index] / 1000.0
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+async def _contenders(handler_count: int) -> tuple[dict[str, Publish], InMemoryEventBus]:
+    handlers = _noop_handlers(handler_count)
+    bus = InMemoryEventBus(mode="await")
+    for i, handler in enumerate(handlers):
+        bus.subscribe(BenchEvent, handler, name=f"hexbus.bench.noop{i}")
+    await bus.start()
+    gather_bus = GatherBus()
+    for handler in handlers:
+        gather_bus.subscribe(BenchEvent, handler)
+
+    async def sequential(event: DomainEvent) -> None:
+        for h in handlers:
+            await h(event)
+
+    return {"hexbus": bus.publish, "gather": gather_bus.publish, "sequential": sequential}, bus
+
+
+async def run_benchmark(
+    *,
+    events: int = 20_000,
+    handler_counts: Sequence[int] = (1, 4, 16),
+    repeats: int = 5,
+    warmup: int | None = None,
+    on_progress: ProgressHook | None = None,
+) -> list[Measurement]:
+    """Measure every contender at every handler count; repeats interleave contenders."""
+    if events < 1 or repeats < 1 or not handler_counts:
+        raise ValueError("events and repeats must be >= 1, with at least one handler count")
+    prebuilt = [BenchEvent(seq=i) for i in range(events)]
+    warm = prebuilt[: warmup if warmup is not None else min(events, 2_000)]
+    results: list[Measurement] = []
+    for count in handler_counts:
+        publishers, bus = await _contenders(count)
+        runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in CONTENDERS}
+        try:
+            for name in CONTENDERS:  # warm-up: caches, route tables, the allocator
+                await measure(publishers[name], warm)
+            for _ in range(repeats):
+                for name in CONTENDERS:
+                    with _no_gc():
+                        rate, latencies = await measure(publishers[name], prebuilt)
+                    latencies.sort()
+                    runs[name].append(
+                        (rate, _percentile(latencies, 0.50), _percentile(latencies, 0.99))
+                    )
+                    if on_progress is not None:
+                        on_progress(f"{count} handler(s): {name}", 1)
+        finally:
+            await bus.stop()
+        for name in CONTENDERS:
+            rates, p50s, p99s = zip(*runs[name], strict=True)
+            results.append(
+                Measurement(
+                    contender=name,
+                    handlers=count,
+                    events=events,
+                    events_per_s=statistics.median(rates),
+                    p50_us=statistics.median(p50s),
+                    p99_us=statistics.median(p99s),
+                )
+            )
+    return results
+
+
+def _by_count(results: Sequence[Measurement]) -> dict[int, dict[str, Measurement]]:
+    out: dict[int, dict[str, Measurement]] = {}
+    for m in results:
+        out.setdefault(m.handlers, {})[m.contender] = m
+    return out
+
+
+def to_json(results: Sequence[Measurement], *, events: int, repeats: int) -> dict[str, Any]:
+    """Stable, machine-readable shape (what ``--json`` prints and CI can diff)."""
+    rows = []
+    for count, per in sorted(_by_count(results).items()):
+        row: dict[str, Any] = {"handlers": count}
+        for name, m in per.items():
+            row[name] = {k: v for k, v in asdict(m).items() if k not in ("contender", "handlers")}
+        row["ratio_hexbus_vs_gather"] = per["hexbus"].events_per_s / per["gather"].events_per_s
+        rows.append(row)
+    return {
+        "adapter": "memory",
+        "events": events,
+        "repeats": repeats,
+        "python": platform.python_version(),
+        "results": rows,
+    }
+
+
+def results_table(results: Sequence[Measurement]) -> Table:
+    table = Table(title="hexbus memory adapter vs baselines (medians)")
+    table.add_column("handlers", justify="right")
+    table.add_column("contender")
+    table.add_column("events/s", justify="right")
+    table.add_column("p50 µs", justify="right")
+    table.add_column("p99 µs", justify="right")
+    table.add_column("vs gather", justify="right")
+    for count, per in sorted(_by_count(results).items()):
+        gather_rate = per["gather"].events_per_s
+        for name in CONTENDERS:
+            m = per[name]
+            table.add_row(
+                str(count),
+                name,
+                f"{m.events_per_s:,.0f}",
+                f"{m.p50_us:.1f}",
+                f"{m.p99_us:.1f}",
+                f"{m.events_per_s / gather_rate:.2f}x",
+                end_section=name == CONTENDERS[-1],
+            )
+    return table
+
+
+def _parse_counts(raw: str) -> list[int]:
+    try:
+        counts = [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter("use comma-separated integers, e.g. 1,4,16") from None
+    if not counts or any(c < 1 for c in counts):
+        raise typer.BadParameter("handler counts must be positive integers")
+    return counts
+
+
+def bench_command(
+    adapter: Annotated[
+        str, typer.Option(help="Transport to measure (memory only, for now).")
+    ] = "memory",
+    events: Annotated[int, typer.Option(min=1, help="Events per measurement.")] = 20_000,
+    handlers: Annotated[str, typer.Option(help="Comma-separated handler counts.")] = "1,4,16",
+    repeats: Annotated[int, typer.Option(min=1, max=20, help="Interleaved repeats.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results.")] = False,
+) -> None:
+    """Throughput and publish latency of the memory bus against gather and a plain loop."""
+    if adapter in ("rabbitmq", "kafka"):
+        fail(
+            f"bench --adapter {adapter}: the {adapter} adapter is not available yet",
+            EXIT_UNAVAILABLE,
+        )
+    if adapter != "memory":
+        fail(f"unknown adapter {adapter!r}; choose memory, rabbitmq or kafka", EXIT_UNAVAILABLE)
+    counts = _parse_counts(handlers)
+    console = out_console()
+    with Progress(
+        TextColumn("{task.description:<28}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=as_json,
+    ) as progress:
+        task = progress.add_task("warming up", total=len(counts) * repeats * len(CONTENDERS))
+
+        def advance(label: str, steps: int) -> None:
+            progress.update(task, advance=steps, description=label)
+
+        results = asyncio.run(
+            run_benchmark(
+                events=events, handler_counts=counts, repeats=repeats, on_progress=advance
+            )
+        )
+    if as_json:
+        print(json.dumps(to_json(results, events=events, repeats=repeats), indent=2))
+        return
+    console.print(results_table(results))
+    console.print(
+        f"{events:,} events per run, {repeats} interleaved repeats, Python "
+        f"{platform.python_version()}; latency = one publish, all handlers done."
+    )

@@ -1,0 +1,184 @@
+"""``hexbus check``: is this configuration usable? Config, adapter, broker, wiring.
+
+Why a TCP probe and not a broker client: the CLI must not import aio_pika/aiokafka
+(they are optional extras), and "can I reach host:port within 2s" already separates a
+typo or a firewall from a real protocol problem.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import socket
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from hexbus.application.wiring import handler_name, is_async_handler
+from hexbus.cli._common import EXIT_ERROR, err_console, fail, out_console
+from hexbus.demo.container import DemoContainer
+from hexbus.domain.errors import ConfigurationError
+from hexbus.infrastructure.settings import HexbusSettings, load_settings
+
+__all__ = [
+    "BrokerProbe",
+    "SubscriptionInfo",
+    "adapter_status",
+    "broker_endpoints",
+    "check_command",
+    "demo_subscriptions",
+    "probe",
+]
+
+PROBE_TIMEOUT = 2.0
+_CLIENTS = {"rabbitmq": "aio_pika", "kafka": "aiokafka"}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerProbe:
+    host: str
+    port: int
+    reachable: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionInfo:
+    target: str
+    name: str
+    handler: str
+    kind: str  # "async" or "def (thread)"
+
+
+def broker_endpoints(settings: HexbusSettings) -> list[tuple[str, int]]:
+    """host:port pairs the selected adapter would connect to (none for memory)."""
+    if settings.adapter == "rabbitmq":
+        parts = urlsplit(settings.rabbitmq_url)
+        default = 5671 if parts.scheme == "amqps" else 5672
+        return [(parts.hostname or "localhost", parts.port or default)]
+    if settings.adapter == "kafka":
+        out = []
+        for server in settings.kafka_bootstrap_servers.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host:  # "localhost" without a port
+                host, port = port, "9092"
+            out.append((host.strip("[]"), int(port)))
+        return out
+    return []
+
+
+def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> BrokerProbe:
+    """TCP connect, nothing more."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return BrokerProbe(host, port, True)
+    except OSError as exc:
+        return BrokerProbe(host, port, False, str(exc) or type(exc).__name__)
+
+
+def adapter_status(adapter: str) -> tuple[bool, str]:
+    """(usable, explanation) without importing any broker client."""
+    if adapter == "memory":
+        return True, "built in"
+    client = _CLIENTS[adapter]
+    if importlib.util.find_spec(f"hexbus.infrastructure.{adapter}") is None:
+        return False, f"the {adapter} adapter is not available in this version of hexbus yet"
+    if importlib.util.find_spec(client) is None:
+        return False, f"needs {client}: pip install 'hexbus[{adapter}]'"
+    return True, f"{client} installed"
+
+
+def demo_subscriptions() -> list[SubscriptionInfo]:
+    """What the demo service's container subscribes (without starting any bus)."""
+    container = DemoContainer()
+    out = []
+    for router in container.routers():
+        for target, handler, name in router:
+            routing = target if isinstance(target, str) else target.event_type
+            out.append(
+                SubscriptionInfo(
+                    target=routing,
+                    name=name or handler_name(handler),
+                    handler=handler_name(handler),
+                    kind="async" if is_async_handler(handler) else "def (thread)",
+                )
+            )
+    return out
+
+
+def check_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for each broker TCP connect.")
+    ] = PROBE_TIMEOUT,
+) -> None:
+    """Show the effective configuration, the adapter, broker reachability and wiring."""
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        if as_json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        fail(str(exc))
+    usable, detail = adapter_status(settings.adapter)
+    probes = [probe(h, p, timeout) for h, p in broker_endpoints(settings)]
+    subs = demo_subscriptions()
+    ok = usable and all(p.reachable for p in probes)
+    if as_json:
+        report: dict[str, Any] = {
+            "ok": ok,
+            "config": settings.safe_dump(),
+            "adapter": {"name": settings.adapter, "available": usable, "detail": detail},
+            "brokers": [asdict(p) for p in probes],
+            "subscriptions": [asdict(s) for s in subs],
+        }
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        _print_report(settings, usable, detail, probes, subs)
+    if not ok:
+        problems = [] if usable else [detail]
+        problems += [
+            f"{p.host}:{p.port} unreachable ({p.error})" for p in probes if not p.reachable
+        ]
+        if not as_json:
+            err_console().print(Text("check failed: " + "; ".join(problems), style="bold red"))
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _print_report(
+    settings: HexbusSettings,
+    usable: bool,
+    detail: str,
+    probes: list[BrokerProbe],
+    subs: list[SubscriptionInfo],
+) -> None:
+    console = out_console()
+    config = Table(title="Effective configuration (HEXBUS_*)", title_justify="left")
+    config.add_column("variable", style="bold")
+    config.add_column("value")
+    for key, value in settings.safe_dump().items():
+        config.add_row(f"HEXBUS_{key.upper()}", "" if value is None else str(value))
+    console.print(config)
+    mark = ("ok", "green") if usable else ("unavailable", "red")
+    console.print(
+        Text.assemble("adapter: ", (settings.adapter, "bold"), " — ", mark, f" ({detail})")
+    )
+    if not probes:
+        console.print(Text("broker: none needed (in-process)", style="dim"))
+    for p in probes:
+        status = ("ok", "green") if p.reachable else (f"unreachable: {p.error}", "red")
+        console.print(Text.assemble(f"broker {p.host}:{p.port}: ", status))
+    wiring = Table(title="Handler wiring (demo service)", title_justify="left")
+    wiring.add_column("subscription (durable name)", overflow="fold")
+    wiring.add_column("event types / patterns", style="cyan", overflow="fold")
+    wiring.add_column("kind", style="dim", no_wrap=True)
+    grouped: dict[str, list[SubscriptionInfo]] = {}
+    for s in subs:
+        grouped.setdefault(s.name, []).append(s)
+    for name, group in grouped.items():
+        targets = ", ".join(s.target for s in group)
+        wiring.add_row(name, targets, group[0].kind)
+    console.print(wiring)

@@ -1,0 +1,36 @@
+"""``hexbus demo``: run the sample service's scripted scenario on the configured adapter."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hexbus.cli._common import fail, out_console
+from hexbus.demo.container import DemoContainer
+from hexbus.demo.scenario import run_demo
+from hexbus.domain.errors import ConfigurationError
+
+__all__ = ["demo_command"]
+
+
+def demo_command(
+    audit_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--audit-log",
+            help="Append the audit trail (JSON lines) here; default: a new temp file.",
+            dir_okay=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the sample user service: sign-ups, logins, a brute force, items, an outage."""
+    container = DemoContainer()
+    if audit_log is not None:
+        container.config.from_dict({"audit_log_path": str(audit_log)})
+    try:
+        asyncio.run(run_demo(container, out_console()))
+    except ConfigurationError as exc:
+        fail(str(exc))

@@ -1,0 +1,179 @@
+"""Topic and consumer-group naming, and topic creation.
+
+Why one topic per event type: consumers subscribe to exactly what they handle, and
+retention/partitioning can be tuned per event. Events that need one order across
+types (``order.created`` then ``order.paid`` for the same order) share a topic by
+declaring ``kafka_topic: ClassVar[str] = "orders"``; consumers then filter records
+by their ``ce_type`` header, so a subscription never sees a type it did not ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from hexbus.application.handlers import Subscription
+from hexbus.application.patterns import compile_pattern, pattern_to_regex
+from hexbus.domain.errors import ConfigurationError
+from hexbus.domain.events import DomainEvent, EventRegistry
+
+__all__ = [
+    "DLQ_SUFFIX",
+    "TopicManager",
+    "dlq_topic",
+    "event_topic",
+    "group_id",
+    "subscription_accepts",
+    "subscription_topics",
+]
+
+logger = logging.getLogger("hexbus.kafka")
+
+DLQ_SUFFIX = ".dlq"
+_TOPIC_ALREADY_EXISTS = 36
+_NOT_CONTROLLER = 41
+_RETRIABLE_CREATE = {7, _NOT_CONTROLLER}  # REQUEST_TIMED_OUT, NOT_CONTROLLER
+_NOT_DLQ = r"(?!.*" + re.escape(DLQ_SUFFIX) + r"$)"
+
+
+def event_topic(prefix: str, cls: type[DomainEvent]) -> str:
+    """``prefix`` + the class's ``kafka_topic`` (if it declares one) or its ``event_type``."""
+    override = getattr(cls, "kafka_topic", None)
+    return prefix + (override if isinstance(override, str) and override else cls.event_type)
+
+
+def dlq_topic(prefix: str, service: str, name: str) -> str:
+    """The dead-letter topic of one (service, subscription) pair."""
+    return f"{prefix}{service}.{_topic_safe(name)}{DLQ_SUFFIX}"
+
+
+def group_id(service: str, name: str) -> str:
+    """One consumer group per (service, durable subscription name)."""
+    return f"{service}.{name}"
+
+
+def _topic_safe(name: str) -> str:
+    # Kafka topic names allow [a-zA-Z0-9._-]; handler names are module.qualname
+    # (``<locals>`` and the like must go).
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def subscription_topics(
+    prefix: str, subs: Iterable[Subscription], registry: EventRegistry
+) -> tuple[set[str], str | None]:
+    """Topics one subscription group reads now, and a regex for pattern subscriptions.
+
+    The set holds the topic of every registered event class any of ``subs`` matches
+    (created at start so nothing is missed). The regex is ``None`` when every target is
+    an exact class; otherwise it also matches topics of event types that appear later
+    (``prefix`` + the pattern), never dead-letter topics.
+    """
+    topics: set[str] = set()
+    alternatives: list[str] = []
+    has_pattern = False
+    for sub in subs:
+        if isinstance(sub.target, str):
+            has_pattern = True
+            alternatives.append(re.escape(prefix) + pattern_to_regex(sub.target)[1:-1])
+            for cls in registry:
+                if sub.matches(cls):
+                    topics.add(event_topic(prefix, cls))
+        else:
+            topics.add(event_topic(prefix, sub.target))
+    if not has_pattern:
+        return topics, None
+    alternatives.extend(re.escape(topic) for topic in sorted(topics))
+    return topics, "^" + _NOT_DLQ + "(?:" + "|".join(alternatives) + ")$"
+
+
+def subscription_accepts(subs: Iterable[Subscription], event_type: str) -> bool:
+    """Does any of ``subs`` want records whose ``ce_type`` is ``event_type``?"""
+    for sub in subs:
+        target = sub.target
+        if isinstance(target, str):
+            if compile_pattern(target).match(event_type) is not None:
+                return True
+        elif target.event_type == event_type:
+            return True
+    return False
+
+
+class TopicManager:
+    """Creates topics (auto-creation is off on production brokers), once each."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        partitions: int,
+        replication_factor: int,
+        client_id: str,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._partitions = partitions
+        self._replication = replication_factor
+        self._client_id = client_id
+        self._timeout = request_timeout
+        self._admin: Any = None
+        self._known: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    def known(self, topic: str) -> bool:
+        return topic in self._known
+
+    async def start(self) -> None:
+        self._admin = AIOKafkaAdminClient(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            request_timeout_ms=int(self._timeout * 1000),
+        )
+        await self._admin.start()
+
+    async def close(self) -> None:
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            await admin.close()
+
+    async def ensure(self, topics: Iterable[str]) -> None:
+        """Create every topic in ``topics`` that this process has not seen yet."""
+        wanted = sorted(set(topics) - self._known)
+        if not wanted:
+            return
+        async with self._lock:
+            wanted = [t for t in wanted if t not in self._known]
+            if not wanted:
+                return
+            if self._admin is None:
+                raise ConfigurationError("the Kafka topic manager is not started")
+            for attempt in range(5):
+                response = await self._admin.create_topics(
+                    [NewTopic(t, self._partitions, self._replication) for t in wanted],
+                    timeout_ms=int(self._timeout * 1000),
+                )
+                retry: list[str] = []
+                for entry in response.topic_errors:
+                    topic, code = entry[0], entry[1]
+                    message = entry[2] if len(entry) > 2 else ""
+                    if code in (0, _TOPIC_ALREADY_EXISTS):
+                        self._known.add(topic)
+                    elif code in _RETRIABLE_CREATE:
+                        retry.append(topic)
+                    else:
+                        raise ConfigurationError(
+                            f"cannot create Kafka topic {topic!r} ({self._partitions} "
+                            f"partitions, replication {self._replication}): error {code} "
+                            f"{message or ''}".rstrip()
+                        )
+                if not retry:
+                    return
+                wanted = retry
+                await asyncio.sleep(0.2 * (attempt + 1))
+            raise ConfigurationError(
+                f"cannot create Kafka topics {wanted}: the broker kept timing out"
+            )

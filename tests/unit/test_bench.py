@@ -1,0 +1,115 @@
+"""``hexbus bench`` runs and reports the right shape; no timing assertions (CI is noisy)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hexbus.cli import app
+from hexbus.cli.bench import CONTENDERS, BenchEvent, GatherBus, run_benchmark
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_json_has_every_contender_and_positive_numbers() -> None:
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--adapter",
+            "memory",
+            "--events",
+            "200",
+            "--handlers",
+            "1,4",
+            "--repeats",
+            "2",
+            "--json",
+        ],
+    )
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["adapter"] == "memory" and report["events"] == 200
+    assert [row["handlers"] for row in report["results"]] == [1, 4]
+    for row in report["results"]:
+        assert row["ratio_hexbus_vs_gather"] > 0
+        for name in CONTENDERS:
+            assert row[name]["events_per_s"] > 0
+            assert 0 < row[name]["p50_us"] <= row[name]["p99_us"]
+
+
+def test_bench_table_output() -> None:
+    result = runner.invoke(app, ["bench", "--events", "100", "--handlers", "4", "--repeats", "1"])
+
+    assert result.exit_code == 0, result.output
+    assert "sequential" in result.output and "gather" in result.output
+
+
+@pytest.mark.parametrize("adapter", ["rabbitmq", "kafka"])
+def test_bench_on_a_broker_adapter_is_not_available_yet(adapter: str) -> None:
+    result = runner.invoke(app, ["bench", "--adapter", adapter, "--events", "10"])
+
+    assert result.exit_code == 2
+    assert "not available yet" in result.output
+
+
+def test_bench_rejects_bad_handler_counts() -> None:
+    result = runner.invoke(app, ["bench", "--handlers", "1,x"])
+    assert result.exit_code == 2
+
+
+async def test_run_benchmark_calls_every_handler_of_every_contender() -> None:
+    progress: list[str] = []
+    results = await run_benchmark(
+        events=50,
+        handler_counts=(3,),
+        repeats=1,
+        warmup=5,
+        on_progress=lambda label, _: progress.append(label),
+    )
+    assert sorted(m.contender for m in results) == sorted(CONTENDERS)
+    assert len(progress) == len(CONTENDERS)
+
+
+async def test_gather_baseline_is_fail_open() -> None:
+    seen: list[int] = []
+
+    async def boom(event: BenchEvent) -> None:
+        raise RuntimeError("x")
+
+    async def ok(event: BenchEvent) -> None:
+        seen.append(event.seq)
+
+    bus = GatherBus()
+    bus.subscribe(BenchEvent, boom)
+    bus.subscribe(BenchEvent, ok)
+    await bus.publish(BenchEvent(seq=7))
+    assert seen == [7]
+
+
+def test_standalone_script_runs() -> None:
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_memory.py"),
+            "--events",
+            "50",
+            "--handlers",
+            "1",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(out.stdout)["results"][0]["handlers"] == 1

@@ -1,0 +1,131 @@
+"""The ``hexbus`` command line through typer's CliRunner: outputs, exit codes, messages.
+
+Why exit codes and messages matter: scripts and CI act on them, and an operator reads
+them at 3 a.m.; "error: HEXBUS_ADAPTER='bogus' … allowed values" must say what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from typer.testing import CliRunner
+
+from hexbus.cli import app
+from hexbus.cli.check import broker_endpoints
+from hexbus.infrastructure.settings import load_settings
+
+runner = CliRunner()
+SECRET_URL = "amqp://app:s3cr3t-pw@127.0.0.1:{port}/"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("demo", "check", "bench", "tail", "publish", "dlq", "asyncapi"):
+        assert command in result.output
+
+
+def test_check_prints_adapter_and_masks_the_password() -> None:
+    env = {"HEXBUS_ADAPTER": "memory", "HEXBUS_RABBITMQ_URL": SECRET_URL.format(port=5672)}
+    result = runner.invoke(app, ["check"], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "adapter: memory" in result.output
+    assert "app:***@" in result.output
+    assert "s3cr3t" not in result.output
+    assert "user.login_failed" in result.output  # the demo's wiring
+    assert "demo.audit_counter" in result.output
+
+
+def test_check_json_reports_unreachable_broker_and_fails() -> None:
+    env = {
+        "HEXBUS_ADAPTER": "rabbitmq",
+        "HEXBUS_RABBITMQ_URL": SECRET_URL.format(port=_closed_port()),
+    }
+    result = runner.invoke(app, ["check", "--json", "--timeout", "0.5"], env=env)
+
+    assert result.exit_code == 1
+    assert "s3cr3t" not in result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    assert report["adapter"]["name"] == "rabbitmq"
+    assert report["brokers"][0]["reachable"] is False
+    assert {"target": "user.login_failed"}.items() <= next(
+        s for s in report["subscriptions"] if s["target"] == "user.login_failed"
+    ).items()
+
+
+def test_check_rejects_an_invalid_adapter_naming_the_variable() -> None:
+    result = runner.invoke(app, ["check"], env={"HEXBUS_ADAPTER": "bogus"})
+
+    assert result.exit_code != 0
+    assert "HEXBUS_ADAPTER" in result.output
+    assert "memory, rabbitmq, kafka" in " ".join(result.output.split())
+
+
+def test_kafka_bootstrap_servers_become_probe_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEXBUS_ADAPTER", "kafka")
+    monkeypatch.setenv("HEXBUS_KAFKA_BOOTSTRAP_SERVERS", "k1:9092, k2:19092,k3")
+    assert broker_endpoints(load_settings()) == [("k1", 9092), ("k2", 19092), ("k3", 9092)]
+
+
+def test_publish_a_demo_event_prints_its_id() -> None:
+    data = {"user_id": "6f1c2b9e-8d2a-4a55-9a51-0d7d1b0c1f00", "email": "a@b.io", "name": "A"}
+    result = runner.invoke(
+        app,
+        ["publish", "user.created", json.dumps(data), "-m", "ip_address=10.0.0.1"],
+        env={"HEXBUS_ADAPTER": "memory"},
+    )
+
+    assert result.exit_code == 0, result.output
+    event_id = result.stdout.strip()
+    assert len(event_id) == 36 and event_id.count("-") == 4
+
+
+@pytest.mark.parametrize(
+    ("event_type", "data", "expected"),
+    [
+        ("user.nope", "{}", "no event class is registered for event_type 'user.nope'"),
+        ("user.created", '{"email": "a@b.io"}', "user_id: Field required"),
+        ("user.created", "{oops", "not valid JSON"),
+        ("user.created", "[1, 2]", "must be a JSON object"),
+    ],
+)
+def test_publish_rejects_bad_input_clearly(event_type: str, data: str, expected: str) -> None:
+    result = runner.invoke(app, ["publish", event_type, data], env={"HEXBUS_ADAPTER": "memory"})
+
+    assert result.exit_code == 1
+    assert "error:" in result.output
+    assert expected in " ".join(result.output.split())
+
+
+def test_asyncapi_document_has_a_channel_per_event_type() -> None:
+    result = runner.invoke(app, ["asyncapi"])
+
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["asyncapi"] == "3.0.0"
+    channel = doc["channels"]["user.created"]
+    assert channel["address"] == "user.created"
+    schema = doc["components"]["schemas"]["UserCreated"]
+    assert set(schema["required"]) == {"user_id", "email", "name"}
+    assert "event_id" not in schema["properties"]  # the envelope travels as CE attributes
+    assert "hexbus.bench.ping" not in doc["channels"]
+
+
+@pytest.mark.parametrize("command", ["tail", "dlq"])
+def test_broker_only_commands_say_they_need_a_broker(command: str) -> None:
+    result = runner.invoke(app, [command])
+
+    assert result.exit_code == 2
+    assert "needs a broker adapter (rabbitmq/kafka); not available yet" in " ".join(
+        result.output.split()
+    )
