@@ -1,3 +1,2 @@
 """Integration tests need real brokers; the fixtures live in hexbus.testing.brokers."""
 
-pytest_plugins = ["hexbus.testing.brokers"]

@@ -8,6 +8,7 @@ lifecycle checks three times, so the three behave identically.
 from __future__ import annotations
 
 import enum
+import inspect
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
@@ -71,6 +72,9 @@ class EventBusBase:
         self.subscriptions = SubscriptionTable(registry)
         self.middleware = MiddlewareChain()
         self.state = BusState.NEW
+        # Handler objects given to register(): the bus calls their stop() after its own,
+        # so buffered handlers (the audit log) never lose what they hold.
+        self._registered: list[Any] = []
 
     # -- subscriptions ---------------------------------------------------------------
     def subscribe(
@@ -90,10 +94,13 @@ class EventBusBase:
         """Subscribe an ``EventHandler`` object's ``handle`` to each of its ``event_types``."""
         for target, handler, name in handler_subscriptions(obj):
             self.subscribe(target, handler, name=name)
+        if not any(o is obj for o in self._registered):
+            self._registered.append(obj)
 
     def unregister(self, obj: Any) -> None:
         for target, handler, _ in handler_subscriptions(obj):
             self.unsubscribe(target, handler)
+        self._registered = [o for o in self._registered if o is not obj]
 
     def include(self, router: EventRouter) -> None:
         """Subscribe every handler collected by ``router`` (``@router.on`` / ``@on_event``)."""
@@ -170,6 +177,12 @@ class EventBusBase:
                 await self._stop()
         finally:
             self.state = BusState.CLOSED
+            for obj in self._registered:
+                stop = getattr(obj, "stop", None)
+                if callable(stop):
+                    result = stop()
+                    if inspect.isawaitable(result):
+                        await result
 
     async def _start(self) -> None:
         """Adapter start-up (connect, declare)."""

@@ -147,6 +147,9 @@ class EventHandler:
     async def handle(self, event: Any) -> None:
         raise NotImplementedError(f"{type(self).__qualname__} must implement handle(event)")
 
+    async def stop(self) -> None:
+        """Called by the bus once it has stopped: flush buffers, close files."""
+
     def subscriptions(self) -> list[tuple[SubscriptionTarget, Handler, str]]:
         cls = type(self)
         if not cls.event_types:

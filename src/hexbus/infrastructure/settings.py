@@ -101,10 +101,10 @@ def load_settings(**overrides: Any) -> HexbusSettings:
             value = err.get("input")
             secret = field == "rabbitmq_url" and isinstance(value, str)
             shown = redact_url(value) if secret else value
-            hint = ""
+            message = err["msg"]
             if field == "adapter":
-                hint = f"; allowed values: {', '.join(ADAPTERS)}"
-            lines.append(f"{variable}={shown!r}: {err['msg']}{hint}")
+                message = f"unknown adapter; allowed values: {', '.join(ADAPTERS)}"
+            lines.append(f"{variable}={shown!r}: {message}")
         raise ConfigurationError(
             "invalid hexbus configuration:\n  " + "\n  ".join(lines)
         ) from None

@@ -412,8 +412,10 @@ class KafkaEventBus(EventBusBase):
         await consumer.start()
         out: list[DeadLetter] = []
         try:
-            await consumer.topics()
-            partitions = consumer.partitions_for_topic(topic) or set()
+            if topic not in await consumer.topics():
+                return out
+            # aiokafka keeps partition metadata only for topics it was asked about.
+            partitions = await consumer._client._wait_on_metadata(topic)
             tps = [TopicPartition(topic, p) for p in sorted(partitions)]
             if not tps:
                 return out

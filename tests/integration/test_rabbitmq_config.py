@@ -1,0 +1,133 @@
+"""RabbitMQ adapter configuration: bad credentials fail fast without leaking the password,
+settings map onto the adapter's config, subscriptions after start and topology names."""
+
+from __future__ import annotations
+
+import traceback
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from rabbitmq_procs import BusMaker, FaultEvent, bus_maker  # noqa: F401 - the fixture
+
+from hexbus import ConfigurationError, HexbusSettings, PublishError
+from hexbus.infrastructure.rabbitmq import RabbitMQConfig, RabbitMQEventBus
+from hexbus.testing import eventually
+
+pytestmark = pytest.mark.integration
+
+WRONG_PASSWORD = "n0t-the-Passw0rd-4711"
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{parts.username or 'guest'}:{password}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _all_text(exc: BaseException) -> str:
+    return str(exc) + repr(exc) + "".join(traceback.format_exception(exc))
+
+
+async def test_wrong_credentials_fail_fast_without_the_password(rabbitmq_url: str) -> None:
+    url = _with_password(rabbitmq_url, WRONG_PASSWORD)
+    bus = RabbitMQEventBus(RabbitMQConfig(url=url, connect_timeout=15))
+    with pytest.raises(ConfigurationError) as info:
+        await bus.start()
+    text = _all_text(info.value)
+    assert WRONG_PASSWORD not in text
+    assert "***" in str(info.value)
+    assert "password" in str(info.value).lower() or "auth" in str(info.value).lower()
+    assert WRONG_PASSWORD not in repr(bus)
+    assert WRONG_PASSWORD not in repr(bus.config)
+    await bus.stop()  # harmless after a failed start
+
+
+async def test_unreachable_broker_fails_fast_without_the_password() -> None:
+    url = f"amqp://guest:{WRONG_PASSWORD}@127.0.0.1:1/"
+    bus = RabbitMQEventBus(RabbitMQConfig(url=url, connect_timeout=5))
+    with pytest.raises(ConfigurationError) as info:
+        await bus.start()
+    assert WRONG_PASSWORD not in _all_text(info.value)
+    assert "127.0.0.1:1" in str(info.value)
+
+
+def test_invalid_url_error_does_not_show_the_password() -> None:
+    with pytest.raises(ValueError) as info:
+        RabbitMQConfig(url=f"http://guest:{WRONG_PASSWORD}@host/")
+    assert WRONG_PASSWORD not in str(info.value)
+
+
+def test_from_settings_maps_every_rabbitmq_setting() -> None:
+    settings = HexbusSettings(
+        adapter="rabbitmq",
+        service_name="orders",
+        rabbitmq_url=f"amqp://app:{WRONG_PASSWORD}@broker:5673/vh",
+        rabbitmq_exchange="orders.events",
+        rabbitmq_prefetch=7,
+        max_attempts=4,
+        handler_timeout=3.5,
+        publish_timeout=2.5,
+    )
+    bus = RabbitMQEventBus.from_settings(settings)
+    config = bus.config
+    assert (config.url, config.exchange, config.service_name, config.prefetch) == (
+        settings.rabbitmq_url, "orders.events", "orders", 7,
+    )
+    assert (config.max_attempts, config.handler_timeout, config.publish_timeout) == (4, 3.5, 2.5)
+    assert bus.queue_name("mail") == "orders.mail"
+    assert bus.dlq_name("mail") == "orders.mail.dlq"
+    assert WRONG_PASSWORD not in repr(bus)
+
+
+async def test_subscribe_after_start_then_unsubscribe(bus_maker: BusMaker) -> None:  # noqa: F811
+    """A subscription added to a running bus declares, binds and consumes at once (a
+    publish right after it is not lost); unsubscribe unbinds, so later events skip it."""
+    seen: list[str] = []
+
+    async def late(event: FaultEvent) -> None:
+        seen.append(str(event.event_id))
+
+    bus = bus_maker()
+    async with bus:
+        bus.subscribe(FaultEvent, late, name="late")
+        first = FaultEvent(seq=1)
+        await bus.publish(first)  # waits for the binding: not lost
+        await eventually(lambda: seen == [str(first.event_id)], timeout=15)
+        bus.unsubscribe(FaultEvent, late)
+        kept = FaultEvent(seq=2)
+        await bus.publish(kept)
+    assert seen == [str(first.event_id)]
+    # The durable queue survived the unsubscribe, but unbound: `kept` never reached it.
+    again = bus_maker()
+    again.subscribe(FaultEvent, late, name="late")
+    async with again:
+        third = FaultEvent(seq=3)
+        await again.publish(third)
+        await eventually(lambda: str(third.event_id) in seen, timeout=15)
+    assert str(kept.event_id) not in seen
+
+
+async def test_publish_on_a_closed_broker_connection_raises_publish_error(
+    bus_maker: BusMaker,  # noqa: F811
+) -> None:
+    """With the connection gone and not coming back, publish gives up after
+    ``publish_timeout`` with a ``PublishError`` naming the URL without the password."""
+    bus = bus_maker(publish_timeout=0.5, reconnect_interval=30)
+    await bus.start()
+    try:
+        # Close the underlying transport as a network failure would (the robust
+        # connection then waits reconnect_interval before trying again).
+        connection = bus._connection  # noqa: SLF001 - white-box fault injection
+        assert connection is not None
+        transport = connection.transport
+        assert transport is not None
+        await transport.connection.close(ConnectionError("test: network down"))
+        with pytest.raises(PublishError) as info:
+            await bus.publish(FaultEvent(seq=1))
+        assert "not confirmed" in str(info.value)
+        assert "guest:***@" in str(info.value) or "@" not in str(info.value)
+    finally:
+        await bus.stop()
