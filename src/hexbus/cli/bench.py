@@ -99,15 +99,22 @@ class Measurement:
 
 
 async def measure(publish: Publish, events: Sequence[DomainEvent]) -> tuple[float, list[int]]:
-    """(events/s, per-publish latencies in ns) for one pass over ``events``."""
-    latencies = [0] * len(events)
+    """(events/s, per-publish latencies in ns) for ``events``.
+
+    Two passes: throughput from a tight loop with no clock reads inside it (two
+    ``perf_counter_ns`` calls per event cost ~0.15 µs, a tenth of a fast publish, and
+    would flatten every ratio), then latencies from a second, instrumented pass.
+    """
     clock = time.perf_counter_ns
     start = clock()
+    for event in events:
+        await publish(event)
+    elapsed = clock() - start
+    latencies = [0] * len(events)
     for i, event in enumerate(events):
         t0 = clock()
         await publish(event)
         latencies[i] = clock() - t0
-    elapsed = clock() - start
     return len(events) / (elapsed / 1e9), latencies
 
 

@@ -10,14 +10,15 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from hexbus import DomainEvent, PublishError
@@ -27,7 +28,7 @@ __all__ = [
     "BusMaker",
     "ConsumerProcess",
     "KafkaFaultEvent",
-    "bus_maker",
+    "bus_maker_for",
     "delete_topics",
     "ensure_kafka_up",
     "publish_until_acked",
@@ -40,9 +41,7 @@ BROKERS_SCRIPT = HERE.parent.parent.parent / "scripts" / "brokers.py"
 
 
 def kafka_answers(bootstrap_servers: str) -> bool:
-    import socket
-
-    host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
+    host, _, port = bootstrap_servers.split(",", maxsplit=1)[0].rpartition(":")
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=1.0):
             return True
@@ -98,7 +97,7 @@ async def delete_topics(bootstrap_servers: str, prefix: str) -> None:
         topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
         if topics:
             await asyncio.wait_for(admin.delete_topics(topics), 30)
-    except Exception:  # clean-up is best effort  # noqa: BLE001
+    except Exception:  # clean-up is best effort
         pass
     finally:
         with contextlib.suppress(Exception):
@@ -140,9 +139,10 @@ class BusMaker:
         await delete_topics(self.bootstrap_servers, self.prefix)
 
 
-@pytest.fixture
-async def bus_maker(kafka_bootstrap_servers: str, unique_name: str) -> AsyncIterator[BusMaker]:
-    maker = BusMaker(kafka_bootstrap_servers, unique_name)
+@asynccontextmanager
+async def bus_maker_for(bootstrap_servers: str, unique: str) -> AsyncIterator[BusMaker]:
+    """A ``BusMaker`` whose buses are stopped and topics deleted on exit."""
+    maker = BusMaker(bootstrap_servers, unique)
     try:
         yield maker
     finally:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kafka_procs import KafkaFaultEvent
-
 from hexbus.infrastructure.kafka import KafkaConfig, KafkaEventBus
+from kafka_procs import KafkaFaultEvent
 
 
 async def main(args: argparse.Namespace) -> None:
