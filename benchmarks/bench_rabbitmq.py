@@ -1,6 +1,6 @@
 """hexbus on RabbitMQ vs raw aio-pika (same durability); prints medians and ratios.
 
-    python benchmarks/bench_rabbitmq.py [--events 10000] [--rounds 3] [--url amqp://...]
+    python benchmarks/bench_rabbitmq.py [--events 10000] [--rounds 5] [--url amqp://...]
 
 The URL defaults to ``$HEXBUS_RABBITMQ_URL`` (``scripts/brokers.py env``). What is
 measured, and how both sides are kept equal, is in ``hexbus.infrastructure.rabbitmq.bench``.
@@ -20,7 +20,7 @@ from hexbus.infrastructure.settings import redact_url
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument(
         "--url",
         default=os.environ.get("HEXBUS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/"),

@@ -4,6 +4,8 @@ Application code publishes ``DomainEvent``s through the ``EventBus`` port; the
 ``Container`` picks the transport (memory, RabbitMQ, Kafka) from ``HEXBUS_ADAPTER``.
 """
 
+import importlib
+
 from hexbus import errors
 from hexbus.application.bus import BusState, EventBusBase
 from hexbus.application.dispatch import DispatchStats
@@ -43,6 +45,32 @@ from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
 from hexbus.infrastructure.settings import HexbusSettings, load_settings
 
 __version__ = "0.1.0"
+
+# Broker adapters need their extras (aio-pika, aiokafka): import them only when asked for,
+# so ``import hexbus`` works with the core install alone.
+_LAZY = {
+    "RabbitMQEventBus": ("hexbus.infrastructure.rabbitmq", "rabbitmq"),
+    "RabbitMQConfig": ("hexbus.infrastructure.rabbitmq", "rabbitmq"),
+    "KafkaEventBus": ("hexbus.infrastructure.kafka", "kafka"),
+    "KafkaConfig": ("hexbus.infrastructure.kafka", "kafka"),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hexbus' has no attribute {name!r}")
+    module_name, extra = _LAZY[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"hexbus.{name} needs the {extra} extra: pip install 'hexbus[{extra}]' ({exc})"
+        ) from None
+    return getattr(module, name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 __all__ = [
     "AuditLogHandler",

@@ -3,7 +3,10 @@ settings map onto the adapter's config, subscriptions after start and topology n
 
 from __future__ import annotations
 
+import asyncio
+import time
 import traceback
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -120,7 +123,7 @@ async def test_publish_on_a_closed_broker_connection_raises_publish_error(
     try:
         # Close the underlying transport as a network failure would (the robust
         # connection then waits reconnect_interval before trying again).
-        connection = bus._connection  # noqa: SLF001 - white-box fault injection
+        connection = bus._connection
         assert connection is not None
         transport = connection.transport
         assert transport is not None
@@ -131,3 +134,37 @@ async def test_publish_on_a_closed_broker_connection_raises_publish_error(
         assert "guest:***@" in str(info.value) or "@" not in str(info.value)
     finally:
         await bus.stop()
+
+
+class _SilentChannel:
+    is_closed = False
+
+
+class _SilentExchange:
+    """An exchange whose broker takes the message and never confirms it."""
+
+    channel = _SilentChannel()
+
+    async def publish(self, message: object, routing_key: str, *, mandatory: bool) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_unconfirmed_publish_raises_publish_error_after_publish_timeout() -> None:
+    """The shared deadline watchdog: no confirm within ``publish_timeout`` → PublishError;
+    the caller's task is left uncancelled; a caller's own cancellation stays one."""
+    bus = RabbitMQEventBus(RabbitMQConfig(publish_timeout=0.2))
+    exchange: Any = _SilentExchange()
+    message: Any = object()
+    began = time.monotonic()
+    with pytest.raises(PublishError, match=r"not confirmed .* within 0\.2s"):
+        await bus._send(exchange, message, "rk", lambda: "event x")
+    assert time.monotonic() - began < 2
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+    sending = asyncio.create_task(bus._send(exchange, message, "rk", lambda: "event y"))
+    await asyncio.sleep(0.05)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    await bus._deadlines.close()

@@ -20,6 +20,7 @@ import json
 import platform
 import statistics
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -30,8 +31,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hexbus.cli._common import EXIT_UNAVAILABLE, fail, out_console
+from hexbus.cli.bench_kafka import run_kafka_bench
+from hexbus.cli.bench_rabbitmq import run_rabbitmq_bench
+from hexbus.domain.errors import ConfigurationError, HexbusError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.memory import InMemoryEventBus
+from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url
 
 __all__ = [
     "CONTENDERS",
@@ -256,23 +261,85 @@ def _parse_counts(raw: str) -> list[int]:
     return counts
 
 
+def _broker_bench(adapter: str, events: int, as_json: bool) -> None:
+    """hexbus against the raw client on the configured broker (``HEXBUS_*`` settings)."""
+    try:
+        settings = load_settings()
+    except ConfigurationError as exc:
+        fail(str(exc))
+    prefix = f"hexbus-bench-{uuid.uuid4().hex[:8]}"
+    target = _target(adapter, settings)
+    console = out_console()
+    with console.status(f"benchmarking {adapter}: {events:,} events x 5 rounds", spinner="dots"):
+        try:
+            if adapter == "rabbitmq":
+                result = asyncio.run(
+                    run_rabbitmq_bench(settings.rabbitmq_url, events=events, exchange_prefix=prefix)
+                )
+            else:
+                result = asyncio.run(
+                    run_kafka_bench(
+                        settings.kafka_bootstrap_servers, events=events, topic_prefix=prefix
+                    )
+                )
+        except HexbusError as exc:
+            fail(f"bench --adapter {adapter} against {target}: {exc}")
+    if as_json:
+        print(json.dumps({"adapter": adapter, "target": target, **result}, indent=2))
+        return
+    raw = "aio-pika" if adapter == "rabbitmq" else "aiokafka"
+    table = Table(title=f"hexbus {adapter} adapter vs raw {raw} (medians of 5 rounds)")
+    for column in ("", "hexbus", f"raw {raw}", "hexbus / raw"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        "publish events/s (confirmed)",
+        f"{result['hexbus_publish_per_s']:,.0f}",
+        f"{result['raw_publish_per_s']:,.0f}",
+        f"{result['publish_ratio']:.0%}",
+    )
+    table.add_row(
+        "end-to-end events/s",
+        f"{result['hexbus_e2e_per_s']:,.0f}",
+        f"{result['raw_e2e_per_s']:,.0f}",
+        f"{result['e2e_ratio']:.0%}",
+    )
+    table.add_row(
+        "end-to-end p50 / p99 ms",
+        f"{result['hexbus_p50_ms']:.1f} / {result['hexbus_p99_ms']:.1f}",
+        f"{result['raw_p50_ms']:.1f} / {result['raw_p99_ms']:.1f}",
+        "",
+    )
+    console.print(table)
+    console.print(f"{int(result['events']):,} events per round against {target}.")
+
+
+def _target(adapter: str, settings: HexbusSettings) -> str:
+    """Where the benchmark sends traffic, printable (password masked)."""
+    if adapter == "rabbitmq":
+        return redact_url(settings.rabbitmq_url)
+    return str(settings.kafka_bootstrap_servers)
+
+
 def bench_command(
     adapter: Annotated[
-        str, typer.Option(help="Transport to measure (memory only, for now).")
+        str, typer.Option(help="Transport to measure: memory, rabbitmq or kafka.")
     ] = "memory",
-    events: Annotated[int, typer.Option(min=1, help="Events per measurement.")] = 20_000,
+    events: Annotated[
+        int | None,
+        typer.Option(min=1, help="Events per measurement (default 20,000; brokers 5,000)."),
+    ] = None,
     handlers: Annotated[str, typer.Option(help="Comma-separated handler counts.")] = "1,4,16",
     repeats: Annotated[int, typer.Option(min=1, max=20, help="Interleaved repeats.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results.")] = False,
 ) -> None:
-    """Throughput and publish latency of the memory bus against gather and a plain loop."""
+    """Throughput and latency: memory against gather and a plain loop; brokers against
+    their raw client doing the same work with the same durability."""
     if adapter in ("rabbitmq", "kafka"):
-        fail(
-            f"bench --adapter {adapter}: the {adapter} adapter is not available yet",
-            EXIT_UNAVAILABLE,
-        )
+        _broker_bench(adapter, events or 5_000, as_json)
+        return
     if adapter != "memory":
         fail(f"unknown adapter {adapter!r}; choose memory, rabbitmq or kafka", EXIT_UNAVAILABLE)
+    events = events or 20_000
     counts = _parse_counts(handlers)
     console = out_console()
     with Progress(

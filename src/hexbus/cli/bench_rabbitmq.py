@@ -16,7 +16,8 @@ __all__ = ["run_rabbitmq_bench"]
 
 
 async def run_rabbitmq_bench(url: str, *, events: int, exchange_prefix: str) -> dict[str, float]:
-    """Medians over 3 rounds: ``hexbus_publish_per_s``, ``raw_publish_per_s``,
+    """Medians over 5 rounds (ratios: median of per-round ratios):
+    ``hexbus_publish_per_s``, ``raw_publish_per_s``,
     ``publish_ratio``, ``hexbus_e2e_per_s``, ``raw_e2e_per_s``, ``e2e_ratio``,
     ``hexbus_p50_ms``, ``hexbus_p99_ms``, ``raw_p50_ms``, ``raw_p99_ms``, ``events``,
     ``rounds``. Raises ``ConfigurationError`` without the ``rabbitmq`` extra.

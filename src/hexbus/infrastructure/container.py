@@ -39,7 +39,11 @@ def _settings(overrides: dict[str, Any] | None) -> HexbusSettings:
 
 def _memory_bus(settings: HexbusSettings) -> InMemoryEventBus:
     return InMemoryEventBus(
-        MemoryConfig(mode=settings.memory_mode, handler_timeout=settings.handler_timeout)
+        MemoryConfig(
+            mode=settings.memory_mode,
+            handler_timeout=settings.handler_timeout,
+            drain_timeout=settings.drain_timeout,
+        )
     )
 
 

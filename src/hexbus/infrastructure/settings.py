@@ -8,11 +8,11 @@ first publish. Secrets are ``SecretStr``-backed and masked in reprs and messages
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hexbus.domain.errors import ConfigurationError
 
@@ -65,10 +65,33 @@ class HexbusSettings(BaseSettings):
     kafka_partitions: int = Field(default=3, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
     max_attempts: int = Field(default=5, ge=1)
+    #: Back-off before each retry, seconds (brokers); the last one repeats. Env: "1,5,25".
+    retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 5.0, 25.0)
     handler_timeout: float = Field(default=30.0, gt=0)
     publish_timeout: float = Field(default=10.0, gt=0)
+    #: How long ``stop()`` waits for handlers in flight before requeueing / cancelling.
+    drain_timeout: float = Field(default=30.0, gt=0)
     memory_mode: Literal["await", "background"] = "await"
     audit_log_path: str | None = None
+
+    @field_validator("retry_delays", mode="before")
+    @classmethod
+    def _split_delays(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return tuple(float(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError(
+                    "must be comma-separated seconds, e.g. 1,5,25"
+                ) from None
+        return value
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(delay <= 0 for delay in value):
+            raise ValueError("needs one or more positive delays in seconds, e.g. 1,5,25")
+        return value
 
     @field_validator("rabbitmq_url")
     @classmethod

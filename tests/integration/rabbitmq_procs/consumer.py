@@ -15,13 +15,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rabbitmq_procs import FaultEvent  # noqa: E402
-
-from hexbus.infrastructure.rabbitmq import RabbitMQConfig, RabbitMQEventBus  # noqa: E402
+from hexbus.infrastructure.rabbitmq import RabbitMQConfig, RabbitMQEventBus
+from rabbitmq_procs import FaultEvent
 
 
 async def main(args: argparse.Namespace) -> None:
-    out = open(args.out, "a", buffering=1)  # noqa: SIM115, ASYNC230 - line-buffered log
+    out = open(args.out, "a", buffering=1)  # noqa: SIM115 - line-buffered log
 
     async def record(event: FaultEvent) -> None:
         if args.delay:

@@ -148,6 +148,10 @@ class KafkaEventBus(EventBusBase):
             client_id=f"hexbus-{self.config.service_name}-admin",
         )
         self._producer: Any = None
+        #: Set while ``_producer`` is usable; cleared while a wedged one is replaced.
+        self._producer_ready = asyncio.Event()
+        self._replacing: asyncio.Task[None] | None = None
+        self._closing_producers: set[asyncio.Task[None]] = set()
         self._topic_of: dict[type[DomainEvent], str] = {}
         self._regroup_lock = asyncio.Lock()
         self._regroups: set[asyncio.Task[None]] = set()
@@ -166,6 +170,73 @@ class KafkaEventBus(EventBusBase):
             publish_timeout=settings.publish_timeout,
         )
         return cls(config, **overrides)
+
+    # -- the producer ----------------------------------------------------------------
+    def _new_producer(self) -> Any:
+        cfg = self.config
+        return AIOKafkaProducer(
+            bootstrap_servers=cfg.bootstrap_servers,
+            client_id=f"hexbus-{cfg.service_name}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=cfg.linger_ms,
+            max_batch_size=cfg.max_batch_size,
+            max_request_size=cfg.max_request_size,
+            request_timeout_ms=max(1000, int(cfg.publish_timeout * 1000)),
+        )
+
+    async def _ready_producer(self) -> Any:
+        if not self._producer_ready.is_set():
+            await self._producer_ready.wait()
+        return self._producer
+
+    def _producer_failed(self, producer: Any) -> None:
+        """A send through ``producer`` failed: replace it (once) with a fresh one.
+
+        Why: aiokafka's idempotent producer cannot recover from batches that expired
+        while the broker was away: the broker then rejects every later batch with an
+        out-of-order sequence number, forever. A new producer gets a new producer id and
+        starts its sequences afresh; the failed publishes were reported as
+        ``PublishError`` and are re-sent by their callers.
+        """
+        if producer is not self._producer or self._replacing is not None:
+            return
+        if self.state is not _RUNNING:
+            return
+        self._producer_ready.clear()
+        self._replacing = asyncio.get_running_loop().create_task(self._replace_producer(producer))
+
+    async def _replace_producer(self, old: Any) -> None:
+        logger.warning("hexbus kafka: a publish failed; replacing the producer")
+        closing = asyncio.get_running_loop().create_task(self._close_quietly(old))
+        self._closing_producers.add(closing)
+        closing.add_done_callback(self._closing_producers.discard)
+        failures = 0
+        try:
+            while self.state is _RUNNING:
+                producer = self._new_producer()
+                try:
+                    await producer.start()
+                except Exception as exc:  # noqa: BLE001 - broker still away: try again
+                    failures += 1
+                    logger.warning("hexbus kafka: starting a new producer failed: %s", exc)
+                    await self._close_quietly(producer)
+                    await asyncio.sleep(min(5.0, 0.2 * failures))
+                    continue
+                self._producer = producer
+                return
+        finally:
+            self._replacing = None
+            self._producer_ready.set()
+
+    async def _close_quietly(self, producer: Any) -> None:
+        try:
+            async with asyncio.timeout(max(5.0, self.config.publish_timeout * 2)):
+                await producer.stop()
+        except BaseException as exc:
+            logger.debug("hexbus kafka: closing a replaced producer: %r", exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
 
     # -- naming ----------------------------------------------------------------------
     def topic_for(self, cls: type[DomainEvent]) -> str:
@@ -186,17 +257,10 @@ class KafkaEventBus(EventBusBase):
         cfg = self.config
         try:
             await self._topics.start()
-            self._producer = AIOKafkaProducer(
-                bootstrap_servers=cfg.bootstrap_servers,
-                client_id=f"hexbus-{cfg.service_name}",
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=cfg.linger_ms,
-                max_batch_size=cfg.max_batch_size,
-                max_request_size=cfg.max_request_size,
-                request_timeout_ms=max(1000, int(cfg.publish_timeout * 1000)),
-            )
-            await self._producer.start()
+            producer = self._new_producer()
+            self._producer = producer
+            await producer.start()
+            self._producer_ready.set()
             for name, subs in self.subscriptions.by_name().items():
                 await self._start_group(name, subs)
         except BaseException as exc:
@@ -234,6 +298,11 @@ class KafkaEventBus(EventBusBase):
         self.groups.clear()
         if groups:
             await asyncio.gather(*(g.stop(drain_timeout) for g in groups))
+        if self._replacing is not None:
+            self._replacing.cancel()
+            await asyncio.wait({self._replacing})
+        if self._closing_producers:
+            await asyncio.wait(set(self._closing_producers))
         if self._producer is not None:
             producer, self._producer = self._producer, None
             try:
@@ -302,9 +371,12 @@ class KafkaEventBus(EventBusBase):
         meta = validate_metadata(metadata) if metadata else None
         headers, value = self.codec.encode_kafka(event, meta)
         key_bytes = (key if key is not None else str(event.event_id)).encode()
-        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key_bytes, value, headers)
         limit = self.config.max_request_size
-        if size > limit:
+        # A cheap upper bound first; aiokafka's exact estimate only near the limit.
+        rough = len(key_bytes) + len(value) + 128 + sum(len(k) + len(v) + 10 for k, v in headers)
+        if rough > limit and (
+            size := DefaultRecordBatchBuilder.estimate_size_in_bytes(key_bytes, value, headers)
+        ) > limit:
             raise PublishError(
                 f"{event.event_type} event {event.event_id} is {size} bytes encoded, over the "
                 f"Kafka max_request_size limit of {limit} bytes; it was not sent. Make the "
@@ -345,10 +417,11 @@ class KafkaEventBus(EventBusBase):
     async def _send_all(self, items: Sequence[_Prepared]) -> None:
         timeout = self.config.publish_timeout
         futures: list[asyncio.Future[Any]] = []
+        producer: Any = None
         try:
             async with asyncio.timeout(timeout):
                 await self._ensure_topics({p.topic for p in items})
-                producer = self._producer
+                producer = await self._ready_producer()
                 for p in items:
                     fut = await producer.send(p.topic, p.value, key=p.key, headers=p.headers)
                     fut.add_done_callback(_retrieve)
@@ -360,6 +433,8 @@ class KafkaEventBus(EventBusBase):
         except TimeoutError:
             acked = sum(1 for f in futures if f.done() and not f.cancelled() and not f.exception())
             self.stats.published += acked
+            if producer is not None:
+                self._producer_failed(producer)
             raise PublishError(
                 f"Kafka did not acknowledge {len(items) - acked} of {len(items)} event(s) "
                 f"(first: {items[0].event.event_type} {items[0].event.event_id} to topic "
@@ -367,6 +442,8 @@ class KafkaEventBus(EventBusBase):
                 "have been written, publish again to be sure (consumers are at-least-once)"
             ) from None
         except (KafkaError, OSError) as exc:
+            if producer is not None:
+                self._producer_failed(producer)
             raise PublishError(
                 f"Kafka refused {items[0].event.event_type} event {items[0].event.event_id} "
                 f"for topic {items[0].topic!r}: {type(exc).__name__}: {exc}"
@@ -374,6 +451,7 @@ class KafkaEventBus(EventBusBase):
         failed = [(p, f.exception()) for p, f in zip(items, futures, strict=True) if f.exception()]
         self.stats.published += len(items) - len(failed)
         if failed:
+            self._producer_failed(producer)
             first, error = failed[0]
             raise PublishError(
                 f"Kafka refused {len(failed)} of {len(items)} event(s); first: "
@@ -391,11 +469,18 @@ class KafkaEventBus(EventBusBase):
         """Write one record as is (dead letters, replays) and wait for the ack."""
         if self._producer is None:
             raise PublishError("the Kafka producer is not running")
-        async with asyncio.timeout(self.config.publish_timeout):
-            await self._ensure_topics([topic])
-            fut = await self._producer.send(topic, value, key=key, headers=headers)
-            fut.add_done_callback(_retrieve)
-            await asyncio.shield(fut)
+        producer: Any = None
+        try:
+            async with asyncio.timeout(self.config.publish_timeout):
+                await self._ensure_topics([topic])
+                producer = await self._ready_producer()
+                fut = await producer.send(topic, value, key=key, headers=headers)
+                fut.add_done_callback(_retrieve)
+                await asyncio.shield(fut)
+        except (TimeoutError, KafkaError, OSError):
+            if producer is not None:
+                self._producer_failed(producer)
+            raise
 
     # -- dead letters ----------------------------------------------------------------
     async def dead_letters(

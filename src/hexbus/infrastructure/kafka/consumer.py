@@ -76,6 +76,7 @@ class _PartitionWorker:
         self.pending: deque[Any] = deque()
         self.wakeup = asyncio.Event()
         self.closing = False
+        self.paused = False
         #: Set when the worker must give up on retries and backoffs (stop, revocation).
         self.abandon = asyncio.Event()
         #: Offset after the last finished record (what to commit), and what was committed.
@@ -98,9 +99,11 @@ class _PartitionWorker:
                 if self.closing:
                     break
                 self.wakeup.clear()
-                group.resume(self.tp)
                 await self.wakeup.wait()
                 continue
+            if self.paused and len(self.pending) <= group.low_water:
+                self.paused = False
+                group.resume(self.tp)
             record = self.pending.popleft()
             try:
                 await group.process(record, self.abandon)
@@ -172,6 +175,8 @@ class GroupConsumer:
         self.closing = asyncio.Event()
         self._routes: dict[type[DomainEvent], tuple[Subscription, ...]] = {}
         self._accepts: dict[str, bool] = {}
+        self.high_water = bus.config.max_poll_records * 2
+        self.low_water = bus.config.max_poll_records // 2
         self._consumer: Any = None
         self._fetcher: asyncio.Task[None] | None = None
 
@@ -252,8 +257,11 @@ class GroupConsumer:
                 worker = self.workers.get(tp)
                 if worker is None:
                     worker = self.workers[tp] = _PartitionWorker(self, tp)
-                consumer.pause(tp)
                 worker.push(records)
+                if len(worker.pending) >= self.high_water and not worker.paused:
+                    # Back-pressure: stop fetching this partition until the worker caught up.
+                    worker.paused = True
+                    consumer.pause(tp)
 
     def resume(self, tp: TopicPartition) -> None:
         consumer = self._consumer
@@ -344,7 +352,10 @@ class GroupConsumer:
                 DeliveryContext(event, metadata, attempt, None, key, self.name)
             )
             try:
-                await run_handler(sub, event, cfg.handler_timeout)
+                if sub.is_async and cfg.handler_timeout is None:
+                    await sub.handler(event)  # type: ignore[misc]
+                else:
+                    await run_handler(sub, event, cfg.handler_timeout)
             except Exception as exc:  # noqa: BLE001 - retried, then dead-lettered
                 error = exc
                 stats.failed += 1
