@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,7 +34,7 @@ from rich.table import Table
 from hexbus.cli._common import EXIT_UNAVAILABLE, fail, out_console
 from hexbus.cli.bench_kafka import run_kafka_bench
 from hexbus.cli.bench_rabbitmq import run_rabbitmq_bench
-from hexbus.domain.errors import ConfigurationError, HexbusError
+from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.memory import InMemoryEventBus
 from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url
@@ -282,8 +283,15 @@ def _broker_bench(adapter: str, events: int, as_json: bool) -> None:
                         settings.kafka_bootstrap_servers, events=events, topic_prefix=prefix
                     )
                 )
-        except HexbusError as exc:
-            fail(f"bench --adapter {adapter} against {target}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the raw clients raise their own errors
+            message = f"{type(exc).__name__}: {exc}"
+            try:
+                password = urlsplit(settings.rabbitmq_url).password
+            except ValueError:
+                password = None
+            if password:
+                message = message.replace(password, "***")
+            fail(f"bench --adapter {adapter} against {target} failed: {message}")
     if as_json:
         print(json.dumps({"adapter": adapter, "target": target, **result}, indent=2))
         return

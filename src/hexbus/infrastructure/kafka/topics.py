@@ -171,9 +171,35 @@ class TopicManager:
                             f"{message or ''}".rstrip()
                         )
                 if not retry:
+                    await self._wait_for_leaders(wanted)
                     return
                 wanted = retry
                 await asyncio.sleep(0.2 * (attempt + 1))
             raise ConfigurationError(
                 f"cannot create Kafka topics {wanted}: the broker kept timing out"
             )
+
+    async def _wait_for_leaders(self, topics: list[str], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until the broker's metadata lists every topic with a leader per partition.
+
+        Why: a consumer that joins its group before the new topic shows up in metadata
+        gets no partitions for it, and only picks them up at the next metadata refresh
+        (a rebalance seconds later); producers would retry ``NotLeaderForPartition``.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
+        pending = set(topics)
+        while pending:
+            try:
+                described = await self._admin.describe_topics(sorted(pending))
+            except Exception as exc:  # noqa: BLE001 - best effort; consumers retry anyway
+                logger.debug("hexbus kafka: describe_topics failed: %s", exc)
+                described = []
+            for entry in described:
+                partitions = entry.get("partitions") or []
+                if entry.get("error_code") == 0 and partitions and all(
+                    p.get("leader", -1) >= 0 for p in partitions
+                ):
+                    pending.discard(entry.get("topic"))
+            if not pending or asyncio.get_running_loop().time() > deadline:
+                return
+            await asyncio.sleep(0.05)
