@@ -7,7 +7,10 @@ name from it, so ``subscribe`` behaves the same whatever the transport.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+import functools
+import inspect
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -24,9 +27,17 @@ __all__ = [
     "SubscriptionTable",
     "default_router",
     "on_event",
+    "run_in_thread",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+async def run_in_thread(handler: Callable[[Any], Any], event: DomainEvent) -> None:
+    """Run a plain ``def`` handler in the default executor so it cannot block the loop."""
+    result = await asyncio.to_thread(handler, event)
+    if inspect.isawaitable(result):
+        await result
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -37,6 +48,14 @@ class Subscription:
     handler: Handler
     name: str
     is_async: bool
+    #: ``call(event)`` returns the coroutine that runs the handler once: the handler
+    #: itself for ``async def``, a worker-thread run for plain ``def`` (precomputed so
+    #: dispatch does not decide per event).
+    call: Callable[[Any], Coroutine[Any, Any, None]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        call = self.handler if self.is_async else functools.partial(run_in_thread, self.handler)
+        object.__setattr__(self, "call", call)
 
     @property
     def routing_key(self) -> str:

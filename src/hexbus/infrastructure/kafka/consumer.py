@@ -96,8 +96,11 @@ class _PartitionWorker:
                 if self.done != self.committed:
                     await group.commit({self.tp: self})
                     since_commit = 0
+                    if self.pending:
+                        continue  # records arrived during the commit
                 if self.closing:
                     break
+                # No await between this check and wait(): push() cannot slip in unseen.
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
