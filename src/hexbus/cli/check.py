@@ -1,12 +1,15 @@
 """``hexbus check``: is this configuration usable? Config, adapter, broker, wiring.
 
-Why a TCP probe and not a broker client: the CLI must not import aio_pika/aiokafka
-(they are optional extras), and "can I reach host:port within 2s" already separates a
-typo or a firewall from a real protocol problem.
+Two probes: a TCP connect per broker endpoint (separates a typo or a firewall from a
+protocol problem, needs no client library), then, when that worked, a real session:
+the adapter the container would build is started and stopped, which proves the
+credentials and the protocol. The CLI itself never imports aio_pika/aiokafka; the
+container loads the adapter by name.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import socket
@@ -22,6 +25,7 @@ from hexbus.application.wiring import handler_name, is_async_handler
 from hexbus.cli._common import EXIT_ERROR, err_console, fail, out_console
 from hexbus.demo.container import DemoContainer
 from hexbus.domain.errors import ConfigurationError
+from hexbus.infrastructure.container import build_bus
 from hexbus.infrastructure.settings import HexbusSettings, load_settings
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "adapter_status",
     "broker_endpoints",
     "check_command",
+    "session_probe",
     "demo_subscriptions",
     "probe",
 ]
@@ -110,6 +115,34 @@ def demo_subscriptions() -> list[SubscriptionInfo]:
     return out
 
 
+SESSION_OK = "ok (connected, authenticated, started and stopped the adapter)"
+
+
+def session_probe(settings: HexbusSettings, *, timeout: float) -> str:
+    """Start and stop the adapter the container would build: ``SESSION_OK`` or the error."""
+
+    async def run() -> None:
+        bus = build_bus(settings)
+        try:
+            async with asyncio.timeout(timeout):
+                await bus.start()
+        finally:
+            await bus.stop()
+
+    try:
+        asyncio.run(run())
+    except TimeoutError:
+        return f"no session within {timeout:.0f}s"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
+        message = f"{type(exc).__name__}: {exc}"
+        try:
+            password = urlsplit(settings.rabbitmq_url).password
+        except ValueError:
+            password = None
+        return message.replace(password, "***") if password else message
+    return SESSION_OK
+
+
 def check_command(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     timeout: Annotated[
@@ -125,24 +158,33 @@ def check_command(
         fail(str(exc))
     usable, detail = adapter_status(settings.adapter)
     probes = [probe(h, p, timeout) for h, p in broker_endpoints(settings)]
+    session: str | None = None
+    if usable and probes and all(p.reachable for p in probes):
+        session = session_probe(settings, timeout=max(timeout, 10.0))
     subs = demo_subscriptions()
-    ok = usable and all(p.reachable for p in probes)
+    ok = usable and all(p.reachable for p in probes) and session in (None, SESSION_OK)
     if as_json:
         report: dict[str, Any] = {
             "ok": ok,
             "config": settings.safe_dump(),
             "adapter": {"name": settings.adapter, "available": usable, "detail": detail},
             "brokers": [asdict(p) for p in probes],
+            "session": session,
             "subscriptions": [asdict(s) for s in subs],
         }
         print(json.dumps(report, indent=2, default=str))
     else:
         _print_report(settings, usable, detail, probes, subs)
+        if session is not None:
+            style = "green" if session == SESSION_OK else "red"
+            out_console().print(Text.assemble("session: ", (session, style)))
     if not ok:
         problems = [] if usable else [detail]
         problems += [
             f"{p.host}:{p.port} unreachable ({p.error})" for p in probes if not p.reachable
         ]
+        if session not in (None, SESSION_OK):
+            problems.append(f"session: {session}")
         if not as_json:
             err_console().print(Text("check failed: " + "; ".join(problems), style="bold red"))
         raise typer.Exit(EXIT_ERROR)

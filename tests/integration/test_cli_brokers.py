@@ -1,0 +1,86 @@
+"""The command line against the real brokers: check, demo, bench, publish."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from typer.testing import CliRunner
+
+from hexbus.cli import app
+
+pytestmark = pytest.mark.integration
+
+runner = CliRunner()
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    netloc = f"{parts.username or 'guest'}:{password}@{parts.hostname}:{parts.port or 5672}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _env(adapter: str, rabbitmq_url: str, kafka: str, service: str) -> dict[str, str]:
+    return {
+        "HEXBUS_ADAPTER": adapter,
+        "HEXBUS_RABBITMQ_URL": rabbitmq_url,
+        "HEXBUS_KAFKA_BOOTSTRAP_SERVERS": kafka,
+        "HEXBUS_SERVICE_NAME": service,
+        "HEXBUS_RABBITMQ_EXCHANGE": f"{service}.events",
+        "HEXBUS_KAFKA_TOPIC_PREFIX": f"{service}.",
+    }
+
+
+@pytest.mark.parametrize("adapter", ["rabbitmq", "kafka"])
+def test_check_opens_a_real_session(
+    adapter: str, rabbitmq_url: str, kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    env = _env(adapter, rabbitmq_url, kafka_bootstrap_servers, unique_name)
+    result = runner.invoke(app, ["check", "--json"], env=env)
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    assert report["session"].startswith("ok")
+    assert all(b["reachable"] for b in report["brokers"])
+
+
+def test_check_with_wrong_credentials_fails_without_the_password(
+    rabbitmq_url: str, kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    secret = "not-the-password-42"
+    wrong = _with_password(rabbitmq_url, secret)
+    env = _env("rabbitmq", wrong, kafka_bootstrap_servers, unique_name)
+    result = runner.invoke(app, ["check"], env=env)
+
+    assert result.exit_code == 1
+    assert "session" in result.output
+    assert secret not in result.output
+
+
+@pytest.mark.parametrize("adapter", ["rabbitmq", "kafka"])
+def test_demo_runs_on_the_broker(
+    adapter: str, rabbitmq_url: str, kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    env = _env(adapter, rabbitmq_url, kafka_bootstrap_servers, unique_name)
+    result = runner.invoke(app, ["demo"], env=env)
+
+    assert result.exit_code == 0, result.output
+    assert "SECURITY ALERT" in result.output
+    assert "invalidated" in result.output
+
+
+@pytest.mark.parametrize("adapter", ["rabbitmq", "kafka"])
+def test_bench_against_the_broker_reports_both_sides(
+    adapter: str, rabbitmq_url: str, kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    env = _env(adapter, rabbitmq_url, kafka_bootstrap_servers, unique_name)
+    args = ["bench", "--adapter", adapter, "--events", "200", "--json"]
+    result = runner.invoke(app, args, env=env)
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    for key in ("hexbus_publish_per_s", "raw_publish_per_s", "hexbus_e2e_per_s", "raw_e2e_per_s"):
+        assert data[key] > 0, key
+    assert data["hexbus_p99_ms"] >= data["hexbus_p50_ms"] > 0
