@@ -355,10 +355,7 @@ class GroupConsumer:
                 DeliveryContext(event, metadata, attempt, None, key, self.name)
             )
             try:
-                if sub.is_async and cfg.handler_timeout is None:
-                    await sub.handler(event)  # type: ignore[misc]
-                else:
-                    await run_handler(sub, event, cfg.handler_timeout)
+                await run_handler(sub, event, cfg.handler_timeout)
             except Exception as exc:  # noqa: BLE001 - retried, then dead-lettered
                 error = exc
                 stats.failed += 1
