@@ -24,8 +24,8 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Final, Literal
-from uuid import UUID
 
 from pydantic import ValidationError
 
@@ -343,17 +343,28 @@ class CloudEventCodec:
                     body,
                     attributes,
                 )
-        envelope = self._envelope(attrs, body, attributes)
+        # One JSON-mode validation of the body with the envelope spliced in as its last
+        # members: the event's own fields get exactly the rules they were serialized by,
+        # the envelope comes from the attributes (a duplicate key in the body loses: the
+        # last one wins), and no default factory (a fresh UUIDv7, the clock) runs only to
+        # be overwritten. This is the consumer's hot path.
+        data = _splice(body, self._envelope_json(attrs))
+        if data is None:  # validating the body alone says precisely what is wrong with it
+            try:
+                cls.model_validate_json(body)
+            except ValidationError as exc:
+                raise _body_error(exc, event_type, cls, body, attributes, attrs=attrs) from exc
+            raise _decode_error(
+                f"body of {event_type!r} is not a JSON object (CloudEvents data must be the "
+                "event's fields as an object)",
+                "malformed",
+                body,
+                attributes,
+            )
         try:
-            # JSON-mode validation of the body alone: exactly the rules the event's own
-            # fields were serialized by (strict fields, bytes, aliases ...). The envelope
-            # fields have defaults, so they are then replaced by the (checked) attributes.
-            # Trade-off: an event class's mode="after" model validator sees the default
-            # envelope here, not the wire one (no hexbus event needs that today).
-            event = cls.model_validate_json(body)
+            event = cls.model_validate_json(data)
         except ValidationError as exc:
-            raise _body_error(exc, event_type, cls, body, attributes) from exc
-        event = event.model_copy(update=envelope)
+            raise _body_error(exc, event_type, cls, body, attributes, attrs=attrs) from exc
         return event, _metadata_from(attrs)
 
     def decode_kafka(
@@ -378,38 +389,32 @@ class CloudEventCodec:
             raise
         return self.decode(attributes, body)
 
-    def _envelope(
-        self, attrs: Mapping[str, str], body: bytes, attributes: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        try:
-            event_id = UUID(attrs["id"])
-        except ValueError:
-            raise _decode_error(
-                f"attribute 'id' {attrs['id']!r} is not a UUID", "malformed", body, attributes
-            ) from None
-        source = attrs["source"]
+    def _envelope_json(self, attrs: Mapping[str, str]) -> str:
+        """The envelope fields as JSON object members, taken from the attributes."""
+        event_id = attrs["id"]
         correlation_id = attrs.get("correlationid")
-        envelope: dict[str, Any] = {
-            "event_id": event_id,
-            "correlation_id": str(event_id) if correlation_id is None else correlation_id,
-            "causation_id": attrs.get("causationid"),
-            "source": "" if source == self._source else source,
-        }
+        causation_id = attrs.get("causationid")
+        source = attrs["source"]
         time = attrs.get("time")
-        if time is not None:
-            try:
-                occurred_at = datetime.fromisoformat(time)
-            except ValueError:
-                occurred_at = None
-            if occurred_at is None or occurred_at.utcoffset() is None:
-                raise _decode_error(
-                    f"attribute 'time' {time!r} is not an RFC 3339 timestamp with an offset",
-                    "malformed",
-                    body,
-                    attributes,
-                )
-            envelope["occurred_at"] = occurred_at.astimezone(UTC)
-        return envelope
+        members = (
+            f'"event_id":{_quote(event_id)}'
+            f',"correlation_id":{_quote(event_id if correlation_id is None else correlation_id)}'
+            f',"causation_id":{"null" if causation_id is None else _quote(causation_id)}'
+            f',"source":{_quote("" if source == self._source else source)}'
+        )
+        if time is not None:  # optional in CloudEvents: without it, the decode time
+            members += f',"occurred_at":{_quote(time)}'
+        return members
+
+
+def _splice(body: bytes, members: str) -> bytes | None:
+    """``body`` (a JSON object) with ``members`` appended; ``None`` if it is no object."""
+    stripped = body.strip()
+    if stripped[:1] != b"{" or stripped[-1:] != b"}":
+        return None
+    inner = stripped[1:-1].strip()
+    tail = members.encode()
+    return b"{" + inner + b"," + tail + b"}" if inner else b"{" + tail + b"}"
 
 
 def _as_text(attributes: Mapping[str, str | bytes], body: bytes) -> dict[str, str]:
@@ -438,8 +443,21 @@ def _body_error(
     cls: type[DomainEvent],
     body: bytes,
     attributes: Mapping[str, Any],
+    *,
+    attrs: Mapping[str, str],
 ) -> DecodeError:
     errors = exc.errors(include_url=False)
+    envelope = [err for err in errors if err["loc"] and err["loc"][0] in _ENVELOPE_ATTRIBUTE]
+    if envelope:
+        err = envelope[0]
+        name = _ENVELOPE_ATTRIBUTE[str(err["loc"][0])]
+        return _decode_error(
+            f"attribute {name!r} {attrs.get(name)!r} is invalid: {err['msg']} "
+            f"({_ATTRIBUTE_RULES.get(name, 'it must be a string')})",
+            "malformed",
+            body,
+            attributes,
+        )
     root = errors[0] if len(errors) == 1 and not errors[0]["loc"] else None
     if root is not None and root["type"] == "json_invalid":
         return _decode_error(
@@ -467,6 +485,22 @@ def _body_error(
     )
     vars(decode_exc)["errors"] = errors
     return decode_exc
+
+
+#: Envelope field → the CloudEvents attribute it is decoded from (for error messages).
+_ENVELOPE_ATTRIBUTE = {
+    "event_id": "id",
+    "occurred_at": "time",
+    "correlation_id": "correlationid",
+    "causation_id": "causationid",
+    "source": "source",
+}
+
+
+_ATTRIBUTE_RULES = {
+    "id": "it must be a UUID",
+    "time": "it must be an RFC 3339 timestamp with an offset",
+}
 
 
 def _metadata_from(attrs: Mapping[str, str]) -> dict[str, str]:
