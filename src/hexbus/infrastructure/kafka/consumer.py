@@ -94,10 +94,8 @@ class _PartitionWorker:
         while not self.closing:
             if not self.pending:
                 if self.done != self.committed:
-                    await group.commit({self.tp: self})
+                    group.commit_soon()  # one request for every partition that ran dry
                     since_commit = 0
-                    if self.pending:
-                        continue  # records arrived during the commit
                 if self.closing:
                     break
                 # No await between this check and wait(): push() cannot slip in unseen.
@@ -115,7 +113,7 @@ class _PartitionWorker:
             self.done = record.offset + 1
             since_commit += 1
             if since_commit >= _COMMIT_EVERY:
-                await group.commit({self.tp: self})
+                group.commit_soon()
                 since_commit = 0
 
     async def close(self, timeout: float) -> None:  # noqa: ASYNC109
@@ -173,6 +171,7 @@ class GroupConsumer:
         self.pattern = pattern
         self.dlq_topic = dlq_topic
         self.workers: dict[TopicPartition, _PartitionWorker] = {}
+        self._committer: asyncio.Task[None] | None = None
         self.assigned: set[TopicPartition] = set()
         self.assignment_seen = asyncio.Event()
         self.closing = asyncio.Event()
@@ -234,6 +233,8 @@ class GroupConsumer:
         await asyncio.gather(
             *(w.close(max(0.0, deadline - time.monotonic())) for w in workers)
         )
+        if self._committer is not None:  # its offsets are older: let it land first
+            await asyncio.wait({self._committer})
         await self.commit({w.tp: w for w in workers})
 
     # -- fetching --------------------------------------------------------------------
@@ -275,6 +276,19 @@ class GroupConsumer:
                 consumer.resume(tp)
         except Exception as exc:  # noqa: BLE001 - reassigned meanwhile; nothing to resume
             logger.debug("hexbus kafka: resume %s: %s", tp, exc)
+
+    def commit_soon(self) -> None:
+        """Commit what every worker has finished, in one request, once the workers that
+        are running now had their turn (they often run dry together after a fetch)."""
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.get_running_loop().create_task(self._commit_all())
+
+    async def _commit_all(self) -> None:
+        await asyncio.sleep(0)
+        try:
+            await self.commit(dict(self.workers))
+        except Exception:  # not fatal: what is not committed is redelivered
+            logger.exception("hexbus kafka: commit for %s failed", self.group_id)
 
     async def commit(self, workers: dict[TopicPartition, _PartitionWorker]) -> None:
         offsets = {
