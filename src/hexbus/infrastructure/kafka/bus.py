@@ -168,6 +168,10 @@ class KafkaEventBus(EventBusBase):
             max_attempts=settings.max_attempts,
             handler_timeout=settings.handler_timeout,
             publish_timeout=settings.publish_timeout,
+            # In-process back-off: the first delay, doubling, capped at the longest.
+            retry_backoff=settings.retry_delays[0],
+            retry_backoff_max=max(settings.retry_delays),
+            drain_timeout=settings.drain_timeout,
         )
         return cls(config, **overrides)
 
