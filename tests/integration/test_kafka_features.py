@@ -1,0 +1,325 @@
+"""Kafka adapter features without a test elsewhere: shared topics (``kafka_topic``),
+oversize refusal, pattern subscriptions that pick up topics created after start, and
+the settings/container wiring (``from_settings``, ``Container``).
+
+Every test uses its own topic prefix and service name (``BusMaker``), so topics and
+consumer groups never meet another test's; waits are deadlines (``eventually``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from dependency_injector import providers
+from kafka_procs import BusMaker, bus_maker_for, delete_topics
+
+from hexbus import DomainEvent, PublishError
+from hexbus.application.bus import BusState
+from hexbus.application.handlers import EventRouter
+from hexbus.domain.events import event_registry
+from hexbus.infrastructure.container import Container
+from hexbus.infrastructure.kafka import KafkaConfig, KafkaEventBus
+from hexbus.infrastructure.settings import HexbusSettings
+from hexbus.testing.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+SHARED_TOPIC = "kafkafeat.shared"
+PATTERN = "kafkafeat.pattern.*"
+LATE_TYPE = "kafkafeat.pattern.late"
+
+
+class SharedA(DomainEvent, event_type="kafkafeat.shared_a"):
+    kafka_topic: ClassVar[str] = SHARED_TOPIC
+    seq: int
+
+
+class SharedB(DomainEvent, event_type="kafkafeat.shared_b"):
+    kafka_topic: ClassVar[str] = SHARED_TOPIC
+    seq: int
+
+
+class Payload(DomainEvent, event_type="kafkafeat.payload"):
+    data: str
+
+
+class PatternEarly(DomainEvent, event_type="kafkafeat.pattern.early"):
+    seq: int
+
+
+class Ping(DomainEvent, event_type="kafkafeat.ping"):
+    text: str
+
+
+@pytest.fixture
+async def bus_maker(kafka_bootstrap_servers: str, unique_name: str) -> AsyncIterator[BusMaker]:
+    async with bus_maker_for(kafka_bootstrap_servers, unique_name) as maker:
+        yield maker
+
+
+async def _list_topics(bootstrap_servers: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await asyncio.wait_for(admin.start(), 15)
+    try:
+        return set(await asyncio.wait_for(admin.list_topics(), 15))
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+async def _read_topic(
+    bootstrap_servers: str, topic: str, partitions: int, count: int, timeout: float = 15.0
+) -> list[Any]:
+    """Read ``count`` records of ``topic`` from the beginning, without a group."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        while len(out) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                out.extend(records)
+        # Anything beyond ``count`` that is already there must be seen too.
+        end = await consumer.end_offsets(tps)
+        total = sum(end.values())
+    finally:
+        await consumer.stop()
+    assert total == len(out), (total, len(out))
+    out.sort(key=lambda r: (r.partition, r.offset))
+    return out
+
+
+def _header(record: Any, name: str) -> str | None:
+    for key, value in record.headers or ():
+        if key == name:
+            return value.decode()
+    return None
+
+
+# -- 1. shared topic ----------------------------------------------------------------------
+@pytest.mark.timeout(60)
+async def test_shared_topic_override_filters_by_type_and_keeps_order(
+    bus_maker: BusMaker, kafka_bootstrap_servers: str
+) -> None:
+    seen_a: list[int] = []
+    seen_b: list[int] = []
+
+    async def on_a(event: SharedA) -> None:
+        seen_a.append(event.seq)
+
+    async def on_b(event: SharedB) -> None:
+        seen_b.append(event.seq)
+
+    bus = bus_maker(partitions=3)
+    bus.subscribe(SharedA, on_a, name="shared-a")
+    bus.subscribe(SharedB, on_b, name="shared-b")
+    shared = bus_maker.prefix + SHARED_TOPIC
+    # The override replaces the event type, the prefix is still added.
+    assert bus.topic_for(SharedA) == bus.topic_for(SharedB) == shared
+
+    n = 10
+    async with bus:
+        await bus.wait_ready(30)
+        for seq in range(n):
+            await bus.publish(SharedA(seq=seq), key="aggregate-1")
+            await bus.publish(SharedB(seq=seq), key="aggregate-1")
+        await eventually(
+            lambda: len(seen_a) >= n and len(seen_b) >= n,
+            timeout=20,
+            message=lambda: f"a={seen_a} b={seen_b}",
+        )
+    assert seen_a == list(range(n))
+    assert seen_b == list(range(n))
+
+    # Both types really landed on the one shared topic, interleaved in publish order.
+    listed = await _list_topics(kafka_bootstrap_servers)
+    topics = {t for t in listed if t.startswith(bus_maker.prefix)}
+    assert shared in topics
+    assert bus_maker.prefix + SharedA.event_type not in topics
+    assert bus_maker.prefix + SharedB.event_type not in topics
+    records = await _read_topic(kafka_bootstrap_servers, shared, 3, 2 * n)
+    assert {r.partition for r in records} == {records[0].partition}  # one key, one partition
+    types = [_header(r, "ce_type") for r in records]
+    assert types == [SharedA.event_type, SharedB.event_type] * n
+
+
+# -- 2. oversize refusal ------------------------------------------------------------------
+@pytest.mark.timeout(60)
+async def test_oversize_event_is_refused_before_sending(
+    bus_maker: BusMaker, kafka_bootstrap_servers: str
+) -> None:
+    limit = 2048
+    seen: list[str] = []
+
+    async def handle(event: Payload) -> None:
+        seen.append(event.data)
+
+    bus = bus_maker(max_request_size=limit, partitions=1)
+    bus.subscribe(Payload, handle, name="payload")
+    big = Payload(data="x" * 5000)
+    async with bus:
+        with pytest.raises(PublishError) as info:
+            await bus.publish(big)
+        message = str(info.value)
+        assert str(big.event_id) in message
+        assert f"{limit} bytes" in message
+        assert "max_request_size" in message
+        assert "not sent" in message
+        size = int(message.split(" is ", 1)[1].split(" bytes", 1)[0])
+        assert size > limit
+        # Refused by the bus itself, not by the client library after a send attempt.
+        assert info.value.__cause__ is None
+        assert bus.stats.published == 0
+
+        await bus.publish(Payload(data="small"))
+        await eventually(lambda: seen == ["small"], timeout=20, message=lambda: f"seen={seen}")
+    assert seen == ["small"]
+    assert bus.stats.published == 1
+    # The topic holds exactly the small record: the big one never reached the broker.
+    records = await _read_topic(kafka_bootstrap_servers, bus.topic_for(Payload), 1, 1)
+    assert [r.value is not None and b"small" in r.value for r in records] == [True]
+
+
+# -- 3. pattern subscription and a topic created after start --------------------------------
+@pytest.mark.timeout(90)
+async def test_pattern_subscription_picks_up_topic_created_after_start(
+    bus_maker: BusMaker, kafka_bootstrap_servers: str
+) -> None:
+    seen: list[str] = []
+
+    async def handle(event: DomainEvent) -> None:
+        seen.append(event.event_type)
+
+    # ``LATE_TYPE``'s class does not exist yet, so start() (which creates the topics of
+    # the *registered* types a pattern matches) cannot create its topic.
+    assert LATE_TYPE not in event_registry
+    bus = bus_maker(metadata_max_age_ms=500)
+    bus.subscribe(PATTERN, handle, name="pattern")
+    late_topic = bus_maker.prefix + LATE_TYPE
+    try:
+        async with bus:
+            await bus.wait_ready(30)
+            await bus.publish(PatternEarly(seq=0))
+            await eventually(lambda: seen == [PatternEarly.event_type], timeout=20)
+
+            topics = await _list_topics(kafka_bootstrap_servers)
+            assert bus.topic_for(PatternEarly) in topics
+            assert late_topic not in topics
+
+            class PatternLate(DomainEvent, event_type=LATE_TYPE):
+                seq: int
+
+            assert bus.topic_for(PatternLate) == late_topic
+            await bus.publish(PatternLate(seq=1))  # creates the topic on the fly
+            await eventually(
+                lambda: seen == [PatternEarly.event_type, LATE_TYPE],
+                timeout=30,
+                interval=0.05,
+                message=lambda: f"seen={seen}",
+            )
+    finally:
+        event_registry.unregister(LATE_TYPE)
+    assert late_topic in await _list_topics(kafka_bootstrap_servers)
+
+
+# -- 4. settings and container -------------------------------------------------------------
+def test_from_settings_maps_settings_into_config(kafka_bootstrap_servers: str) -> None:
+    settings = HexbusSettings(
+        adapter="kafka",
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
+        kafka_topic_prefix="feat.",
+        kafka_partitions=4,
+        kafka_replication_factor=1,
+        service_name="feat-svc",
+        max_attempts=7,
+        handler_timeout=12.5,
+        publish_timeout=3.5,
+    )
+    bus = KafkaEventBus.from_settings(settings)
+    cfg = bus.config
+    assert isinstance(cfg, KafkaConfig)
+    assert cfg.bootstrap_servers == kafka_bootstrap_servers
+    assert cfg.topic_prefix == "feat."
+    assert cfg.partitions == 4
+    assert cfg.replication_factor == 1
+    assert cfg.service_name == "feat-svc"
+    assert cfg.max_attempts == 7
+    assert cfg.handler_timeout == 12.5
+    assert cfg.publish_timeout == 3.5
+    assert bus.topic_for(Ping) == "feat.kafkafeat.ping"
+    # Overrides win over settings.
+    assert KafkaEventBus.from_settings(settings, linger_ms=0, partitions=2).config.partitions == 2
+
+
+def test_from_settings_maps_retry_and_drain_settings(kafka_bootstrap_servers: str) -> None:
+    settings = HexbusSettings(
+        adapter="kafka",
+        kafka_bootstrap_servers=kafka_bootstrap_servers,
+        retry_delays=(0.25, 4.0, 2.0),
+        drain_timeout=4.0,
+    )
+    cfg = KafkaEventBus.from_settings(settings).config
+    assert cfg.drain_timeout == 4.0
+    # In-process back-off: the first delay, doubling, capped at the longest.
+    assert cfg.retry_backoff == 0.25
+    assert cfg.retry_backoff_max == 4.0
+
+
+@pytest.mark.timeout(60)
+async def test_container_starts_kafka_bus_that_round_trips(
+    kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    prefix = f"{unique_name}."
+    seen: list[str] = []
+    router = EventRouter()
+
+    @router.on(Ping, name="container-ping")
+    async def on_ping(event: Ping) -> None:
+        seen.append(event.text)
+
+    container = Container()
+    container.config.from_dict(
+        {
+            "adapter": "kafka",
+            "kafka_bootstrap_servers": kafka_bootstrap_servers,
+            "kafka_topic_prefix": prefix,
+            "service_name": unique_name,
+            "drain_timeout": 5.0,
+        }
+    )
+    container.routers.override(providers.List(providers.Object(router)))
+    bus: Any = None
+    try:
+        await container.init_resources()
+        bus = container.event_bus()
+        assert isinstance(bus, KafkaEventBus)
+        assert bus.state is BusState.RUNNING
+        assert bus.config.bootstrap_servers == kafka_bootstrap_servers
+        assert bus.config.topic_prefix == prefix
+        assert bus.config.service_name == unique_name
+        assert bus.topic_for(Ping) == prefix + Ping.event_type
+        assert set(bus.groups) == {"container-ping"}
+        await bus.publish(Ping(text="hello"))
+        await eventually(lambda: seen == ["hello"], timeout=20, message=lambda: f"seen={seen}")
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(container.shutdown_resources(), 30)
+        container.routers.reset_override()
+        await delete_topics(kafka_bootstrap_servers, prefix)
+    assert seen == ["hello"]
+    assert bus is not None
+    assert bus.state is BusState.CLOSED
+    assert not bus.groups
