@@ -37,7 +37,6 @@ from hexbus.demo.use_cases import (
     Request,
     UpdateProfile,
 )
-from hexbus.infrastructure.audit import AuditLogHandler
 from hexbus.testing.recording import RecordingEventBus
 
 
@@ -63,7 +62,6 @@ async def service(tmp_path: Path) -> AsyncIterator[Service]:
         security_alert=handlers.SecurityAlertHandler(notifier, activity, threshold=3),
         admin_alert=handlers.AdminAlertHandler(notifier, activity),
         counter=counter,
-        audit_log=AuditLogHandler(tmp_path / "audit.jsonl"),
     )
     bus = InMemoryEventBus()
     bus.include(router)

@@ -11,7 +11,7 @@ import enum
 import inspect
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self, TypeVar
 
 from hexbus.application.handlers import (
     EventRouter,
@@ -29,7 +29,7 @@ from hexbus.domain.errors import (
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import Handler, Middleware, SubscriptionTarget
 
-__all__ = ["BusState", "EventBusBase", "validate_metadata"]
+__all__ = ["BusState", "EventBusBase", "merged_config", "validate_metadata"]
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
@@ -41,6 +41,31 @@ class BusState(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     CLOSED = "closed"
+
+
+C = TypeVar("C", bound="_Config")
+
+
+class _Config(Protocol):
+    """The shape of an adapter's (pydantic) config model."""
+
+    def model_dump(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def model_validate(cls, obj: Any) -> Self: ...
+
+
+def merged_config(config_cls: type[C], base: C | None, overrides: Mapping[str, Any]) -> C:
+    """``base`` (or the defaults) with ``overrides`` applied and validated again.
+
+    Every adapter takes ``Bus(config, **overrides)`` so tests and scripts can change one
+    option without spelling out the rest.
+    """
+    if base is None:
+        base = config_cls.model_validate({})
+    if not overrides:
+        return base
+    return config_cls.model_validate({**base.model_dump(), **overrides})
 
 
 def validate_metadata(metadata: Mapping[str, str] | None) -> Mapping[str, str]:

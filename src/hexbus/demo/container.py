@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dependency_injector import providers
@@ -17,13 +16,12 @@ from dependency_injector import providers
 from hexbus import (
     AuditLogHandler,
     Container,
-    EventBus,
-    EventRouter,
     HexbusSettings,
     default_router,
 )
 from hexbus.demo import adapters, handlers, use_cases
 from hexbus.demo.activity import ActivityLog, EventTap
+from hexbus.infrastructure.container import running_bus
 
 __all__ = ["DemoContainer", "default_audit_path"]
 
@@ -35,22 +33,6 @@ def default_audit_path() -> Path:
 
 def _audit_log(settings: HexbusSettings) -> AuditLogHandler:
     return AuditLogHandler(settings.audit_log_path or default_audit_path())
-
-
-async def _running_demo_bus(
-    bus: EventBus, routers: list[EventRouter], audit_log: AuditLogHandler
-) -> AsyncIterator[EventBus]:
-    """The library's lifecycle, plus flushing the audit log once the bus has drained."""
-    for router in routers:
-        bus.include(router)
-    await bus.start()
-    try:
-        yield bus
-    finally:
-        try:
-            await bus.stop()
-        finally:
-            await audit_log.stop()
 
 
 class DemoContainer(Container):
@@ -85,11 +67,12 @@ class DemoContainer(Container):
         security_alert=security_alert,
         admin_alert=admin_alert,
         counter=counter,
-        audit_log=audit_log,
     )
     #: The library's default router (``@on_event``) plus the demo's.
     routers = providers.List(providers.Object(default_router), router)
-    bus_lifecycle = providers.Resource(_running_demo_bus, Container.event_bus, routers, audit_log)
+    #: Registered, not routed: the bus flushes the audit log when it stops.
+    handlers = providers.List(audit_log)
+    bus_lifecycle = providers.Resource(running_bus, Container.event_bus, routers, handlers)
 
     register_user = providers.Factory(use_cases.RegisterUser, users=users, bus=Container.event_bus)
     log_in = providers.Factory(use_cases.LogIn, users=users, bus=Container.event_bus)

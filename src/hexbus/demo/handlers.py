@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from typing import ClassVar
 
-from hexbus import AuditLogHandler, DomainEvent, EventHandler, EventRouter
+from hexbus import DomainEvent, EventHandler, EventRouter
 from hexbus.demo.activity import ActivityLog, EventTap
 from hexbus.demo.events import (
     ItemDeleted,
@@ -148,12 +148,11 @@ def demo_router(
     security_alert: SecurityAlertHandler,
     admin_alert: AdminAlertHandler,
     counter: AuditCounter,
-    audit_log: AuditLogHandler,
 ) -> EventRouter:
     """Every demo subscription; the tap first, so each event is logged before its effects."""
     router = EventRouter()
     router.add("#", tap, name="demo.event_tap")
-    for handler in (cache_invalidation, welcome_mail, security_alert, admin_alert, audit_log):
+    for handler in (cache_invalidation, welcome_mail, security_alert, admin_alert):
         for target, handle, name in handler.subscriptions():
             router.add(target, handle, name=name)
     router.add("#", counter.count, name="demo.audit_counter")

@@ -28,7 +28,7 @@ from hexbus.domain.ports import EventBus
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
 from hexbus.infrastructure.settings import HexbusSettings, load_settings
 
-__all__ = ["Container", "build_bus"]
+__all__ = ["Container", "build_bus", "running_bus"]
 
 _EXTRAS = {"rabbitmq": ("aio_pika", "RabbitMQEventBus"), "kafka": ("aiokafka", "KafkaEventBus")}
 
@@ -75,9 +75,19 @@ def build_bus(settings: HexbusSettings) -> EventBus:
     return _broker_bus(settings.adapter, settings)
 
 
-async def _running_bus(bus: EventBus, routers: list[EventRouter]) -> AsyncIterator[EventBus]:
+async def running_bus(
+    bus: EventBus, routers: list[EventRouter], handlers: list[Any]
+) -> AsyncIterator[EventBus]:
+    """The bus lifecycle as a ``providers.Resource``: wire, start, yield, stop.
+
+    A container subclass that overrides ``routers`` or ``handlers`` must declare its own
+    ``bus_lifecycle = providers.Resource(running_bus, ...)``: dependency-injector binds
+    a provider to the parent's providers it was declared with.
+    """
     for router in routers:
         bus.include(router)
+    for handler in handlers:
+        bus.register(handler)  # the bus calls its stop() after its own (flush buffers)
     await bus.start()
     try:
         yield bus
@@ -97,6 +107,9 @@ class Container(containers.DeclarativeContainer):
     settings = providers.Singleton(_settings, config)
     #: Routers whose handlers the bus gets on start (``@on_event`` fills the default one).
     routers = providers.List(providers.Object(default_router))
+    #: ``EventHandler`` objects to ``register`` (e.g. an ``AuditLogHandler``); the bus
+    #: calls their ``stop()`` when it stops.
+    handlers = providers.List()
 
     memory_bus = providers.Singleton(_memory_bus, settings)
     rabbitmq_bus = providers.Singleton(_broker_bus, "rabbitmq", settings)
@@ -108,4 +121,4 @@ class Container(containers.DeclarativeContainer):
         kafka=kafka_bus,
     )
     #: ``await container.init_resources()`` starts the bus; ``shutdown_resources()`` stops it.
-    bus_lifecycle = providers.Resource(_running_bus, event_bus, routers)
+    bus_lifecycle = providers.Resource(running_bus, event_bus, routers, handlers)

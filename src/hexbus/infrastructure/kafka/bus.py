@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from hexbus.application.bus import BusState, EventBusBase, validate_metadata
+from hexbus.application.bus import BusState, EventBusBase, merged_config, validate_metadata
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import Subscription
 from hexbus.domain.errors import ConfigurationError, PublishError
@@ -134,10 +134,7 @@ class KafkaEventBus(EventBusBase):
         **overrides: Any,
     ) -> None:
         super().__init__(registry=registry)
-        base = config or KafkaConfig()
-        self.config = (
-            KafkaConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
-        )
+        self.config = merged_config(KafkaConfig, config, overrides)
         self.codec = CloudEventCodec(source=self.config.service_name, registry=registry)
         self.stats = KafkaStats()
         self.groups: dict[str, GroupConsumer] = {}

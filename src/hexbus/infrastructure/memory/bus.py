@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hexbus.application.bus import BusState, EventBusBase, validate_metadata
+from hexbus.application.bus import BusState, EventBusBase, merged_config, validate_metadata
 from hexbus.application.dispatch import Dispatcher, DispatchStats
 from hexbus.domain.context import DeliveryContext
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
@@ -40,13 +40,12 @@ class InMemoryEventBus(EventBusBase):
         handler_timeout: float | None = None,
     ) -> None:
         super().__init__(registry=registry)
-        overrides: dict[str, Any] = {}
-        if mode is not None:
-            overrides["mode"] = mode
-        if handler_timeout is not None:
-            overrides["handler_timeout"] = handler_timeout
-        base = config or MemoryConfig()
-        self.config = MemoryConfig.model_validate({**base.model_dump(), **overrides})
+        overrides = {
+            name: value
+            for name, value in (("mode", mode), ("handler_timeout", handler_timeout))
+            if value is not None
+        }
+        self.config = merged_config(MemoryConfig, config, overrides)
         self.dispatcher = Dispatcher(handler_timeout=self.config.handler_timeout)
         self._background = self.config.mode == "background"
         self._inflight: set[asyncio.Task[Any]] = set()

@@ -59,7 +59,7 @@ from aio_pika.abc import (
     AbstractRobustQueue,
 )
 
-from hexbus.application.bus import BusState, EventBusBase, validate_metadata
+from hexbus.application.bus import BusState, EventBusBase, merged_config, validate_metadata
 from hexbus.application.dispatch import DispatchStats, run_handler
 from hexbus.application.handlers import Subscription
 from hexbus.domain.context import DeliveryContext, delivery_context
@@ -210,10 +210,7 @@ class RabbitMQEventBus(EventBusBase):
         **overrides: Any,
     ) -> None:
         super().__init__(registry=registry)
-        base = config or RabbitMQConfig()
-        self.config = (
-            RabbitMQConfig.model_validate({**base.model_dump(), **overrides}) if overrides else base
-        )
+        self.config = merged_config(RabbitMQConfig, config, overrides)
         self.codec = CloudEventCodec(source=self.config.service_name, registry=registry)
         self.stats = RabbitMQStats()
         self._url = self.config.redacted_url
