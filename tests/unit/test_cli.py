@@ -119,13 +119,3 @@ def test_asyncapi_document_has_a_channel_per_event_type() -> None:
     assert set(schema["required"]) == {"user_id", "email", "name"}
     assert "event_id" not in schema["properties"]  # the envelope travels as CE attributes
     assert "hexbus.bench.ping" not in doc["channels"]
-
-
-@pytest.mark.parametrize("command", ["tail", "dlq"])
-def test_broker_only_commands_say_they_need_a_broker(command: str) -> None:
-    result = runner.invoke(app, [command])
-
-    assert result.exit_code == 2
-    assert "needs a broker adapter (rabbitmq/kafka); not available yet" in " ".join(
-        result.output.split()
-    )

@@ -12,8 +12,9 @@ from hexbus.cli.asyncapi import asyncapi_command
 from hexbus.cli.bench import bench_command
 from hexbus.cli.check import check_command
 from hexbus.cli.demo import demo_command
+from hexbus.cli.dlq import dlq_app
 from hexbus.cli.publish import publish_command
-from hexbus.cli.stubs import dlq_command, tail_command
+from hexbus.cli.tail import tail_command
 
 __all__ = ["app", "main"]
 
@@ -30,7 +31,7 @@ app.command("bench")(bench_command)
 app.command("publish")(publish_command)
 app.command("asyncapi")(asyncapi_command)
 app.command("tail")(tail_command)
-app.command("dlq")(dlq_command)
+app.add_typer(dlq_app, name="dlq")
 
 
 def main() -> None:
