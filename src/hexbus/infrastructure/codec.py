@@ -521,13 +521,13 @@ def _metadata_from(attrs: Mapping[str, str]) -> dict[str, str]:
 # -- protocol bindings ----------------------------------------------------------------
 def to_kafka_headers(attributes: Mapping[str, str]) -> list[tuple[str, bytes]]:
     """Kafka binding, binary mode: ``ce_<name>`` headers; ``datacontenttype`` → ``content-type``."""
-    headers: list[tuple[str, bytes]] = []
-    for name, value in attributes.items():
-        if name == "datacontenttype":
-            headers.append((KAFKA_CONTENT_TYPE_HEADER, value.encode()))
-        else:
-            headers.append((KAFKA_PREFIX + name, value.encode()))
-    return headers
+    return [
+        (
+            KAFKA_CONTENT_TYPE_HEADER if name == "datacontenttype" else KAFKA_PREFIX + name,
+            value.encode(),
+        )
+        for name, value in attributes.items()
+    ]
 
 
 def from_kafka_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:

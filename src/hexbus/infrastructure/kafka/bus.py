@@ -363,18 +363,26 @@ class KafkaEventBus(EventBusBase):
     async def _prepare(
         self, event: DomainEvent, metadata: Mapping[str, str] | None, key: str | None
     ) -> _Prepared | None:
+        """Checks and middleware (``None``: dropped), then the record to send."""
         self._check_publish(event)
         if self.middleware.items:
             changed = await self.middleware.apply(event)
             if changed is None:
                 return None
             event = changed
-        meta = validate_metadata(metadata) if metadata else None
-        headers, value = self.codec.encode_kafka(event, meta)
+        return self._record(event, validate_metadata(metadata) if metadata else None, key)
+
+    def _record(
+        self, event: DomainEvent, metadata: Mapping[str, str] | None, key: str | None
+    ) -> _Prepared:
+        headers, value = self.codec.encode_kafka(event, metadata)
         key_bytes = (key if key is not None else str(event.event_id)).encode()
         limit = self.config.max_request_size
-        # A cheap upper bound first; aiokafka's exact estimate only near the limit.
-        rough = len(key_bytes) + len(value) + 128 + sum(len(k) + len(v) + 10 for k, v in headers)
+        # A cheap upper bound first (hexbus's own headers stay well under 1 KiB; only
+        # metadata can make them large); aiokafka's exact estimate only near the limit.
+        rough = len(key_bytes) + len(value) + 1024
+        if metadata:
+            rough += sum(len(k) + len(v) for k, v in metadata.items()) * 2
         if rough > limit and (
             size := DefaultRecordBatchBuilder.estimate_size_in_bytes(key_bytes, value, headers)
         ) > limit:
@@ -411,7 +419,13 @@ class KafkaEventBus(EventBusBase):
         """Send all events in one go (shared batches), return when all are acked."""
         if self.state is not _RUNNING:
             self._raise_not_running()
-        prepared = [p for e in list(events) if (p := await self._prepare(e, None, None))]
+        if self.middleware.items:
+            prepared = [p for e in list(events) if (p := await self._prepare(e, None, None))]
+        else:  # no await per event: encoding is synchronous
+            prepared = []
+            for event in list(events):
+                self._check_publish(event)
+                prepared.append(self._record(event, None, None))
         if prepared:
             await self._send_all(prepared)
 
