@@ -36,14 +36,17 @@ __all__ = [
     "AMQP_PREFIX",
     "AMQP_PREFIX_JMS",
     "CONTENT_TYPE",
+    "CloudEventCodec",
+    "DLQ_ATTEMPTS_HEADER",
+    "DLQ_ERROR_HEADER",
+    "DLQ_HANDLER_HEADER",
+    "DecodeReason",
     "ENVELOPE_FIELDS",
     "KAFKA_CONTENT_TYPE_HEADER",
     "KAFKA_PREFIX",
     "METAKEYS_EXTENSION",
     "RESERVED_ATTRIBUTES",
     "SPECVERSION",
-    "CloudEventCodec",
-    "DecodeReason",
     "decode_error_reason",
     "extension_name",
     "from_amqp_headers",
@@ -60,6 +63,11 @@ AMQP_PREFIX: Final = "cloudEvents:"
 #: The AMQP binding's alternative prefix, for JMS / RabbitMQ clients that disallow ':'.
 AMQP_PREFIX_JMS: Final = "cloudEvents_"
 METAKEYS_EXTENSION: Final = "hexbusmetakeys"
+#: The failure record every broker adapter writes on a dead letter (design §4: dead
+#: letters keep the original bytes plus error, attempt count and handler name).
+DLQ_ERROR_HEADER: Final = "x-hexbus-error"
+DLQ_ATTEMPTS_HEADER: Final = "x-hexbus-attempts"
+DLQ_HANDLER_HEADER: Final = "x-hexbus-handler"
 _KAFKA_PREFIX_LEN: Final = len(KAFKA_PREFIX)
 _AMQP_PREFIX_LEN: Final = len(AMQP_PREFIX)  # == len(AMQP_PREFIX_JMS)
 

@@ -26,7 +26,12 @@ from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import Subscription
 from hexbus.domain.errors import ConfigurationError, PublishError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
-from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.infrastructure.codec import (
+    DLQ_ATTEMPTS_HEADER,
+    DLQ_ERROR_HEADER,
+    DLQ_HANDLER_HEADER,
+    CloudEventCodec,
+)
 from hexbus.infrastructure.kafka.config import KafkaConfig
 from hexbus.infrastructure.kafka.consumer import FAILURE_HEADERS, GroupConsumer
 from hexbus.infrastructure.kafka.topics import (
@@ -76,15 +81,15 @@ class DeadLetter:
 
     @property
     def error(self) -> str | None:
-        return self.header("x-hexbus-error")
+        return self.header(DLQ_ERROR_HEADER)
 
     @property
     def attempts(self) -> int:
-        return int(self.header("x-hexbus-attempts") or 0)
+        return int(self.header(DLQ_ATTEMPTS_HEADER) or 0)
 
     @property
     def handler(self) -> str | None:
-        return self.header("x-hexbus-handler")
+        return self.header(DLQ_HANDLER_HEADER)
 
     @property
     def original_topic(self) -> str | None:

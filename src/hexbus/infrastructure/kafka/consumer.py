@@ -28,6 +28,7 @@ from hexbus.application.handlers import Subscription
 from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
+from hexbus.infrastructure.codec import DLQ_ATTEMPTS_HEADER, DLQ_ERROR_HEADER, DLQ_HANDLER_HEADER
 from hexbus.infrastructure.kafka.topics import subscription_accepts
 
 if TYPE_CHECKING:
@@ -38,9 +39,9 @@ __all__ = ["FAILURE_HEADERS", "GroupConsumer"]
 logger = logging.getLogger("hexbus.kafka")
 
 FAILURE_HEADERS = (
-    "x-hexbus-error",
-    "x-hexbus-attempts",
-    "x-hexbus-handler",
+    DLQ_ERROR_HEADER,
+    DLQ_ATTEMPTS_HEADER,
+    DLQ_HANDLER_HEADER,
     "x-hexbus-original-topic",
     "x-hexbus-original-partition",
     "x-hexbus-original-offset",
@@ -417,9 +418,9 @@ class GroupConsumer:
         """Write the record, unchanged plus failure headers, to the DLQ; wait for the ack."""
         headers = [(k, v) for k, v in (record.headers or ()) if k not in FAILURE_HEADERS]
         headers += [
-            ("x-hexbus-error", error.encode(errors="replace")),
-            ("x-hexbus-attempts", str(attempts).encode()),
-            ("x-hexbus-handler", (handler or self.name).encode()),
+            (DLQ_ERROR_HEADER, error.encode(errors="replace")),
+            (DLQ_ATTEMPTS_HEADER, str(attempts).encode()),
+            (DLQ_HANDLER_HEADER, (handler or self.name).encode()),
             ("x-hexbus-original-topic", record.topic.encode()),
             ("x-hexbus-original-partition", str(record.partition).encode()),
             ("x-hexbus-original-offset", str(record.offset).encode()),

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from hexbus.infrastructure.codec import DLQ_ATTEMPTS_HEADER, DLQ_ERROR_HEADER, DLQ_HANDLER_HEADER
+
 __all__ = [
     "ATTEMPT_HEADER",
     "DEAD_LETTER_HEADERS",
@@ -41,9 +43,9 @@ ATTEMPT_HEADER: Final = "x-hexbus-attempt"
 KEY_HEADER: Final = "x-hexbus-key"
 #: The routing key the event was published with (retries arrive with the queue's name).
 ROUTING_KEY_HEADER: Final = "x-hexbus-routing-key"
-ERROR_HEADER: Final = "x-hexbus-error"
-ATTEMPTS_HEADER: Final = "x-hexbus-attempts"
-HANDLER_HEADER: Final = "x-hexbus-handler"
+ERROR_HEADER: Final = DLQ_ERROR_HEADER
+ATTEMPTS_HEADER: Final = DLQ_ATTEMPTS_HEADER
+HANDLER_HEADER: Final = DLQ_HANDLER_HEADER
 ORIGINAL_ROUTING_KEY_HEADER: Final = "x-hexbus-original-routing-key"
 FAILED_AT_HEADER: Final = "x-hexbus-failed-at"
 QUEUE_HEADER: Final = "x-hexbus-queue"
