@@ -131,30 +131,12 @@ class _EagerTaskStandIn:
 
 
 @types.coroutine
-def _resume(coro: Any, yielded: Any) -> Generator[Any, None, Any]:
+def _resume_in(ctx: Context, coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
     """Carry on a coroutine that was stepped by hand and yielded ``yielded``.
 
-    The Task running this generator first waits on what the coroutine was waiting on;
-    exceptions thrown in (cancellation) are forwarded into the coroutine.
-    """
-    while True:
-        try:
-            yield yielded
-        except BaseException as exc:  # noqa: BLE001 - forwarded, not swallowed
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            continue
-        return (yield from coro)
-
-
-@types.coroutine
-def _resume_in(ctx: Context, coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
-    """Like ``_resume``, but every step of the coroutine runs in ``ctx``.
-
-    For running a handler inside the *current* task while keeping its context apart:
-    no Task is created, and cancellation of the current task reaches the handler.
+    The task awaiting this first waits on what the coroutine was waiting on; every step
+    of the coroutine runs in ``ctx`` (its own context, apart from the task's), and
+    exceptions thrown in (cancellation, timeouts) are forwarded into it.
     """
     send, throw = coro.send, coro.throw
     while True:
@@ -238,12 +220,12 @@ class Dispatcher:
         )
 
     async def _finish(
-        self, coro: Any, yielded: Any, sub: Subscription, event: DomainEvent
+        self, ctx: Context, coro: Any, yielded: Any, sub: Subscription, event: DomainEvent
     ) -> None:
         deadline = asyncio.timeout(self.handler_timeout)
         try:
             async with deadline:
-                await _resume(coro, yielded)
+                await _resume_in(ctx, coro, yielded)
         except Exception as exc:  # noqa: BLE001 - fail-open by contract
             self.failed(sub, event, exc, timed_out=deadline.expired())
         except asyncio.CancelledError as exc:
@@ -313,7 +295,7 @@ class Dispatcher:
                     continue
                 # It suspended: a Task carries it on, and the stand-in it may have seen as
                 # its current task now forwards to that Task.
-                task = loop.create_task(self._finish(coro, yielded, sub, event), context=ctx)
+                task = loop.create_task(self._finish(ctx, coro, yielded, sub, event))
                 # Cancelled before its first step, the Task never throws into the handler:
                 # close it then, so its finally blocks run now and not at garbage collection.
                 task.add_done_callback(partial(_close_coroutine, coro))
