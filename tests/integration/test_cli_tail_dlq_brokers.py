@@ -97,6 +97,21 @@ class _Poison:
         self.handled.append(event)
 
 
+async def _single_dead_letter(env: dict[str, str], event: UserCreated) -> dict[str, Any]:
+    """``dlq list poison --json`` shows exactly ``event``, dead-lettered by the poison."""
+    listed = await _cli(["dlq", "list", "poison", "--json"], env)
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 1
+    row: dict[str, Any] = rows[0]
+    assert row["event_id"] == str(event.event_id)
+    assert row["event_type"] == "user.created"
+    assert row["error"] == "RuntimeError: poisoned handler"
+    assert row["attempts"] == 1
+    assert row["handler"] == "poison"
+    return row
+
+
 # -- dlq on RabbitMQ ---------------------------------------------------------------------
 async def test_rabbitmq_dlq_list_then_replay_after_the_fix(rabbit: RabbitBusMaker) -> None:
     env = _rabbit_env(rabbit)
@@ -108,16 +123,7 @@ async def test_rabbitmq_dlq_list_then_replay_after_the_fix(rabbit: RabbitBusMake
     await bus.publish(event, metadata={"ip_address": "10.0.0.1"})
     await eventually(lambda: bus.stats.dead_lettered == 1, timeout=15)
 
-    listed = await _cli(["dlq", "list", "poison", "--json"], env)
-    assert listed.exit_code == 0, listed.output
-    rows = json.loads(listed.stdout)
-    assert len(rows) == 1
-    row = rows[0]
-    assert row["event_id"] == str(event.event_id)
-    assert row["event_type"] == "user.created"
-    assert row["error"] == "RuntimeError: poisoned handler"
-    assert row["attempts"] == 1
-    assert row["handler"] == "poison"
+    row = await _single_dead_letter(env, event)
     assert row["failed_at"]
 
     table = await _cli(["dlq", "list", "poison"], env)
@@ -172,16 +178,7 @@ async def test_kafka_dlq_list_shows_the_dead_letter_and_replay_explains(
     await bus.publish(event)
     await eventually(lambda: bus.stats.dead_lettered == 1, timeout=30)
 
-    listed = await _cli(["dlq", "list", "poison", "--json"], env)
-    assert listed.exit_code == 0, listed.output
-    rows = json.loads(listed.stdout)
-    assert len(rows) == 1
-    row = rows[0]
-    assert row["event_id"] == str(event.event_id)
-    assert row["event_type"] == "user.created"
-    assert row["error"] == "RuntimeError: poisoned handler"
-    assert row["attempts"] == 1
-    assert row["handler"] == "poison"
+    row = await _single_dead_letter(env, event)
     assert row["origin"].startswith(f"{kafka.prefix}user.created[")
 
     replay = await _cli(["dlq", "replay", "poison"], env)
