@@ -4,8 +4,6 @@ Application code publishes ``DomainEvent``s through the ``EventBus`` port; the
 ``Container`` picks the transport (memory, RabbitMQ, Kafka) from ``HEXBUS_ADAPTER``.
 """
 
-import importlib
-
 from hexbus import errors
 from hexbus.application.bus import BusState, EventBusBase
 from hexbus.application.dispatch import DispatchStats
@@ -39,6 +37,7 @@ from hexbus.domain.errors import (
 )
 from hexbus.domain.events import DomainEvent, EventRegistry, event_from_dict, event_registry
 from hexbus.domain.ports import EventBus, EventBusProtocol, Handler, Middleware
+from hexbus.infrastructure.adapters import ADAPTERS, load_export
 from hexbus.infrastructure.audit import AuditLogHandler
 from hexbus.infrastructure.container import Container
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
@@ -46,27 +45,15 @@ from hexbus.infrastructure.settings import HexbusSettings, load_settings
 
 __version__ = "0.1.0"
 
-# Broker adapters need their extras (aio-pika, aiokafka): import them only when asked for,
-# so ``import hexbus`` works with the core install alone.
-_LAZY = {
-    "RabbitMQEventBus": ("hexbus.infrastructure.rabbitmq", "rabbitmq"),
-    "RabbitMQConfig": ("hexbus.infrastructure.rabbitmq", "rabbitmq"),
-    "KafkaEventBus": ("hexbus.infrastructure.kafka", "kafka"),
-    "KafkaConfig": ("hexbus.infrastructure.kafka", "kafka"),
-}
+# Broker adapters need their extras (aio-pika, aiokafka): the registry imports them only
+# when asked for, so ``import hexbus`` works with the core install alone.
+_LAZY = frozenset(name for info in ADAPTERS.values() for name in info.exports) - set(globals())
 
 
 def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module 'hexbus' has no attribute {name!r}")
-    module_name, extra = _LAZY[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"hexbus.{name} needs the {extra} extra: pip install 'hexbus[{extra}]' ({exc})"
-        ) from None
-    return getattr(module, name)
+    return load_export(name)
 
 
 def __dir__() -> list[str]:

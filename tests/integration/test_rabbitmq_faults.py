@@ -28,6 +28,7 @@ from rabbitmq_procs import (
 )
 
 from hexbus import DomainEvent, current_context
+from hexbus.infrastructure.rabbitmq.marshal import encode_message
 from hexbus.testing import eventually
 
 pytestmark = pytest.mark.integration
@@ -183,7 +184,7 @@ async def test_poison_handler_dead_letters_while_others_flow(
         for fault in faults:
             letter = next(x for x in await bus.dead_letters("poison") if x.event_id == str(
                 fault.event_id))
-            _, _, body = bus.codec.encode_amqp(fault)
+            _, _, body = encode_message(bus.codec, fault)
             assert letter.body == body, "dead letter body is not the original bytes"
             assert letter.error == f"ValueError: poisoned seq {fault.seq}"
             assert letter.attempts == 3

@@ -28,10 +28,18 @@ from hexbus.infrastructure.codec import (
     CloudEventCodec,
     decode_error_reason,
     extension_name,
-    from_amqp_headers,
+)
+from hexbus.infrastructure.kafka.marshal import (
+    decode_record,
+    encode_record,
     from_kafka_headers,
-    to_amqp_headers,
     to_kafka_headers,
+)
+from hexbus.infrastructure.rabbitmq.marshal import (
+    decode_message,
+    encode_message,
+    from_amqp_headers,
+    to_amqp_headers,
 )
 
 SERVICE = "codec-tests"
@@ -474,19 +482,19 @@ def test_newer_eventversion(codec: CloudEventCodec) -> None:
 
 
 def test_decode_kafka_bad_header_keeps_the_value(codec: CloudEventCodec) -> None:
-    headers, value = codec.encode_kafka(CodecSimple(n=1))
+    headers, value = encode_record(codec, CodecSimple(n=1))
     headers.append(("ce_ipaddress", b"\xff"))
     with pytest.raises(DecodeError, match="ce_ipaddress") as exc:
-        codec.decode_kafka(headers, value)
+        decode_record(codec, headers, value)
     assert exc.value.raw == value
     assert _reason(exc) == "malformed"
 
 
 def test_decode_amqp_bad_header_keeps_the_body(codec: CloudEventCodec) -> None:
-    headers, content_type, body = codec.encode_amqp(CodecSimple(n=1))
+    headers, content_type, body = encode_message(codec, CodecSimple(n=1))
     bad: dict[str, Any] = {**headers, "cloudEvents:ipaddress": b"\xff"}
     with pytest.raises(DecodeError) as exc:
-        codec.decode_amqp(bad, content_type, body)
+        decode_message(codec, bad, content_type, body)
     assert exc.value.raw == body
 
 
@@ -535,9 +543,9 @@ def test_from_amqp_headers_accepts_jms_prefix_and_amqp_types() -> None:
 
 
 def test_encode_amqp_returns_content_type(codec: CloudEventCodec) -> None:
-    headers, content_type, body = codec.encode_amqp(CodecSimple(n=4))
+    headers, content_type, body = encode_message(codec, CodecSimple(n=4))
     assert content_type == "application/json"
-    event, _ = codec.decode_amqp(headers, content_type, body)
+    event, _ = decode_message(codec, headers, content_type, body)
     assert event.n == 4  # type: ignore[attr-defined]
 
 
@@ -561,8 +569,8 @@ def test_round_trip_through_kafka_and_amqp(
     attrs, _ = codec.encode(event, metadata)
     assert from_kafka_headers(to_kafka_headers(attrs)) == attrs
     assert from_amqp_headers(to_amqp_headers(attrs), attrs["datacontenttype"]) == attrs
-    assert codec.decode_kafka(*codec.encode_kafka(event, metadata)) == (event, metadata)
-    assert codec.decode_amqp(*codec.encode_amqp(event, metadata)) == (event, metadata)
+    assert decode_record(codec, *encode_record(codec, event, metadata)) == (event, metadata)
+    assert decode_message(codec, *encode_message(codec, event, metadata)) == (event, metadata)
 
 
 @given(metadata=_metadata)

@@ -7,10 +7,9 @@ lifecycle checks three times, so the three behave identically.
 
 from __future__ import annotations
 
-import enum
 import inspect
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 from hexbus.application.handlers import (
@@ -19,29 +18,14 @@ from hexbus.application.handlers import (
     SubscriptionTable,
     handler_subscriptions,
 )
+from hexbus.application.lifecycle import BusState
 from hexbus.application.middleware import MiddlewareChain
-from hexbus.domain.errors import (
-    BusClosedError,
-    InvalidMetadataError,
-    NotADomainEventError,
-    NotStartedError,
-)
+from hexbus.application.publishing import Admission, validate_metadata
+from hexbus.domain.errors import BusClosedError, NotStartedError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import Handler, Middleware, SubscriptionTarget
 
 __all__ = ["BusState", "EventBusBase", "merged_config", "validate_metadata"]
-
-_NO_METADATA: Mapping[str, str] = MappingProxyType({})
-
-
-class BusState(enum.Enum):
-    """Lifecycle: NEW → RUNNING → CLOSED. A closed bus says so; it is not restarted."""
-
-    NEW = "new"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    CLOSED = "closed"
-
 
 C = TypeVar("C", bound="_Config")
 
@@ -68,25 +52,6 @@ def merged_config(config_cls: type[C], base: C | None, overrides: Mapping[str, A
     return config_cls.model_validate({**base.model_dump(), **overrides})
 
 
-def validate_metadata(metadata: Mapping[str, str] | None) -> Mapping[str, str]:
-    """Check publish metadata is ``str → str`` (it travels as broker headers)."""
-    if metadata is None:
-        return _NO_METADATA
-    if not isinstance(metadata, Mapping):
-        raise InvalidMetadataError(
-            f"metadata must be a mapping of str to str, got {type(metadata).__name__}"
-        )
-    if not metadata:
-        return _NO_METADATA
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise InvalidMetadataError(
-                f"metadata entry {key!r}: {value!r} is not str → str; convert values with "
-                "str() before publishing (metadata travels as message headers)"
-            )
-    return MappingProxyType(dict(metadata))
-
-
 class EventBusBase:
     """Subscriptions, middleware and lifecycle; adapters add ``publish``/``start``/``stop``."""
 
@@ -97,6 +62,8 @@ class EventBusBase:
         self.subscriptions = SubscriptionTable(registry)
         self.middleware = MiddlewareChain()
         self.state = BusState.NEW
+        #: The publish pipeline's admission (state, type, metadata, middleware, causation).
+        self.admission = Admission(self)
         # Handler objects given to register(): the bus calls their stop() after its own,
         # so buffered handlers (the audit log) never lose what they hold.
         self._registered: list[Any] = []
@@ -148,13 +115,8 @@ class EventBusBase:
 
     # -- publishing --------------------------------------------------------------------
     def _check_publish(self, event: Any) -> None:
-        if self.state is not BusState.RUNNING:
-            self._raise_not_running()
-        if not isinstance(event, DomainEvent):
-            raise NotADomainEventError(
-                f"publish() takes a DomainEvent instance, got {type(event).__name__}; "
-                "build one (e.g. UserCreated(...)) or use hexbus.event_from_dict(type, data)"
-            )
+        """Admission steps 1 and 2 (see ``hexbus.application.publishing``)."""
+        self.admission.check(event)
 
     def _raise_not_running(self) -> None:
         if self.state is BusState.NEW:

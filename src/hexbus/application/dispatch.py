@@ -50,6 +50,11 @@ class DispatchStats:
     handled: int = 0
     failed: int = 0
     timed_out: int = 0
+    #: Retries sent (broker tiers, in-process back-off) and dead letters stored.
+    retried: int = 0
+    dead_lettered: int = 0
+    #: Deliveries handed back to the broker unfinished (``stop()``, a lost channel).
+    requeued: int = 0
 
 
 class _EagerTaskStandIn:
@@ -187,6 +192,11 @@ class Dispatcher:
             raise ValueError("handler_timeout must be positive seconds or None")
         self.handler_timeout = handler_timeout
         self.stats = DispatchStats()
+        #: Called after a failure is logged and counted, with the delivery's context:
+        #: the memory adapter's opt-in retries and dead letters hang here.
+        self.on_failure: (
+            Callable[[Subscription, DomainEvent, BaseException, DeliveryContext], None] | None
+        ) = None
         # Reused between publishes until a handler suspends and keeps it (see start()).
         self._stand_in: _EagerTaskStandIn | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -198,6 +208,7 @@ class Dispatcher:
         exc: BaseException,
         *,
         timed_out: bool = False,
+        context: DeliveryContext | None = None,
     ) -> None:
         """Record a handler failure: never raised to the publisher (fail-open)."""
         stats = self.stats
@@ -218,6 +229,9 @@ class Dispatcher:
                 "error": type(exc).__name__,
             },
         )
+        hook = self.on_failure
+        if hook is not None and context is not None and isinstance(exc, Exception):
+            hook(sub, event, exc, context)
 
     async def _finish(
         self, ctx: Context, coro: Any, yielded: Any, sub: Subscription, event: DomainEvent
@@ -227,7 +241,9 @@ class Dispatcher:
             async with deadline:
                 await _resume_in(ctx, coro, yielded)
         except Exception as exc:  # noqa: BLE001 - fail-open by contract
-            self.failed(sub, event, exc, timed_out=deadline.expired())
+            self.failed(
+                sub, event, exc, timed_out=deadline.expired(), context=ctx.get(delivery_context)
+            )
         except asyncio.CancelledError as exc:
             self.failed(sub, event, exc)
             raise
@@ -283,7 +299,7 @@ class Dispatcher:
                     yielded = ctx.run(next, coro.__await__(), _DONE)
                 except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - fail-open
                     not_done += 1
-                    self.failed(sub, event, exc)
+                    self.failed(sub, event, exc, context=context)
                     if stand_in._cancels:
                         stand_in = _EagerTaskStandIn(loop)
                         registry[loop] = stand_in
@@ -330,6 +346,7 @@ class Dispatcher:
                     event,
                     sub.call(event),
                     copy_context(),
+                    context=context,
                 )
                 for sub in subs
             ] or None
@@ -343,6 +360,8 @@ class Dispatcher:
         event: DomainEvent,
         coro: Awaitable[None],
         ctx: Context,
+        *,
+        context: DeliveryContext,
     ) -> asyncio.Task[None]:
         """Portable path: a (3.12+: eager) Task per handler."""
 
@@ -352,7 +371,7 @@ class Dispatcher:
                 async with deadline:
                     await coro
             except Exception as exc:  # noqa: BLE001 - fail-open by contract
-                self.failed(sub, event, exc, timed_out=deadline.expired())
+                self.failed(sub, event, exc, timed_out=deadline.expired(), context=context)
             else:
                 self.stats.handled += 1
 

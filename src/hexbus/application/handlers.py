@@ -67,6 +67,16 @@ class Subscription:
             return compile_pattern(self.target).match(event_cls.event_type) is not None
         return event_cls is self.target
 
+    def matches_name(self, event_type: str) -> bool:
+        """Does this subscription want events whose wire name is ``event_type``?
+
+        For transports that see the name before decoding (a shared Kafka topic): a
+        class target matches its own ``event_type``, a pattern matches by topic syntax.
+        """
+        if isinstance(self.target, str):
+            return compile_pattern(self.target).match(event_type) is not None
+        return self.target.event_type == event_type
+
 
 def _normalise_target(target: Any) -> SubscriptionTarget:
     if isinstance(target, str):
@@ -92,6 +102,10 @@ class SubscriptionTable:
         self._subs: list[Subscription] = []
         #: event class → its subscriptions; filled lazily, emptied on every change.
         self.routes: dict[type[DomainEvent], tuple[Subscription, ...]] = {}
+        #: (subscription name, event class) → that subscription's matching handlers.
+        self._named: dict[tuple[str, type[DomainEvent]], tuple[Subscription, ...]] = {}
+        #: (subscription name, wire name) → does the subscription want that type?
+        self._accepts: dict[tuple[str, str], bool] = {}
 
     def add(
         self, target: Any, handler: Any, name: str | None = None
@@ -112,7 +126,7 @@ class SubscriptionTable:
                 )
         sub = Subscription(target, handler, resolved, is_async_handler(handler))
         self._subs.append(sub)
-        self.routes.clear()
+        self._changed()
         return sub
 
     def remove(self, target: Any, handler: Any) -> Subscription | None:
@@ -121,13 +135,18 @@ class SubscriptionTable:
         for i, sub in enumerate(self._subs):
             if sub.target == target and sub.handler == handler:
                 del self._subs[i]
-                self.routes.clear()
+                self._changed()
                 return sub
         return None
 
     def clear(self) -> None:
         self._subs.clear()
+        self._changed()
+
+    def _changed(self) -> None:
         self.routes.clear()
+        self._named.clear()
+        self._accepts.clear()
 
     def for_event(self, event_cls: type[DomainEvent]) -> tuple[Subscription, ...]:
         """Subscriptions that receive ``event_cls``, in subscription order (cached)."""
@@ -136,6 +155,30 @@ class SubscriptionTable:
             found = tuple(sub for sub in self._subs if sub.matches(event_cls))
             self.routes[event_cls] = found
         return found
+
+    def for_delivery(self, name: str, event_cls: type[DomainEvent]) -> tuple[Subscription, ...]:
+        """The handlers of durable subscription ``name`` that receive ``event_cls``.
+
+        What a broker delivery (one queue / consumer group = one name) runs; empty when
+        the subscription has no handler for that class in this process (cached).
+        """
+        found = self._named.get((name, event_cls))
+        if found is None:
+            found = tuple(s for s in self.for_event(event_cls) if s.name == name)
+            self._named[(name, event_cls)] = found
+        return found
+
+    def accepts(self, name: str, event_type: str) -> bool:
+        """Does subscription ``name`` want the wire type ``event_type`` (before decoding)?"""
+        found = self._accepts.get((name, event_type))
+        if found is None:
+            found = any(s.matches_name(event_type) for s in self._subs if s.name == name)
+            self._accepts[(name, event_type)] = found
+        return found
+
+    def names(self) -> list[str]:
+        """The durable subscription names, in subscription order."""
+        return list(dict.fromkeys(s.name for s in self._subs))
 
     def by_name(self) -> dict[str, list[Subscription]]:
         """Subscriptions grouped by durable name (one queue / group each)."""

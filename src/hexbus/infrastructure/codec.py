@@ -1,14 +1,15 @@
-"""CloudEvents 1.0 codec (binary content mode), shared by the RabbitMQ and Kafka adapters.
+"""CloudEvents 1.0 core (binary content mode), shared by the RabbitMQ and Kafka adapters.
 
 Why CloudEvents in binary mode: the envelope (id, type, source, time ...) travels as
 message headers and the body is the event's own fields as plain JSON, so a non-Python
 service reads and writes hexbus events with any CloudEvents SDK, and a consumer can route
 or dead-letter a message by its headers without parsing the body.
 
-Why the codec speaks in plain attribute names (``id``, ``type`` ...) and the bindings are
-separate small functions: the two brokers differ only in how attribute names are prefixed
-(``ce_`` for Kafka, ``cloudEvents:`` for AMQP) and where ``datacontenttype`` goes; the
-encoding rules themselves are written once.
+Why the codec speaks in plain attribute names (``id``, ``type`` ...) and holds nothing
+broker-specific: the brokers differ only in how attribute names are prefixed (``ce_`` for
+Kafka, ``cloudEvents:`` for AMQP) and where ``datacontenttype`` goes. Those protocol
+bindings live with their adapters (``kafka/marshal.py``, ``rabbitmq/marshal.py``); the
+encoding rules themselves are written once, here.
 
 Metadata (``ip_address``, ``user_agent`` ...) rides as CloudEvents extensions. Extension
 names may only hold lower-case ASCII letters and digits, so each key travels under its
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Final, Literal
@@ -33,43 +34,22 @@ from hexbus.domain.errors import DecodeError, InvalidMetadataError, UnknownEvent
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 
 __all__ = [
-    "AMQP_PREFIX",
-    "AMQP_PREFIX_JMS",
     "CONTENT_TYPE",
     "CloudEventCodec",
-    "DLQ_ATTEMPTS_HEADER",
-    "DLQ_ERROR_HEADER",
-    "DLQ_HANDLER_HEADER",
     "DecodeReason",
     "ENVELOPE_FIELDS",
-    "KAFKA_CONTENT_TYPE_HEADER",
-    "KAFKA_PREFIX",
     "METAKEYS_EXTENSION",
     "RESERVED_ATTRIBUTES",
     "SPECVERSION",
     "decode_error_reason",
+    "decode_error",
     "extension_name",
-    "from_amqp_headers",
-    "from_kafka_headers",
-    "to_amqp_headers",
-    "to_kafka_headers",
+    "format_time",
 ]
 
 SPECVERSION: Final = "1.0"
 CONTENT_TYPE: Final = "application/json"
-KAFKA_PREFIX: Final = "ce_"
-KAFKA_CONTENT_TYPE_HEADER: Final = "content-type"
-AMQP_PREFIX: Final = "cloudEvents:"
-#: The AMQP binding's alternative prefix, for JMS / RabbitMQ clients that disallow ':'.
-AMQP_PREFIX_JMS: Final = "cloudEvents_"
 METAKEYS_EXTENSION: Final = "hexbusmetakeys"
-#: The failure record every broker adapter writes on a dead letter (design §4: dead
-#: letters keep the original bytes plus error, attempt count and handler name).
-DLQ_ERROR_HEADER: Final = "x-hexbus-error"
-DLQ_ATTEMPTS_HEADER: Final = "x-hexbus-attempts"
-DLQ_HANDLER_HEADER: Final = "x-hexbus-handler"
-_KAFKA_PREFIX_LEN: Final = len(KAFKA_PREFIX)
-_AMQP_PREFIX_LEN: Final = len(AMQP_PREFIX)  # == len(AMQP_PREFIX_JMS)
 
 #: The ``DomainEvent`` base fields; they travel as CloudEvents attributes, never in data.
 ENVELOPE_FIELDS: Final[frozenset[str]] = frozenset(DomainEvent.model_fields)
@@ -111,7 +91,7 @@ def decode_error_reason(exc: DecodeError) -> str:
     return exc.reason
 
 
-def _decode_error(
+def decode_error(
     message: str, reason: DecodeReason, body: bytes, attributes: Mapping[str, Any]
 ) -> DecodeError:
     exc = DecodeError(message, raw=body, headers=dict(attributes))
@@ -152,7 +132,7 @@ def _utf8_ok(text: str) -> bool:
     return True
 
 
-def _format_time(value: datetime) -> str:
+def format_time(value: datetime) -> str:
     # RFC 3339 in UTC with 'Z'; occurred_at is already UTC, so astimezone is a no-op.
     text = value.astimezone(UTC).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
@@ -224,7 +204,7 @@ def _metadata_attributes(metadata: Mapping[str, str]) -> dict[str, str]:
 
 
 class CloudEventCodec:
-    """Event ⇄ (CloudEvents attributes, JSON body), plus the broker bindings' shortcuts.
+    """Event ⇄ (CloudEvents attributes, JSON body).
 
     ``source`` is this service's name (``HEXBUS_SERVICE_NAME``): it is stamped on events
     whose ``source`` is ``""`` (= "this service"), and a decoded event whose source equals
@@ -258,7 +238,7 @@ class CloudEventCodec:
             "id": str(event.event_id),
             "type": cls.event_type,
             "source": event.source or self._source,
-            "time": _format_time(event.occurred_at),
+            "time": format_time(event.occurred_at),
             "datacontenttype": CONTENT_TYPE,
             "correlationid": event.correlation_id,
             "eventversion": str(cls.event_version),
@@ -273,21 +253,6 @@ class CloudEventCodec:
         )
         return attributes, body
 
-    def encode_kafka(
-        self, event: DomainEvent, metadata: Mapping[str, str] | None = None
-    ) -> tuple[list[tuple[str, bytes]], bytes]:
-        """``encode`` + ``to_kafka_headers``: (headers, value)."""
-        attributes, body = self.encode(event, metadata)
-        return to_kafka_headers(attributes), body
-
-    def encode_amqp(
-        self, event: DomainEvent, metadata: Mapping[str, str] | None = None
-    ) -> tuple[dict[str, str], str, bytes]:
-        """``encode`` + ``to_amqp_headers``: (headers, content_type, body)."""
-        attributes, body = self.encode(event, metadata)
-        return to_amqp_headers(attributes), attributes["datacontenttype"], body
-
-    # -- decode ---------------------------------------------------------------------
     def decode(
         self, attributes: Mapping[str, str | bytes], body: bytes
     ) -> tuple[DomainEvent, dict[str, str]]:
@@ -300,7 +265,7 @@ class CloudEventCodec:
         attrs = _as_text(attributes, body)
         for name in _REQUIRED:
             if name not in attrs:
-                raise _decode_error(
+                raise decode_error(
                     f"not a CloudEvent: required attribute {name!r} is missing "
                     f"(got {', '.join(sorted(attrs)) or 'no attributes'})",
                     "malformed",
@@ -308,7 +273,7 @@ class CloudEventCodec:
                     attributes,
                 )
         if attrs["specversion"] != SPECVERSION:
-            raise _decode_error(
+            raise decode_error(
                 f"unsupported CloudEvents specversion {attrs['specversion']!r}; "
                 f"hexbus reads {SPECVERSION!r}",
                 "malformed",
@@ -317,7 +282,7 @@ class CloudEventCodec:
             )
         content_type = attrs.get("datacontenttype")
         if content_type is not None and not _is_json(content_type):
-            raise _decode_error(
+            raise decode_error(
                 f"unsupported datacontenttype {content_type!r}; hexbus reads JSON "
                 "(application/json or */*+json)",
                 "malformed",
@@ -328,7 +293,7 @@ class CloudEventCodec:
         try:
             cls = self._registry.get(event_type)
         except UnknownEventTypeError as exc:
-            raise _decode_error(str(exc), "unknown_type", body, attributes) from exc
+            raise decode_error(str(exc), "unknown_type", body, attributes) from exc
         wire_version = attrs.get("eventversion")
         if wire_version is not None:
             try:
@@ -336,14 +301,14 @@ class CloudEventCodec:
             except ValueError:
                 version = 0
             if version < 1:
-                raise _decode_error(
+                raise decode_error(
                     f"eventversion {wire_version!r} is not a positive integer",
                     "malformed",
                     body,
                     attributes,
                 )
             if version > cls.event_version:
-                raise _decode_error(
+                raise decode_error(
                     f"{event_type!r} version {version} was produced by a newer schema than "
                     f"this service knows ({cls.__qualname__} is version {cls.event_version}); "
                     "deploy the newer event class here, then replay the message",
@@ -362,7 +327,7 @@ class CloudEventCodec:
                 cls.model_validate_json(body)
             except ValidationError as exc:
                 raise _body_error(exc, event_type, cls, body, attributes, attrs=attrs) from exc
-            raise _decode_error(
+            raise decode_error(
                 f"body of {event_type!r} is not a JSON object (CloudEvents data must be the "
                 "event's fields as an object)",
                 "malformed",
@@ -374,28 +339,6 @@ class CloudEventCodec:
         except ValidationError as exc:
             raise _body_error(exc, event_type, cls, body, attributes, attrs=attrs) from exc
         return event, _metadata_from(attrs)
-
-    def decode_kafka(
-        self, headers: Sequence[tuple[str, bytes]], value: bytes
-    ) -> tuple[DomainEvent, dict[str, str]]:
-        """``from_kafka_headers`` + ``decode``; every failure is a ``DecodeError``."""
-        try:
-            attributes = from_kafka_headers(headers)
-        except DecodeError as exc:
-            exc.raw = value
-            raise
-        return self.decode(attributes, value)
-
-    def decode_amqp(
-        self, headers: Mapping[str, Any] | None, content_type: str | None, body: bytes
-    ) -> tuple[DomainEvent, dict[str, str]]:
-        """``from_amqp_headers`` + ``decode``; every failure is a ``DecodeError``."""
-        try:
-            attributes = from_amqp_headers(headers or {}, content_type)
-        except DecodeError as exc:
-            exc.raw = body
-            raise
-        return self.decode(attributes, body)
 
     def _envelope_json(self, attrs: Mapping[str, str]) -> str:
         """The envelope fields as JSON object members, taken from the attributes."""
@@ -432,7 +375,7 @@ def _as_text(attributes: Mapping[str, str | bytes], body: bytes) -> dict[str, st
             try:
                 out[name] = value.decode()
             except UnicodeDecodeError:
-                raise _decode_error(
+                raise decode_error(
                     f"attribute {name!r} is not valid UTF-8", "malformed", body, attributes
                 ) from None
         else:
@@ -459,7 +402,7 @@ def _body_error(
     if envelope:
         err = envelope[0]
         name = _ENVELOPE_ATTRIBUTE[str(err["loc"][0])]
-        return _decode_error(
+        return decode_error(
             f"attribute {name!r} {attrs.get(name)!r} is invalid: {err['msg']} "
             f"({_ATTRIBUTE_RULES.get(name, 'it must be a string')})",
             "malformed",
@@ -468,14 +411,14 @@ def _body_error(
         )
     root = errors[0] if len(errors) == 1 and not errors[0]["loc"] else None
     if root is not None and root["type"] == "json_invalid":
-        return _decode_error(
+        return decode_error(
             f"body of {event_type!r} is not valid JSON: {root['msg']}",
             "malformed",
             body,
             attributes,
         )
     if root is not None and root["type"] == "model_type":
-        return _decode_error(
+        return decode_error(
             f"body of {event_type!r} is not a JSON object (CloudEvents data must be the "
             "event's fields as an object)",
             "malformed",
@@ -485,7 +428,7 @@ def _body_error(
     details = "; ".join(
         f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in errors
     )
-    decode_exc = _decode_error(
+    decode_exc = decode_error(
         f"body does not fit {event_type!r} ({cls.__qualname__}): {details}",
         "invalid_data",
         body,
@@ -524,82 +467,3 @@ def _metadata_from(attrs: Mapping[str, str]) -> dict[str, str]:
             metadata[key] = extensions.pop(name)
     metadata.update(extensions)
     return metadata
-
-
-# -- protocol bindings ----------------------------------------------------------------
-def to_kafka_headers(attributes: Mapping[str, str]) -> list[tuple[str, bytes]]:
-    """Kafka binding, binary mode: ``ce_<name>`` headers; ``datacontenttype`` → ``content-type``."""
-    return [
-        (
-            KAFKA_CONTENT_TYPE_HEADER if name == "datacontenttype" else KAFKA_PREFIX + name,
-            value.encode(),
-        )
-        for name, value in attributes.items()
-    ]
-
-
-def from_kafka_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
-    """Attributes from Kafka headers; other headers are ignored. Bad UTF-8 → ``DecodeError``."""
-    attributes: dict[str, str] = {}
-    for name, value in headers or ():
-        if name.startswith(KAFKA_PREFIX):
-            attr = name[_KAFKA_PREFIX_LEN:]
-        elif name.lower() == KAFKA_CONTENT_TYPE_HEADER:
-            attr = "datacontenttype"
-        else:
-            continue
-        if value is None:
-            continue
-        try:
-            attributes[attr] = value.decode() if isinstance(value, bytes) else str(value)
-        except UnicodeDecodeError:
-            raise _decode_error(
-                f"Kafka header {name!r} is not valid UTF-8", "malformed", b"", dict(headers or ())
-            ) from None
-    return attributes
-
-
-def to_amqp_headers(attributes: Mapping[str, str]) -> dict[str, str]:
-    """AMQP binding, binary mode: ``cloudEvents:<name>`` application properties.
-
-    ``datacontenttype`` is left out on purpose: the binding maps it to the message's
-    ``content_type`` property, which the caller sets (``encode_amqp`` returns it).
-    """
-    return {
-        AMQP_PREFIX + name: value for name, value in attributes.items() if name != "datacontenttype"
-    }
-
-
-def from_amqp_headers(headers: Mapping[str, Any], content_type: str | None) -> dict[str, str]:
-    """Attributes from AMQP headers (``cloudEvents:`` or ``cloudEvents_``) + content type.
-
-    Values may arrive as AMQP types (bytes, int, timestamp) from foreign producers; they
-    are turned back into the CloudEvents string forms. Other headers are ignored.
-    """
-    attributes: dict[str, str] = {}
-    for name, value in headers.items():
-        if name.startswith((AMQP_PREFIX, AMQP_PREFIX_JMS)):
-            attr = name[_AMQP_PREFIX_LEN:]
-        else:
-            continue
-        if isinstance(value, str):
-            attributes[attr] = value
-        elif value is None:
-            continue
-        elif isinstance(value, bytes):
-            try:
-                attributes[attr] = value.decode()
-            except UnicodeDecodeError:
-                raise _decode_error(
-                    f"AMQP header {name!r} is not valid UTF-8", "malformed", b"", headers
-                ) from None
-        elif isinstance(value, bool):
-            attributes[attr] = "true" if value else "false"
-        elif isinstance(value, datetime):
-            aware = value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
-            attributes[attr] = _format_time(aware)
-        else:
-            attributes[attr] = str(value)
-    if content_type:
-        attributes["datacontenttype"] = content_type
-    return attributes

@@ -16,63 +16,25 @@ Usage::
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
 from dependency_injector import containers, providers
 
 from hexbus.application.handlers import EventRouter, default_router
-from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.ports import EventBus
-from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
+from hexbus.infrastructure.adapters import build_bus
 from hexbus.infrastructure.settings import HexbusSettings, load_settings
 
 __all__ = ["Container", "build_bus", "running_bus"]
-
-_EXTRAS = {"rabbitmq": ("aio_pika", "RabbitMQEventBus"), "kafka": ("aiokafka", "KafkaEventBus")}
-
 
 def _settings(overrides: dict[str, Any] | None) -> HexbusSettings:
     return load_settings(**(overrides or {}))
 
 
-def _memory_bus(settings: HexbusSettings) -> InMemoryEventBus:
-    return InMemoryEventBus(
-        MemoryConfig(
-            mode=settings.memory_mode,
-            handler_timeout=settings.handler_timeout,
-            drain_timeout=settings.drain_timeout,
-        )
-    )
-
-
-def _broker_bus(adapter: str, settings: HexbusSettings) -> EventBus:
-    client, class_name = _EXTRAS[adapter]
-    try:
-        importlib.import_module(client)
-    except ImportError:
-        raise ConfigurationError(
-            f"HEXBUS_ADAPTER={adapter!r} needs the {client} package; install the extra: "
-            f"pip install 'hexbus[{adapter}]'"
-        ) from None
-    try:
-        module = importlib.import_module(f"hexbus.infrastructure.{adapter}")
-        bus_class = getattr(module, class_name)
-    except (ImportError, AttributeError):
-        raise ConfigurationError(
-            f"HEXBUS_ADAPTER={adapter!r}: the {adapter} adapter is not available in this "
-            "version of hexbus yet; use HEXBUS_ADAPTER=memory"
-        ) from None
-    bus: EventBus = bus_class.from_settings(settings)
-    return bus
-
-
-def build_bus(settings: HexbusSettings) -> EventBus:
-    """The bus ``settings.adapter`` names (not started)."""
-    if settings.adapter == "memory":
-        return _memory_bus(settings)
-    return _broker_bus(settings.adapter, settings)
+def _adapter_bus(adapter: str, settings: HexbusSettings) -> EventBus:
+    """The bus of ``adapter``, built by the registry; only one adapter is ever built."""
+    return build_bus(settings.model_copy(update={"adapter": adapter}))
 
 
 async def running_bus(
@@ -111,9 +73,9 @@ class Container(containers.DeclarativeContainer):
     #: calls their ``stop()`` when it stops.
     handlers = providers.List()
 
-    memory_bus = providers.Singleton(_memory_bus, settings)
-    rabbitmq_bus = providers.Singleton(_broker_bus, "rabbitmq", settings)
-    kafka_bus = providers.Singleton(_broker_bus, "kafka", settings)
+    memory_bus = providers.Singleton(_adapter_bus, "memory", settings)
+    rabbitmq_bus = providers.Singleton(_adapter_bus, "rabbitmq", settings)
+    kafka_bus = providers.Singleton(_adapter_bus, "kafka", settings)
     event_bus = providers.Selector(
         providers.Callable(_adapter, settings),
         memory=memory_bus,

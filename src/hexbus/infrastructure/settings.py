@@ -18,6 +18,7 @@ from hexbus.domain.errors import ConfigurationError
 
 __all__ = ["ADAPTERS", "HexbusSettings", "load_settings", "redact_url"]
 
+#: The adapter names (``hexbus.infrastructure.adapters.ADAPTERS`` knows how to build each).
 ADAPTERS = ("memory", "rabbitmq", "kafka")
 ENV_PREFIX = "HEXBUS_"
 
@@ -73,6 +74,10 @@ class HexbusSettings(BaseSettings):
     #: How long ``stop()`` waits for handlers in flight before requeueing / cancelling.
     drain_timeout: float = Field(default=30.0, gt=0)
     memory_mode: Literal["await", "background"] = "await"
+    #: Apply MAX_ATTEMPTS / RETRY_DELAYS to the memory adapter too, and keep its dead
+    #: letters (at most MEMORY_DEAD_LETTER_LIMIT per subscription). Default: fail-open.
+    memory_retries: bool = False
+    memory_dead_letter_limit: int = Field(default=1000, ge=1)
     audit_log_path: str | None = None
 
     @field_validator("retry_delays", mode="before")

@@ -30,6 +30,7 @@ from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.kafka.bus import KafkaEventBus
 from hexbus.infrastructure.kafka.config import KafkaConfig
+from hexbus.infrastructure.kafka.marshal import decode_record, encode_record
 
 __all__ = ["KafkaBenchEvent", "run_kafka_bench"]
 
@@ -132,7 +133,7 @@ async def _raw_send_window(
     futures = []
     sent = ("sent", str(time.perf_counter()).encode())
     for event in events:
-        headers, value = _RAW_CODEC.encode_kafka(event)
+        headers, value = encode_record(_RAW_CODEC, event)
         headers.append(sent)
         key = str(event.event_id).encode()
         futures.append(await producer.send(topic, value, key=key, headers=headers))
@@ -174,7 +175,7 @@ async def _raw_e2e(cfg: KafkaConfig, topic: str, events: int) -> tuple[float, li
                 assigned.set()
             for records in batches.values():
                 for record in records:
-                    _RAW_CODEC.decode_kafka(record.headers, record.value)
+                    decode_record(_RAW_CODEC, record.headers, record.value)
                     sent = dict(record.headers)["sent"]
                     latencies.append(time.perf_counter() - float(sent))
             if batches:

@@ -26,14 +26,13 @@ from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import Subscription
 from hexbus.domain.errors import ConfigurationError, PublishError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
-from hexbus.infrastructure.codec import (
-    DLQ_ATTEMPTS_HEADER,
-    DLQ_ERROR_HEADER,
-    DLQ_HANDLER_HEADER,
-    CloudEventCodec,
-)
+from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.infrastructure.dead_letters import ATTEMPTS_HEADER as DLQ_ATTEMPTS_HEADER
+from hexbus.infrastructure.dead_letters import ERROR_HEADER as DLQ_ERROR_HEADER
+from hexbus.infrastructure.dead_letters import HANDLER_HEADER as DLQ_HANDLER_HEADER
 from hexbus.infrastructure.kafka.config import KafkaConfig
 from hexbus.infrastructure.kafka.consumer import FAILURE_HEADERS, GroupConsumer
+from hexbus.infrastructure.kafka.marshal import encode_record
 from hexbus.infrastructure.kafka.topics import (
     TopicManager,
     dlq_topic,
@@ -380,7 +379,7 @@ class KafkaEventBus(EventBusBase):
     def _record(
         self, event: DomainEvent, metadata: Mapping[str, str] | None, key: str | None
     ) -> _Prepared:
-        headers, value = self.codec.encode_kafka(event, metadata)
+        headers, value = encode_record(self.codec, event, metadata)
         key_bytes = (key if key is not None else str(event.event_id)).encode()
         limit = self.config.max_request_size
         # A cheap upper bound first (hexbus's own headers stay well under 1 KiB; only

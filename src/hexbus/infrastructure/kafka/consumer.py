@@ -28,7 +28,10 @@ from hexbus.application.handlers import Subscription
 from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
-from hexbus.infrastructure.codec import DLQ_ATTEMPTS_HEADER, DLQ_ERROR_HEADER, DLQ_HANDLER_HEADER
+from hexbus.infrastructure.dead_letters import ATTEMPTS_HEADER as DLQ_ATTEMPTS_HEADER
+from hexbus.infrastructure.dead_letters import ERROR_HEADER as DLQ_ERROR_HEADER
+from hexbus.infrastructure.dead_letters import HANDLER_HEADER as DLQ_HANDLER_HEADER
+from hexbus.infrastructure.kafka.marshal import decode_record
 from hexbus.infrastructure.kafka.topics import subscription_accepts
 
 if TYPE_CHECKING:
@@ -335,7 +338,7 @@ class GroupConsumer:
                 return  # another type sharing this topic
         bus = self.bus
         try:
-            event, metadata = bus.codec.decode_kafka(headers, record.value or b"")
+            event, metadata = decode_record(bus.codec, headers, record.value or b"")
         except DecodeError as exc:
             logger.error(
                 "hexbus kafka: undecodable record %s[%d]@%d for %s: %s",

@@ -1,8 +1,11 @@
 """The in-memory adapter: the default, zero set-up, and the fastest.
 
-Delivery is at-most-once and in process: nothing survives the process, and a failed
-handler is logged and counted, not retried. It is what tests of application code and
-single-process services want; switch ``HEXBUS_ADAPTER`` for durability.
+Delivery is in process: nothing survives the process. By default a failed handler is
+logged and counted, not retried (at-most-once, fail-open); ``MemoryConfig`` opts in to
+the brokers' semantics (retries with back-off, then a bounded dead-letter store read
+through the same ``DeadLetterReader`` / ``DeadLetterReplayer`` ports). It is what tests
+of application code and single-process services want; switch ``HEXBUS_ADAPTER`` for
+durability.
 """
 
 from __future__ import annotations
@@ -10,13 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
-from hexbus.application.bus import BusState, EventBusBase, merged_config, validate_metadata
+from hexbus.application.bus import BusState, EventBusBase, merged_config
+from hexbus.application.consuming import ConsumePipeline, RetryPolicy
 from hexbus.application.dispatch import Dispatcher, DispatchStats
-from hexbus.domain.context import DeliveryContext
+from hexbus.application.publishing import stamp_causation, validate_metadata
+from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
+from hexbus.domain.ports import DeadLetter
 from hexbus.infrastructure.memory.config import MemoryConfig
+from hexbus.infrastructure.memory.consumer import Redelivery
+from hexbus.infrastructure.memory.dead_letters import DeadLetterStore
+
+if TYPE_CHECKING:
+    from hexbus.infrastructure.settings import HexbusSettings
 
 __all__ = ["InMemoryEventBus"]
 
@@ -24,6 +35,7 @@ logger = logging.getLogger("hexbus.memory")
 _NO_METADATA: Mapping[str, str] = DeliveryContext().metadata
 _RUNNING = BusState.RUNNING
 _new_context = tuple.__new__  # DeliveryContext(...) without NamedTuple's Python-level __new__
+_current = delivery_context.get
 
 
 class InMemoryEventBus(EventBusBase):
@@ -38,18 +50,46 @@ class InMemoryEventBus(EventBusBase):
         registry: EventRegistry = event_registry,
         mode: str | None = None,
         handler_timeout: float | None = None,
+        **overrides: Any,
     ) -> None:
         super().__init__(registry=registry)
-        overrides = {
-            name: value
+        overrides.update(
+            (name, value)
             for name, value in (("mode", mode), ("handler_timeout", handler_timeout))
             if value is not None
-        }
-        self.config = merged_config(MemoryConfig, config, overrides)
-        self.dispatcher = Dispatcher(handler_timeout=self.config.handler_timeout)
-        self._background = self.config.mode == "background"
+        )
+        self.config = cfg = merged_config(MemoryConfig, config, overrides)
+        self.dispatcher = Dispatcher(handler_timeout=cfg.handler_timeout)
+        self.pipeline = ConsumePipeline(
+            self.subscriptions,
+            policy=RetryPolicy(cfg.max_attempts, cfg.retry_delays),
+            handler_timeout=cfg.handler_timeout,
+            stats=self.dispatcher.stats,
+            adapter="memory",
+        )
+        self.dead_letter_store = DeadLetterStore(cfg.dead_letter_limit)
+        self._redelivery = Redelivery(self.pipeline, self.dead_letter_store, self._track)
+        if cfg.redelivers:
+            self.dispatcher.on_failure = self._redelivery.failed
+        self._background = cfg.mode == "background"
         self._inflight: set[asyncio.Task[Any]] = set()
         self._routes = self.subscriptions.routes  # the table's own cache, read on the hot path
+
+    @classmethod
+    def from_settings(cls, settings: HexbusSettings, **overrides: Any) -> Self:
+        """The bus the container builds from ``HEXBUS_*`` settings."""
+        values: dict[str, Any] = {
+            "mode": settings.memory_mode,
+            "handler_timeout": settings.handler_timeout,
+            "drain_timeout": settings.drain_timeout,
+        }
+        if settings.memory_retries:
+            values.update(
+                max_attempts=settings.max_attempts,
+                retry_delays=settings.retry_delays,
+                dead_letter_limit=settings.memory_dead_letter_limit,
+            )
+        return cls(MemoryConfig(**values), **overrides)
 
     @property
     def stats(self) -> DispatchStats:
@@ -63,16 +103,21 @@ class InMemoryEventBus(EventBusBase):
         key: str | None = None,
         session: Any = None,
     ) -> None:
-        """Deliver ``event`` to its handlers (await mode: return when all finished)."""
+        """Deliver ``event`` to its handlers (await mode: return when all finished).
+
+        The publish pipeline's admission (``hexbus.application.publishing``) unrolled
+        for speed, the same steps in the same order: state, type, metadata, middleware,
+        causation.
+        """
         if self.state is not _RUNNING:
             self._raise_not_running()
-        if metadata is not None:  # checked even when nobody listens: brokers would refuse it
-            metadata = validate_metadata(metadata)
         cls = event.__class__
         subs = self._routes.get(cls)  # a hit means cls is a known DomainEvent subclass
         if subs is None:
             self._check_publish(event)
             subs = self.subscriptions.for_event(cls)
+        if metadata is not None:  # checked even when nobody listens: brokers would refuse it
+            metadata = validate_metadata(metadata)
         if self.middleware.items:
             changed = await self.middleware.apply(event)
             if changed is None:
@@ -80,6 +125,8 @@ class InMemoryEventBus(EventBusBase):
             if changed.__class__ is not cls:
                 subs = self.subscriptions.for_event(changed.__class__)
             event = changed
+        if event.causation_id is None and _current().event is not None:
+            event = stamp_causation(event)
         dispatcher = self.dispatcher
         dispatcher.stats.published += 1
         if not subs:
@@ -98,8 +145,15 @@ class InMemoryEventBus(EventBusBase):
             await asyncio.wait(pending)
 
     async def publish_many(self, events: Iterable[DomainEvent]) -> None:
-        """Publish in order; each event's handlers finish before the next (await mode)."""
-        for event in list(events):
+        """Publish in order; each event's handlers finish before the next (await mode).
+
+        Every event is checked (state, type) before the first is delivered, as on the
+        brokers; each then goes through ``publish`` (the rest of admission, dispatch).
+        """
+        items = list(events)
+        for event in items:
+            self.admission.check(event)
+        for event in items:
             await self.publish(event)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
@@ -107,12 +161,18 @@ class InMemoryEventBus(EventBusBase):
         task.add_done_callback(self._inflight.discard)
 
     async def _stop(self) -> None:
-        """Wait for in-flight handlers up to ``drain_timeout``, then cancel the rest."""
+        """Wait for in-flight handlers up to ``drain_timeout``, then cancel the rest.
+
+        Pending retries skip their remaining back-off so they finish inside the drain.
+        """
+        self._redelivery.hurry.set()
         if not self._inflight:
             return
-        _, still = await asyncio.wait(
-            set(self._inflight), timeout=self.config.drain_timeout
-        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout
+        while self._inflight and loop.time() < deadline:  # retries may start new tasks
+            await asyncio.wait(set(self._inflight), timeout=max(0.0, deadline - loop.time()))
+        still = set(self._inflight)
         if still:
             logger.warning(
                 "stop(): %d handler task(s) still running after %.1fs; cancelling them",
@@ -122,3 +182,27 @@ class InMemoryEventBus(EventBusBase):
             for task in still:
                 task.cancel()
             await asyncio.wait(still)
+
+    # -- capabilities: DeadLetterReader, DeadLetterReplayer, SubscriptionAdmin, Readiness --
+    async def dead_letters(self, subscription: str, limit: int = 100) -> list[DeadLetter]:
+        """The dead letters of ``subscription`` kept in process (``dead_letter_limit``)."""
+        return self.dead_letter_store.peek(subscription, limit)
+
+    async def replay_dead_letters(self, subscription: str, limit: int | None = None) -> int:
+        """Deliver ``subscription``'s dead letters to it again (attempt 1, in background)."""
+        if self.state is not _RUNNING:
+            self._raise_not_running()
+        return self._redelivery.replay(self.dead_letter_store.take(subscription, limit))
+
+    def subscription_address(self, name: str) -> str:
+        return f"subscription {name!r} in process (memory)"
+
+    async def delete_subscription(self, name: str) -> list[str]:
+        """Unsubscribe every handler of ``name`` and forget its dead letters."""
+        for sub in self.subscriptions.by_name().get(name, []):
+            self.unsubscribe(sub.target, sub.handler)
+        self.dead_letter_store.discard(name)
+        return []
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Always ready: subscriptions apply at once in process."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["MemoryConfig"]
 
@@ -13,6 +13,13 @@ class MemoryConfig(BaseModel):
     """``mode="await"``: publish returns when every handler finished (the default, and
     what tests want). ``mode="background"``: publish returns once handlers are scheduled;
     ``stop()`` drains them for up to ``drain_timeout`` seconds.
+
+    Failure semantics are fail-open by default: one attempt, the failure logged and
+    counted. Opt in to the brokers' semantics with ``max_attempts`` > 1 (retries, in the
+    background, after ``retry_delays``; the last delay repeats) and ``dead_letter_limit``
+    > 0 (events whose last attempt failed are kept, up to that many per subscription,
+    readable with ``bus.dead_letters(name)`` and replayable). ``HEXBUS_MEMORY_RETRIES=true``
+    applies ``HEXBUS_MAX_ATTEMPTS`` / ``HEXBUS_RETRY_DELAYS`` to the memory adapter.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -20,3 +27,18 @@ class MemoryConfig(BaseModel):
     mode: Literal["await", "background"] = "await"
     handler_timeout: float | None = Field(default=30.0, gt=0)
     drain_timeout: float = Field(default=30.0, gt=0)
+    max_attempts: int = Field(default=1, ge=1)
+    retry_delays: tuple[float, ...] = (1.0, 5.0, 25.0)
+    dead_letter_limit: int = Field(default=0, ge=0)
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(delay < 0 for delay in value):
+            raise ValueError("needs one or more delays in seconds (>= 0), e.g. (1, 5, 25)")
+        return value
+
+    @property
+    def redelivers(self) -> bool:
+        """Does a failure do more than being logged and counted?"""
+        return self.max_attempts > 1 or self.dead_letter_limit > 0

@@ -35,6 +35,7 @@ from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.rabbitmq import topology
 from hexbus.infrastructure.rabbitmq.bus import RabbitMQEventBus
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
+from hexbus.infrastructure.rabbitmq.marshal import decode_message, encode_message
 
 __all__ = ["BenchTick", "run_rabbitmq_bench"]
 
@@ -144,7 +145,7 @@ async def _raw_side(url: str, exchange_name: str, count: int) -> tuple[float, fl
         await sink.bind(exchange, routing_key=BenchTick.event_type)
 
         async def publish(event: BenchTick) -> None:
-            headers, content_type, body = codec.encode_amqp(event)
+            headers, content_type, body = encode_message(codec, event)
             await exchange.publish(
                 aio_pika.Message(
                     body,
@@ -171,7 +172,7 @@ async def _raw_side(url: str, exchange_name: str, count: int) -> tuple[float, fl
         await queue.bind(exchange_name, routing_key=BenchTick.event_type)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            event, _ = codec.decode_amqp(message.headers, message.content_type, message.body)
+            event, _ = decode_message(codec, message.headers, message.content_type, message.body)
             run.received(event.event_id)
             await message.ack()
 

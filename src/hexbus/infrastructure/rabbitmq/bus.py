@@ -65,9 +65,10 @@ from hexbus.application.handlers import Subscription
 from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.errors import ConfigurationError, DecodeError, PublishError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
-from hexbus.infrastructure.codec import AMQP_PREFIX, CloudEventCodec
+from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.rabbitmq import topology
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
+from hexbus.infrastructure.rabbitmq.marshal import AMQP_PREFIX, decode_message, encode_message
 
 if TYPE_CHECKING:
     from hexbus.infrastructure.settings import HexbusSettings
@@ -496,7 +497,7 @@ class RabbitMQEventBus(EventBusBase):
     def _message(
         self, event: DomainEvent, metadata: Mapping[str, str] | None, key: str | None
     ) -> aio_pika.Message:
-        encoded, content_type, body = self.codec.encode_amqp(
+        encoded, content_type, body = encode_message(self.codec,
             event, validate_metadata(metadata) if metadata else None
         )
         headers: dict[str, Any] = encoded
@@ -647,7 +648,9 @@ class RabbitMQEventBus(EventBusBase):
         headers = message.headers or {}
         attempt = _header_int(headers.get(topology.ATTEMPT_HEADER), 1)
         try:
-            event, metadata = self.codec.decode_amqp(headers, message.content_type, message.body)
+            event, metadata = decode_message(
+                self.codec, headers, message.content_type, message.body
+            )
         except DecodeError as exc:
             logger.error(
                 "undecodable message %s on %s (%s): %s; dead-lettered",

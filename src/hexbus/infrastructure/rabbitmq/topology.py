@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from hexbus.infrastructure.codec import DLQ_ATTEMPTS_HEADER, DLQ_ERROR_HEADER, DLQ_HANDLER_HEADER
+from hexbus.infrastructure.dead_letters import ATTEMPTS_HEADER as DLQ_ATTEMPTS_HEADER
+from hexbus.infrastructure.dead_letters import ERROR_HEADER as DLQ_ERROR_HEADER
+from hexbus.infrastructure.dead_letters import HANDLER_HEADER as DLQ_HANDLER_HEADER
 
 __all__ = [
     "ATTEMPT_HEADER",
