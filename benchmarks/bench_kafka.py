@@ -2,7 +2,7 @@
 
     python benchmarks/bench_kafka.py [--events 10000] [--rounds 5] [--bootstrap 127.0.0.1:9092]
 
-The measuring code lives in ``hexbus.infrastructure.kafka.bench`` (shared with
+The measuring code lives in ``hexbus.bench.kafka`` (shared with
 ``hexbus bench --adapter kafka``). Needs a running Kafka (``python3 scripts/brokers.py up``).
 """
 
@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 
-from hexbus.infrastructure.kafka.bench import run_kafka_bench
+from hexbus.bench.kafka import run_kafka_bench
 
 
 def main() -> None:

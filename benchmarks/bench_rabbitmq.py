@@ -3,7 +3,7 @@
     python benchmarks/bench_rabbitmq.py [--events 10000] [--rounds 5] [--url amqp://...]
 
 The URL defaults to ``$HEXBUS_RABBITMQ_URL`` (``scripts/brokers.py env``). What is
-measured, and how both sides are kept equal, is in ``hexbus.infrastructure.rabbitmq.bench``.
+measured, and how both sides are kept equal, is in ``hexbus.bench.rabbitmq``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import os
 import sys
 
-from hexbus.infrastructure.rabbitmq.bench import run_rabbitmq_bench
+from hexbus.bench.rabbitmq import run_rabbitmq_bench
 from hexbus.infrastructure.settings import redact_url
 
 

@@ -1,6 +1,6 @@
 """``hexbus bench --adapter kafka``: hexbus vs raw aiokafka on a real Kafka.
 
-The work is in ``hexbus.infrastructure.kafka.bench``. It is loaded lazily, by name, for
+The work is in ``hexbus.bench.kafka``. It is loaded lazily, by name, for
 the same reason the container loads adapters that way: the CLI must not import aiokafka
 (import-linter contract; the ``kafka`` extra is optional).
 """
@@ -25,7 +25,7 @@ async def run_kafka_bench(
     Raises ``ConfigurationError`` without the ``kafka`` extra.
     """
     try:
-        bench: Any = importlib.import_module("hexbus.infrastructure.kafka.bench")
+        bench: Any = importlib.import_module("hexbus.bench.kafka")
     except ImportError:
         raise ConfigurationError(
             "the Kafka benchmark needs aiokafka; install the extra: pip install 'hexbus[kafka]'"

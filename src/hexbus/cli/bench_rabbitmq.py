@@ -1,6 +1,6 @@
 """``hexbus bench --adapter rabbitmq``: hexbus vs raw aio-pika on a real RabbitMQ.
 
-The work is in ``hexbus.infrastructure.rabbitmq.bench``. It is loaded lazily, by name,
+The work is in ``hexbus.bench.rabbitmq``. It is loaded lazily, by name,
 for the same reason the container loads adapters that way: the CLI must not import
 aio-pika (import-linter contract; the ``rabbitmq`` extra is optional).
 """
@@ -23,7 +23,7 @@ async def run_rabbitmq_bench(url: str, *, events: int, exchange_prefix: str) -> 
     ``rounds``. Raises ``ConfigurationError`` without the ``rabbitmq`` extra.
     """
     try:
-        bench: Any = importlib.import_module("hexbus.infrastructure.rabbitmq.bench")
+        bench: Any = importlib.import_module("hexbus.bench.rabbitmq")
     except ImportError:
         raise ConfigurationError(
             "the RabbitMQ benchmark needs aio-pika; install the extra: "
