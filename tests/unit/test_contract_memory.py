@@ -1,9 +1,11 @@
-"""The adapter contract suite against the in-memory adapter, in both of its modes.
+"""The adapter contract suite against the in-memory adapter and ``RecordingEventBus``.
 
-Why both: await mode is what tests use (handlers finished when ``publish`` returns),
-background mode is what latency-sensitive services use (delivery after ``publish``
-returns, like a broker). The same scenarios must hold for each, with only the declared
-``delivers_in_publish`` differing.
+Why every mode: await mode is what tests use (handlers finished when ``publish``
+returns), background mode is what latency-sensitive services use (delivery after
+``publish`` returns, like a broker), and with retries enabled the memory adapter has the
+brokers' failure semantics (redelivery, dead letters), which the suite then asserts
+instead of declaring them unsupported. ``RecordingEventBus`` is the port's test double:
+it must pass the same scenarios (admission above all), or tests written against it lie.
 """
 
 from __future__ import annotations
@@ -12,8 +14,14 @@ import asyncio
 
 import pytest
 
-from hexbus import EventBus, InMemoryEventBus
-from hexbus.testing import BusFactory, Capabilities, EventBusContract, eventually
+from hexbus import EventBus, InMemoryEventBus, MemoryConfig
+from hexbus.testing import (
+    BusFactory,
+    Capabilities,
+    EventBusContract,
+    RecordingEventBus,
+    eventually,
+)
 
 _MEMORY = Capabilities(
     durable=False,
@@ -54,6 +62,47 @@ class TestMemoryBackgroundContract(EventBusContract):
     def bus_factory(self) -> BusFactory:
         async def make() -> EventBus:
             return InMemoryEventBus(mode="background")
+
+        return make
+
+
+class TestMemoryRetriesContract(EventBusContract):
+    """``HEXBUS_MEMORY_RETRIES``: attempts 1, 2, 3 and a dead-letter store, in process."""
+
+    capabilities = Capabilities(
+        durable=False,
+        redelivery=True,
+        dead_letter=True,
+        ordering="publisher",
+        consumer_groups=False,
+        delivers_in_publish=True,
+        max_attempts=3,
+    )
+    adapter_name = "memory (retries and dead letters)"
+    timeout = 5.0
+    retry_timeout = 5.0
+
+    @pytest.fixture
+    def bus_factory(self) -> BusFactory:
+        async def make() -> EventBus:
+            return InMemoryEventBus(
+                MemoryConfig(max_attempts=3, retry_delays=(0.01, 0.02), dead_letter_limit=100)
+            )
+
+        return make
+
+
+class TestRecordingBusContract(EventBusContract):
+    """The test double keeps the port's promises (``dispatch=True``, no autostart)."""
+
+    capabilities = _MEMORY
+    adapter_name = "RecordingEventBus"
+    timeout = 5.0
+
+    @pytest.fixture
+    def bus_factory(self) -> BusFactory:
+        async def make() -> EventBus:
+            return RecordingEventBus(dispatch=True, autostart=False)
 
         return make
 

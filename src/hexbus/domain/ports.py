@@ -23,6 +23,8 @@ __all__ = [
     "Handler",
     "Middleware",
     "Readiness",
+    "Stats",
+    "StatsReporter",
     "SubscriptionAdmin",
     "SubscriptionTarget",
 ]
@@ -232,3 +234,23 @@ class Readiness(Protocol):
         """Return once subscription changes are applied and every consumer is live (owns
         its partitions and knows where it starts). ``TimeoutError`` after ``timeout``."""
         ...
+
+
+class Stats(Protocol):
+    """The counters every hexbus bus keeps (``hexbus.DispatchStats``)."""
+
+    published: int
+    handled: int
+    failed: int
+    timed_out: int
+    retried: int
+    dead_lettered: int
+    requeued: int
+
+
+@runtime_checkable
+class StatsReporter(Protocol):
+    """The adapter counts what it did (``hexbus check``, ``hexbus tail``, tests)."""
+
+    @property
+    def stats(self) -> Stats: ...

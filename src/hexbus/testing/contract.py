@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -58,11 +57,12 @@ from hexbus.domain.context import DeliveryContext, current_context
 from hexbus.domain.errors import (
     BusClosedError,
     InvalidHandlerError,
+    InvalidMetadataError,
     NotADomainEventError,
     NotStartedError,
 )
 from hexbus.domain.events import DomainEvent
-from hexbus.domain.ports import EventBus
+from hexbus.domain.ports import DeadLetterReader, EventBus, StatsReporter
 from hexbus.testing.waiting import eventually
 
 __all__ = [
@@ -293,26 +293,22 @@ class EventBusContract:
     async def dead_letters(self, bus: EventBus, subscription: str) -> Sequence[object]:
         """The dead letters of one subscription (used when ``dead_letter`` is declared).
 
-        Default: ``bus.dead_letters(subscription)`` (sync or async). Items may be events,
-        objects with ``.event`` / ``.event_id`` / ``.id``, or mappings with those keys.
+        Default: the ``DeadLetterReader`` port, ``await bus.dead_letters(subscription)``.
+        Override for an adapter that keeps dead letters elsewhere; items may be
+        ``DeadLetter`` records, events, or objects / mappings with ``event_id``.
         """
-        reader = getattr(bus, "dead_letters", None)
-        if not callable(reader):
+        if not isinstance(bus, DeadLetterReader):
             pytest.fail(
-                f"{self.adapter} declares dead_letter but {type(bus).__name__} has no "
-                "dead_letters(subscription) method; add one or override "
-                "EventBusContract.dead_letters(bus, subscription)",
+                f"{self.adapter} declares dead_letter but {type(bus).__name__} does not "
+                "implement hexbus.domain.ports.DeadLetterReader (async dead_letters("
+                "subscription, limit)); add it or override EventBusContract.dead_letters",
                 pytrace=False,
             )
-        result = reader(subscription)
-        if inspect.isawaitable(result):
-            result = await result
-        return list(cast("Sequence[object]", result))
+        return list(await bus.dead_letters(subscription))
 
     def failure_count(self, bus: EventBus) -> int | None:
         """Handler failures counted so far, or ``None`` if the adapter exposes no count."""
-        value = getattr(getattr(bus, "stats", None), "failed", None)
-        return value if isinstance(value, int) else None
+        return bus.stats.failed if isinstance(bus, StatsReporter) else None
 
     # -- helpers -------------------------------------------------------------------------
     @property
@@ -618,6 +614,89 @@ class EventBusContract:
             for bad in ({"event_type": "contract.alpha", "seq": 1}, "contract.alpha", None):
                 with pytest.raises(NotADomainEventError):
                     await bus.publish(cast(Any, bad))
+
+    # -- admission: the same steps in the same order on every adapter ------------------
+    async def test_admission_checks_state_then_type_then_metadata(
+        self, bus_factory: BusFactory
+    ) -> None:
+        """State first, then the event's type, then metadata (each error names its step)."""
+        bad_metadata: Any = {"ip": 1}
+        bus = await self.make_bus(bus_factory)
+        try:
+            with pytest.raises(NotStartedError):
+                await bus.publish(cast(Any, "not an event"), metadata=bad_metadata)
+            await bus.start()
+            with pytest.raises(NotADomainEventError):
+                await bus.publish(cast(Any, "not an event"), metadata=bad_metadata)
+            with pytest.raises(InvalidMetadataError):
+                await bus.publish(ContractAlpha(seq=1), metadata=bad_metadata)
+        finally:
+            await bus.stop()
+
+    async def test_bad_metadata_raises_even_when_middleware_drops_the_event(
+        self, bus_factory: BusFactory
+    ) -> None:
+        """The caller's mistake is reported whatever the middleware does; a dropped event
+        is delivered nowhere (checked against a witness published after it)."""
+        dropped = Probe("dropped")
+        witness = Probe("witness")
+        bus = await self.make_bus(bus_factory)
+        bus.subscribe(ContractAlpha, dropped, name=self.sub_name("dropped"))
+        bus.subscribe(ContractBeta, witness, name=self.sub_name("witness"))
+
+        def drop_alpha(event: DomainEvent) -> DomainEvent | None:
+            return None if isinstance(event, ContractAlpha) else event
+
+        bus.add_middleware(drop_alpha)
+        bad_metadata: Any = {"ip": 1}
+        async with self.running(bus):
+            with pytest.raises(InvalidMetadataError):
+                await bus.publish(ContractAlpha(seq=1), metadata=bad_metadata)
+            await bus.publish(ContractAlpha(seq=2), metadata={"ip": "10.0.0.1"})
+            later = ContractBeta(seq=3)
+            await bus.publish(later)
+            await self.wait_until(lambda: witness.has_handled(later), lambda: repr(witness))
+        assert dropped.calls == [], f"middleware dropped it, yet it was delivered: {dropped!r}"
+
+    async def test_publish_many_checks_every_event_before_sending_any(
+        self, bus_factory: BusFactory
+    ) -> None:
+        """A non-event in the list fails the call before the first event is sent."""
+        first = Probe("first")
+        witness = Probe("witness")
+        bus = await self.make_bus(bus_factory)
+        bus.subscribe(ContractAlpha, first, name=self.sub_name("first"))
+        bus.subscribe(ContractBeta, witness, name=self.sub_name("witness"))
+        async with self.running(bus):
+            with pytest.raises(NotADomainEventError):
+                await bus.publish_many([ContractAlpha(seq=1), cast(Any, {"seq": 2})])
+            later = ContractBeta(seq=3)
+            await bus.publish(later)
+            await self.wait_until(lambda: witness.has_handled(later), lambda: repr(witness))
+        assert first.calls == [], f"sent before the whole list was admitted: {first!r}"
+
+    async def test_event_built_outside_a_handler_is_caused_by_the_one_it_is_published_in(
+        self, bus_factory: BusFactory
+    ) -> None:
+        """Admission stamps causation at publish time too, not only at construction."""
+        prepared = ContractBeta(seq=2)  # built before any handler runs: no cause yet
+        assert prepared.causation_id is None
+        children = Probe("children")
+        bus = await self.make_bus(bus_factory)
+
+        async def forward(event: ContractAlpha) -> None:
+            await bus.publish(prepared)
+
+        bus.subscribe(ContractAlpha, forward, name=self.sub_name("forward"))
+        bus.subscribe(ContractBeta, children, name=self.sub_name("children"))
+        parent = ContractAlpha(seq=1)
+        async with self.running(bus):
+            await bus.publish(parent)
+            await self.wait_until(lambda: children.handled, lambda: repr(children))
+        child = children.handled[0]
+        assert child.event_id == prepared.event_id
+        assert child.causation_id == str(parent.event_id)
+        assert child.correlation_id == parent.correlation_id
 
     async def test_stop_lets_inflight_handler_finish(self, bus_factory: BusFactory) -> None:
         """``stop()`` drains: a handler already running completes, it is not cancelled."""

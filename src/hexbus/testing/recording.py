@@ -14,9 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
-from hexbus.application.bus import BusState, EventBusBase, validate_metadata
+from hexbus.application.bus import BusState, EventBusBase
 from hexbus.application.handlers import Subscription
 from hexbus.application.patterns import compile_pattern
+from hexbus.application.publishing import Admitted
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.infrastructure.memory import InMemoryEventBus
 
@@ -182,23 +183,26 @@ class RecordingEventBus(EventBusBase):
         key: str | None = None,
         session: Any = None,
     ) -> None:
-        """Record ``event`` (after middleware); with ``dispatch=True`` also deliver it."""
-        self._check_publish(event)
-        checked = validate_metadata(metadata)
-        if self.middleware:
-            changed = await self.middleware.apply(event)
-            if changed is None:
-                return  # dropped by middleware: a real transport would not see it either
-            event = changed
-        self.records.append(PublishedRecord(event, dict(checked), key, session))
+        """Record ``event`` (after admission); with ``dispatch=True`` also deliver it.
+
+        Admission is the one every adapter runs (``hexbus.application.publishing``):
+        an event dropped by middleware is not recorded, as a transport would not see it.
+        """
+        admitted = await self.admission.admit(event, metadata, key, session)
+        if admitted is not None:
+            await self._record(admitted)
+
+    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
+        for admitted in await self.admission.admit_many(events):
+            await self._record(admitted)
+
+    async def _record(self, admitted: Admitted) -> None:
+        event, metadata, key, session = admitted
+        self.records.append(PublishedRecord(event, dict(metadata), key, session))
         if self.inner is not None:
             if self.inner.state is BusState.NEW:
                 await self.inner.start()
-            await self.inner.publish(event, metadata=checked, key=key, session=session)
-
-    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
-        for event in list(events):
-            await self.publish(event)
+            await self.inner.publish(event, metadata=metadata, key=key, session=session)
 
     def _subscribed(self, sub: Subscription) -> None:
         if self.inner is not None:
