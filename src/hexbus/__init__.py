@@ -36,7 +36,18 @@ from hexbus.domain.errors import (
     UnknownEventTypeError,
 )
 from hexbus.domain.events import DomainEvent, EventRegistry, event_from_dict, event_registry
-from hexbus.domain.ports import EventBus, EventBusProtocol, Handler, Middleware
+from hexbus.domain.ports import (
+    DeadLetter,
+    DeadLetterReader,
+    DeadLetterReplayer,
+    EventBus,
+    EventBusProtocol,
+    Handler,
+    Middleware,
+    Readiness,
+    StatsReporter,
+    SubscriptionAdmin,
+)
 from hexbus.infrastructure.adapters import ADAPTERS, load_export
 from hexbus.infrastructure.audit import AuditLogHandler
 from hexbus.infrastructure.container import Container
@@ -66,6 +77,9 @@ __all__ = [
     "ConfigurationError",
     "Container",
     "CorrelationIdMiddleware",
+    "DeadLetter",
+    "DeadLetterReader",
+    "DeadLetterReplayer",
     "DecodeError",
     "DeliveryContext",
     "DispatchStats",
@@ -92,7 +106,10 @@ __all__ = [
     "NotADomainEventError",
     "NotStartedError",
     "PublishError",
+    "Readiness",
+    "StatsReporter",
     "Subscription",
+    "SubscriptionAdmin",
     "UnknownEventTypeError",
     "__version__",
     "current_context",
