@@ -123,7 +123,7 @@ async def test_publish_on_a_closed_broker_connection_raises_publish_error(
     try:
         # Close the underlying transport as a network failure would (the robust
         # connection then waits reconnect_interval before trying again).
-        connection = bus._connection
+        connection = bus.connection
         assert connection is not None
         transport = connection.transport
         assert transport is not None
@@ -152,19 +152,19 @@ class _SilentExchange:
 async def test_unconfirmed_publish_raises_publish_error_after_publish_timeout() -> None:
     """The shared deadline watchdog: no confirm within ``publish_timeout`` → PublishError;
     the caller's task is left uncancelled; a caller's own cancellation stays one."""
-    bus = RabbitMQEventBus(RabbitMQConfig(publish_timeout=0.2))
+    publisher = RabbitMQEventBus(RabbitMQConfig(publish_timeout=0.2)).publisher
     exchange: Any = _SilentExchange()
     message: Any = object()
     began = time.monotonic()
     with pytest.raises(PublishError, match=r"not confirmed .* within 0\.2s"):
-        await bus._send(exchange, message, "rk", lambda: "event x")
+        await publisher.send(exchange, message, "rk", lambda: "event x")
     assert time.monotonic() - began < 2
     task = asyncio.current_task()
     assert task is not None and task.cancelling() == 0
 
-    sending = asyncio.create_task(bus._send(exchange, message, "rk", lambda: "event y"))
+    sending = asyncio.create_task(publisher.send(exchange, message, "rk", lambda: "event y"))
     await asyncio.sleep(0.05)
     sending.cancel()
     with pytest.raises(asyncio.CancelledError):
         await sending
-    await bus._deadlines.close()
+    await publisher.close()

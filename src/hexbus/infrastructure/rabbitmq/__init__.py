@@ -9,7 +9,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "the RabbitMQ adapter needs aio-pika; install the extra: pip install 'hexbus[rabbitmq]'"
     ) from exc
 
-from hexbus.infrastructure.rabbitmq.bus import DeadLetter, RabbitMQEventBus, RabbitMQStats
+from hexbus.infrastructure.rabbitmq.bus import RabbitMQEventBus
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
 
-__all__ = ["DeadLetter", "RabbitMQConfig", "RabbitMQEventBus", "RabbitMQStats"]
+__all__ = ["RabbitMQConfig", "RabbitMQEventBus"]

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hexbus.application.consuming import RetryPolicy
 from hexbus.infrastructure.settings import redact_url
 
 __all__ = ["RabbitMQConfig"]
@@ -62,6 +63,11 @@ class RabbitMQConfig(BaseModel):
     @property
     def redacted_url(self) -> str:
         return redact_url(self.url)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """What the consume pipeline decides with; its delays are the declared tiers."""
+        return RetryPolicy(self.max_attempts, self.retry_delays)
 
     def __repr_args__(self) -> Any:
         yield "url", self.redacted_url

@@ -1,4 +1,4 @@
-"""Names and arguments of everything the RabbitMQ adapter declares.
+"""Names, arguments and declarations of everything the RabbitMQ adapter puts on the broker.
 
 For a service ``svc`` on exchange ``X`` and a subscription named ``n``::
 
@@ -14,30 +14,45 @@ Why retries go to a queue of the subscription itself (through the default exchan
 and never back through ``X``: a retry re-runs only the handler that failed, never the
 other subscriptions of the same event. Why the delay is in the tier's name: a queue's
 TTL cannot change once declared; a new delay is a new queue, and the old tier keeps
-draining into the work queue.
+draining into the work queue. The tier a retry goes to is the consume pipeline's
+``Outcome.delay``, which comes from the same ``retry_delays`` the tiers are declared with.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterable
 from typing import Any, Final
 
-from hexbus.infrastructure.dead_letters import ATTEMPTS_HEADER as DLQ_ATTEMPTS_HEADER
-from hexbus.infrastructure.dead_letters import ERROR_HEADER as DLQ_ERROR_HEADER
-from hexbus.infrastructure.dead_letters import HANDLER_HEADER as DLQ_HANDLER_HEADER
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+
+from hexbus.domain.errors import ConfigurationError
+from hexbus.infrastructure.dead_letters import FAILURE_HEADERS
 
 __all__ = [
     "ATTEMPT_HEADER",
+    "BROKER_HEADERS",
     "DEAD_LETTER_HEADERS",
     "KEY_HEADER",
+    "LEGACY_ORIGIN_HEADER",
+    "QUEUE_HEADER",
     "ROUTING_KEY_HEADER",
-    "dlq_name",
+    "declare_queue",
+    "declare_subscription",
+    "delay_ms",
+    "delete_queues",
     "dlq_arguments",
+    "dlq_name",
     "retry_arguments",
     "retry_queue_name",
-    "retry_tier",
+    "subscription_queues",
     "work_arguments",
     "work_queue_name",
 ]
+
+logger = logging.getLogger("hexbus.rabbitmq")
 
 #: Delivery attempt of a message (absent = 1); set on the copies sent to a retry tier.
 ATTEMPT_HEADER: Final = "x-hexbus-attempt"
@@ -45,20 +60,13 @@ ATTEMPT_HEADER: Final = "x-hexbus-attempt"
 KEY_HEADER: Final = "x-hexbus-key"
 #: The routing key the event was published with (retries arrive with the queue's name).
 ROUTING_KEY_HEADER: Final = "x-hexbus-routing-key"
-ERROR_HEADER: Final = DLQ_ERROR_HEADER
-ATTEMPTS_HEADER: Final = DLQ_ATTEMPTS_HEADER
-HANDLER_HEADER: Final = DLQ_HANDLER_HEADER
-ORIGINAL_ROUTING_KEY_HEADER: Final = "x-hexbus-original-routing-key"
-FAILED_AT_HEADER: Final = "x-hexbus-failed-at"
+#: The work queue a dead letter came from (RabbitMQ's addition to the failure record).
 QUEUE_HEADER: Final = "x-hexbus-queue"
-DEAD_LETTER_HEADERS: Final = (
-    ERROR_HEADER,
-    ATTEMPTS_HEADER,
-    HANDLER_HEADER,
-    ORIGINAL_ROUTING_KEY_HEADER,
-    FAILED_AT_HEADER,
-    QUEUE_HEADER,
-)
+#: Where earlier hexbus versions kept the origin; still read (and removed on replay) so
+#: dead letters written before an upgrade keep their origin.
+LEGACY_ORIGIN_HEADER: Final = "x-hexbus-original-routing-key"
+#: Every header a dead-lettering adds here; a replay removes them all.
+DEAD_LETTER_HEADERS: Final = (*FAILURE_HEADERS, QUEUE_HEADER, LEGACY_ORIGIN_HEADER)
 #: Headers the broker adds on dead-lettering / redelivery; dropped from copies we send.
 BROKER_HEADERS: Final = frozenset(
     {
@@ -92,9 +100,10 @@ def delay_ms(delay: float) -> int:
     return max(1, round(delay * 1000))
 
 
-def retry_tier(attempt: int, delays: tuple[float, ...]) -> float:
-    """The delay after failed attempt ``attempt`` (1-based): tier n, then the last tier."""
-    return delays[min(attempt, len(delays)) - 1]
+def subscription_queues(work_queue: str, delays: Iterable[float]) -> list[str]:
+    """Every queue of one subscription: the work queue, its retry tiers, its DLQ."""
+    tiers = dict.fromkeys(retry_queue_name(work_queue, delay) for delay in delays)
+    return [work_queue, *tiers, dlq_name(work_queue)]
 
 
 def work_arguments() -> dict[str, Any]:
@@ -118,3 +127,63 @@ def retry_arguments(work_queue: str, delay: float) -> dict[str, Any]:
 
 def dlq_arguments() -> dict[str, Any]:
     return dict(_QUORUM)
+
+
+async def declare_queue(
+    channel: AbstractChannel, name: str, arguments: dict[str, Any]
+) -> AbstractQueue:
+    """Declare a durable queue; a clash with an existing queue is a configuration error."""
+    try:
+        return await channel.declare_queue(name, durable=True, arguments=arguments)
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise ConfigurationError(
+            f"RabbitMQ queue {name!r} exists with other arguments than hexbus declares "
+            f"({arguments}); delete it or use another HEXBUS_SERVICE_NAME: {exc}"
+        ) from None
+
+
+async def declare_subscription(
+    channel: AbstractChannel, work_queue: str, delays: Iterable[float], *, with_tiers: bool
+) -> AbstractQueue:
+    """Declare a subscription's work queue and, ``with_tiers``, its retry tiers and DLQ.
+
+    The work queue is declared first and returned (the consumer reads it); the tiers
+    and the DLQ exist before the first message can fail.
+    """
+    queue = await declare_queue(channel, work_queue, work_arguments())
+    if with_tiers:
+        for delay in dict.fromkeys(delays):
+            await declare_queue(
+                channel,
+                retry_queue_name(work_queue, delay),
+                retry_arguments(work_queue, delay),
+            )
+        await declare_queue(channel, dlq_name(work_queue), dlq_arguments())
+    return queue
+
+
+async def delete_queues(connection: AbstractConnection, names: Iterable[str]) -> list[str]:
+    """Delete ``names`` (whether empty or consumed or not); return those that remain.
+
+    A failed delete closes its channel on the broker, so the next one gets a new channel.
+    """
+    left: list[str] = []
+    channel: AbstractChannel | None = None
+    try:
+        for name in names:
+            try:
+                if channel is None:
+                    channel = await connection.channel(publisher_confirms=False)
+                await channel.queue_delete(name)
+            except (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError) as exc:
+                logger.warning("could not delete RabbitMQ queue %r: %s", name, exc)
+                left.append(name)
+                if channel is not None:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+                channel = None
+    finally:
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+    return left

@@ -1,0 +1,334 @@
+"""The receiving side of the RabbitMQ adapter: decode, deliver, carry out the outcome.
+
+One robust channel per subscription name with ``prefetch`` unacked messages; each
+message is handled in its own task (handlers of one queue start in delivery order and
+run concurrently up to ``prefetch``). What happens to a message is decided by the
+consume pipeline (``hexbus.application.consuming``); this module only does it in AMQP
+terms:
+
+- ``ACK``: ack;
+- ``RETRY``: a copy with ``x-hexbus-attempt`` + 1 goes to the back-off tier of
+  ``outcome.delay``, is confirmed, and only then the original is acked;
+- ``DEAD_LETTER``: the original bytes plus the failure headers go to the DLQ, are
+  confirmed, and only then the original is acked.
+
+A message that cannot be decoded reaches the pipeline as its ``DecodeError`` and is
+dead-lettered with the reason. A handler interrupted by ``stop()`` and a message whose
+retry / dead letter could not be sent (broker away) are requeued (nack requeue), never
+dropped and never dead-lettered.
+
+Subscriptions added or removed while the bus runs change the topology in the background
+(``subscribe`` is synchronous); the changes run one after another, in order, and
+``settle()`` waits for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from hexbus.application.consuming import Action, ConsumePipeline, Decoded, Outcome
+from hexbus.domain.errors import DecodeError
+from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.infrastructure.dead_letters import failure_headers, header_int, header_text
+from hexbus.infrastructure.rabbitmq import topology
+from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
+from hexbus.infrastructure.rabbitmq.marshal import decode_message
+from hexbus.infrastructure.rabbitmq.publisher import TRANSIENT_ERRORS, Publisher
+
+__all__ = ["Consumers", "SubscriptionConsumer", "copy_headers", "copy_message"]
+
+logger = logging.getLogger("hexbus.rabbitmq")
+
+_PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+_ACK, _RETRY = Action.ACK, Action.RETRY
+
+
+@dataclass(eq=False)
+class SubscriptionConsumer:
+    """The live consumer of one subscription name: its channel, queue and bindings."""
+
+    name: str
+    queue_name: str
+    channel: AbstractChannel
+    queue: AbstractQueue
+    keys: set[str] = field(default_factory=set)
+    tag: str | None = None
+    #: The queue for log lines (computed once, not per message).
+    where: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.where = f"queue {self.queue_name!r}"
+
+
+def copy_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """The message's headers without the ones the broker added (``x-death`` ...)."""
+    return {
+        k: v for k, v in (message.headers or {}).items() if k not in topology.BROKER_HEADERS
+    }
+
+
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The same bytes and properties, new headers, persistent."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        timestamp=message.timestamp,
+        type=message.type,
+        app_id=message.app_id,
+        delivery_mode=_PERSISTENT,
+    )
+
+
+class Consumers:
+    """Every subscription consumer of one bus, and what they do with a message."""
+
+    def __init__(
+        self,
+        config: RabbitMQConfig,
+        codec: CloudEventCodec,
+        pipeline: ConsumePipeline,
+        publisher: Publisher,
+    ) -> None:
+        self.config = config
+        self.codec = codec
+        self.pipeline = pipeline
+        self.publisher = publisher
+        self.by_name: dict[str, SubscriptionConsumer] = {}
+        #: Work queues whose retry tiers and DLQ this bus declared.
+        self.declared: set[str] = set()
+        #: Tasks handling a message right now (``stop()`` drains them).
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self._connection: AbstractRobustConnection | None = None
+        self._retired: list[AbstractChannel] = []  # channels of removed consumers
+        self._tail: asyncio.Task[None] | None = None
+        self._failures: list[Exception] = []
+
+    def queue_name(self, name: str) -> str:
+        return topology.work_queue_name(self.config.service_name, name)
+
+    # -- opening and closing -------------------------------------------------------------
+    async def start(self, connection: AbstractRobustConnection, keys: dict[str, set[str]]) -> None:
+        """Consume on ``connection``: one consumer per subscription name in ``keys``."""
+        self._connection = connection
+        for name, routing_keys in keys.items():
+            await self.open(name, routing_keys)
+
+    async def open(self, name: str, keys: set[str]) -> None:
+        """Declare a subscription's queues, bind ``keys`` and start consuming."""
+        if self._connection is None:
+            return
+        consumer = self.by_name.get(name)
+        if consumer is None:
+            queue_name = self.queue_name(name)
+            channel = await self._connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=self.config.prefetch)
+            queue = await topology.declare_subscription(
+                channel,
+                queue_name,
+                self.config.retry_delays,
+                with_tiers=queue_name not in self.declared,
+            )
+            self.declared.add(queue_name)
+            consumer = SubscriptionConsumer(name, queue_name, channel, queue)
+            self.by_name[name] = consumer
+        for key in keys - consumer.keys:
+            await consumer.queue.bind(self.config.exchange, routing_key=key)
+            consumer.keys.add(key)
+        if consumer.tag is None:
+            consumer.tag = await consumer.queue.consume(
+                functools.partial(self._on_message, consumer)
+            )
+
+    async def close(self, name: str) -> None:
+        """Unbind keys no longer subscribed; cancel the consumer when none is left."""
+        consumer = self.by_name.get(name)
+        if consumer is None:
+            return
+        wanted = {s.routing_key for s in self.pipeline.subscriptions if s.name == name}
+        for key in consumer.keys - wanted:
+            await consumer.queue.unbind(self.config.exchange, routing_key=key)
+            consumer.keys.discard(key)
+        if not wanted:
+            # Stop intake; messages in flight finish (or are requeued by stop()) and ack
+            # on this channel, which stop() closes. The durable queue stays.
+            await self._cancel(consumer)
+            del self.by_name[name]
+            self._retired.append(consumer.channel)
+
+    async def _cancel(self, consumer: SubscriptionConsumer) -> None:
+        if consumer.tag is None:
+            return
+        tag, consumer.tag = consumer.tag, None
+        try:
+            async with asyncio.timeout(self.config.publish_timeout):
+                await consumer.queue.cancel(tag)
+        except (TimeoutError, *TRANSIENT_ERRORS) as exc:
+            logger.warning("could not cancel the consumer of %s: %s", consumer.queue_name, exc)
+
+    # -- changes after start ---------------------------------------------------------------
+    def schedule(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run a topology change after the ones already scheduled, in the background."""
+        previous = self._tail
+
+        async def run() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            try:
+                await make()
+            except Exception as exc:  # kept for wait_ready(), and logged
+                logger.exception("RabbitMQ subscription change failed")
+                self._failures.append(exc)
+
+        self._tail = asyncio.get_running_loop().create_task(run())
+
+    @property
+    def pending(self) -> bool:
+        """Are topology changes scheduled that ``settle()`` has not seen finish?"""
+        return self._tail is not None
+
+    async def settle(self) -> None:
+        """Wait until every scheduled topology change has run."""
+        tail = self._tail
+        if tail is not None:
+            await asyncio.wait([tail])
+            if self._tail is tail:
+                self._tail = None
+
+    def take_failures(self) -> list[Exception]:
+        """Topology changes that failed since the last call (each was logged)."""
+        failures, self._failures = self._failures, []
+        return failures
+
+    def forget(self) -> None:
+        """Drop every consumer without talking to the broker (its connection is gone)."""
+        self.by_name.clear()
+        self._retired.clear()
+        self._connection = None
+
+    async def stop(self) -> None:
+        """Cancel every consumer, drain handlers in flight, requeue the rest, close."""
+        await self.settle()
+        for consumer in list(self.by_name.values()):
+            await self._cancel(consumer)
+        drain = self.config.drain_timeout
+        if self.inflight:
+            _, still = await asyncio.wait(set(self.inflight), timeout=drain)
+            if still:
+                logger.warning(
+                    "stop(): %d handler(s) still running after %.1fs; requeueing them",
+                    len(still),
+                    drain,
+                )
+                for task in still:
+                    task.cancel()
+                await asyncio.wait(still)
+        for channel in [*(c.channel for c in self.by_name.values()), *self._retired]:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self.by_name.clear()
+        self._retired.clear()
+        self._connection = None
+
+    # -- one message -----------------------------------------------------------------------
+    async def _on_message(
+        self, consumer: SubscriptionConsumer, message: AbstractIncomingMessage
+    ) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.inflight.add(task)
+        try:
+            await self._handle(consumer, message)
+        except asyncio.CancelledError:
+            # Interrupted by stop(): back to the queue, never to the DLQ.
+            self.pipeline.stats.requeued += 1
+            await _settle(message.nack(requeue=True), message)
+            raise
+        except Exception:
+            # The retry / dead letter could not be sent (broker away): requeue; it comes
+            # back later, with the same attempt number.
+            logger.exception(
+                "RabbitMQ message %s could not be settled; requeued", message.message_id
+            )
+            self.pipeline.stats.requeued += 1
+            await _settle(message.nack(requeue=True), message)
+        finally:
+            if task is not None:
+                self.inflight.discard(task)
+
+    async def _handle(
+        self, consumer: SubscriptionConsumer, message: AbstractIncomingMessage
+    ) -> None:
+        headers = message.headers or {}
+        attempt = header_int(headers.get(topology.ATTEMPT_HEADER), 1)
+        decoded: Decoded | DecodeError
+        try:
+            decoded = decode_message(self.codec, headers, message.content_type, message.body)
+        except DecodeError as exc:
+            decoded = exc
+        key = header_text(headers.get(topology.KEY_HEADER)) or message.message_id
+        outcome = await self.pipeline.deliver(
+            consumer.name, decoded, attempt=attempt, key=key, where=consumer.where
+        )
+        if outcome.action is _ACK:
+            await _settle(message.ack(), message)
+            return
+        if outcome.action is _RETRY:
+            await self._retry(consumer, message, outcome)
+        else:
+            await self._dead_letter(consumer, message, outcome)
+        self.pipeline.settled(outcome)
+        await _settle(message.ack(), message)
+
+    async def _retry(
+        self, consumer: SubscriptionConsumer, message: AbstractIncomingMessage, outcome: Outcome
+    ) -> None:
+        """A copy, attempt + 1, to the back-off tier of the pipeline's delay; confirmed."""
+        headers = copy_headers(message)
+        headers[topology.ATTEMPT_HEADER] = outcome.attempt + 1
+        headers.setdefault(topology.ROUTING_KEY_HEADER, message.routing_key or "")
+        tier = topology.retry_queue_name(consumer.queue_name, outcome.delay)
+        await self.publisher.send_to_queue(
+            copy_message(message, headers),
+            tier,
+            functools.partial("retry of message {} to {}".format, message.message_id, tier),
+        )
+
+    async def _dead_letter(
+        self, consumer: SubscriptionConsumer, message: AbstractIncomingMessage, outcome: Outcome
+    ) -> None:
+        """The original bytes plus the failure record to the DLQ; confirmed."""
+        headers = copy_headers(message)
+        origin = headers.pop(topology.ROUTING_KEY_HEADER, None) or message.routing_key or ""
+        headers.update(failure_headers(outcome, origin=header_text(origin) or ""))
+        headers[topology.QUEUE_HEADER] = consumer.queue_name
+        dlq = topology.dlq_name(consumer.queue_name)
+        await self.publisher.send_to_queue(
+            copy_message(message, headers),
+            dlq,
+            functools.partial("dead letter {} to {}".format, message.message_id, dlq),
+        )
+
+
+async def _settle(action: Awaitable[Any], message: AbstractIncomingMessage) -> None:
+    try:
+        await action
+    except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker requeues
+        logger.debug("ack/nack of %s failed (%s); RabbitMQ redelivers it", message.message_id, exc)

@@ -1,0 +1,132 @@
+"""A subscription's DLQ: read it (left in place) and replay it to that subscription only.
+
+The failure record a dead letter carries is written by the consumer with the shared
+header names (``hexbus.infrastructure.dead_letters``) and read back here into the one
+``DeadLetter`` record every adapter returns. A subscription without a DLQ (never
+subscribed, or deleted) simply has no dead letters: reading returns ``[]``, a replay 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aio_pika.abc import AbstractRobustConnection as Connection
+
+from hexbus.domain.ports import DeadLetter
+from hexbus.infrastructure.dead_letters import (
+    ORIGIN_HEADER,
+    dead_letter_from_headers,
+    header_text,
+)
+from hexbus.infrastructure.rabbitmq import topology
+from hexbus.infrastructure.rabbitmq.consumer import copy_headers, copy_message
+from hexbus.infrastructure.rabbitmq.marshal import AMQP_PREFIX
+from hexbus.infrastructure.rabbitmq.publisher import Publisher
+
+__all__ = ["dead_letter_of", "read_dead_letters", "replay_dead_letters"]
+
+_TYPE_HEADER = AMQP_PREFIX + "type"
+
+
+def dead_letter_of(subscription: str, message: AbstractIncomingMessage) -> DeadLetter:
+    """The ``DeadLetter`` of one DLQ message (its body and headers as they are)."""
+    headers = dict(message.headers or {})
+    dead = dead_letter_from_headers(
+        subscription,
+        headers,
+        message.body,
+        event_id=message.message_id,
+        event_type=header_text(headers.get(_TYPE_HEADER)) or message.type,
+    )
+    if dead.origin is None and topology.LEGACY_ORIGIN_HEADER in headers:
+        dead = dataclasses.replace(
+            dead, origin=header_text(headers[topology.LEGACY_ORIGIN_HEADER])
+        )
+    return dead
+
+
+async def _open_dlq(channel: AbstractRobustChannel, dlq: str) -> AbstractQueue | None:
+    """The DLQ, or ``None`` when it does not exist (a passive declare, nothing created)."""
+    try:
+        return await channel.declare_queue(dlq, passive=True, robust=False)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return None
+
+
+async def read_dead_letters(
+    connection: Connection, subscription: str, dlq: str, limit: int
+) -> list[DeadLetter]:
+    """Up to ``limit`` messages of ``dlq``, oldest first, left in place (get + requeue)."""
+    found: list[DeadLetter] = []
+    channel = await connection.channel(publisher_confirms=False)
+    try:
+        queue = await _open_dlq(channel, dlq)
+        if queue is None:
+            return found
+        held: list[AbstractIncomingMessage] = []
+        try:
+            while len(held) < limit:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                held.append(message)
+                found.append(dead_letter_of(subscription, message))
+        finally:
+            for message in held:
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    return found
+
+
+async def replay_dead_letters(
+    connection: Connection,
+    publisher: Publisher,
+    dlq: str,
+    work_queue: str,
+    limit: int | None,
+) -> int:
+    """Send up to ``limit`` messages of ``dlq`` back to ``work_queue`` at attempt 1.
+
+    Only that subscription sees them again (they go to its queue, not the exchange);
+    the failure headers are removed (the origin is kept for a later failure). Each is
+    confirmed before it is acked in the DLQ, so nothing is lost mid-way (a crash in
+    between means one is replayed twice).
+    """
+    channel = await connection.channel(publisher_confirms=True)
+    replayed = 0
+    try:
+        queue = await _open_dlq(channel, dlq)
+        if queue is None:
+            return 0
+        total = queue.declaration_result.message_count or 0
+        budget = total if limit is None else min(total, limit)
+        while replayed < budget:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            headers = copy_headers(message)
+            origin = headers.get(ORIGIN_HEADER) or headers.get(topology.LEGACY_ORIGIN_HEADER)
+            for name in topology.DEAD_LETTER_HEADERS:
+                headers.pop(name, None)
+            headers[topology.ATTEMPT_HEADER] = 1
+            if origin:  # a later failure still names where the event was first delivered
+                headers[topology.ROUTING_KEY_HEADER] = origin
+            await publisher.send(
+                channel.default_exchange,
+                copy_message(message, headers),
+                work_queue,
+                functools.partial("replay of {} to {}".format, message.message_id, work_queue),
+            )
+            await message.ack()
+            replayed += 1
+    finally:
+        with contextlib.suppress(Exception):
+            await channel.close()
+    return replayed
