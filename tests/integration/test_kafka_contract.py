@@ -34,7 +34,7 @@ class TestKafkaContract(EventBusContract):
             topic_prefix=f"{unique_name}.",
             service_name=unique_name,
             max_attempts=self.capabilities.max_attempts,
-            retry_backoff=0.05,
+            retry_delays=(0.05,),
             drain_timeout=10.0,
             metadata_max_age_ms=1000,
         )

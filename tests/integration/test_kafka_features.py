@@ -18,7 +18,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from dependency_injector import providers
-from kafka_procs import BusMaker, bus_maker_for, delete_topics
 
 from hexbus import DomainEvent, PublishError
 from hexbus.application.bus import BusState
@@ -58,10 +57,59 @@ class Ping(DomainEvent, event_type="kafkafeat.ping"):
     text: str
 
 
+async def delete_topics(bootstrap_servers: str, prefix: str) -> None:
+    """Delete every topic whose name starts with ``prefix`` (test clean-up)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await asyncio.wait_for(admin.start(), 15)
+        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+        if topics:
+            await asyncio.wait_for(admin.delete_topics(topics), 30)
+    except Exception:  # clean-up is best effort
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.close()
+
+
+class BusMaker:
+    """Builds ``KafkaEventBus``es sharing one test's topic prefix and service name."""
+
+    def __init__(self, bootstrap_servers: str, unique: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.prefix = f"{unique}."
+        self.service = unique
+        self.buses: list[KafkaEventBus] = []
+
+    def __call__(self, **overrides: Any) -> KafkaEventBus:
+        values: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "topic_prefix": self.prefix,
+            "service_name": self.service,
+            "max_attempts": 3,
+            "retry_delays": (0.05,),
+            "drain_timeout": 10.0,
+            "metadata_max_age_ms": 1000,
+            "session_timeout_ms": 6000,
+        }
+        bus = KafkaEventBus(KafkaConfig(**{**values, **overrides}))
+        self.buses.append(bus)
+        return bus
+
+    async def cleanup(self) -> None:
+        for bus in self.buses:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(bus.stop(), 60)
+        await delete_topics(self.bootstrap_servers, self.prefix)
+
+
 @pytest.fixture
 async def bus_maker(kafka_bootstrap_servers: str, unique_name: str) -> AsyncIterator[BusMaker]:
-    async with bus_maker_for(kafka_bootstrap_servers, unique_name) as maker:
+    maker = BusMaker(kafka_bootstrap_servers, unique_name)
+    try:
         yield maker
+    finally:
+        await maker.cleanup()
 
 
 async def _list_topics(bootstrap_servers: str) -> set[str]:
@@ -143,6 +191,10 @@ async def test_shared_topic_override_filters_by_type_and_keeps_order(
         )
     assert seen_a == list(range(n))
     assert seen_b == list(range(n))
+    # The other type on the shared topic is skipped by each group, never dead-lettered.
+    assert bus.stats.dead_lettered == 0
+    assert await bus.dead_letters("shared-a") == []
+    assert await bus.dead_letters("shared-b") == []
 
     # Both types really landed on the one shared topic, interleaved in publish order.
     listed = await _list_topics(kafka_bootstrap_servers)
@@ -273,9 +325,10 @@ def test_from_settings_maps_retry_and_drain_settings(kafka_bootstrap_servers: st
     )
     cfg = KafkaEventBus.from_settings(settings).config
     assert cfg.drain_timeout == 4.0
-    # In-process back-off: the first delay, doubling, capped at the longest.
-    assert cfg.retry_backoff == 0.25
-    assert cfg.retry_backoff_max == 4.0
+    # In-process back-off: the delays as given, the last one repeating (as on RabbitMQ).
+    assert cfg.retry_delays == (0.25, 4.0, 2.0)
+    policy = cfg.retry_policy
+    assert [policy.delay_after(n) for n in (1, 2, 3, 4, 9)] == [0.25, 4.0, 2.0, 2.0, 2.0]
 
 
 @pytest.mark.timeout(60)

@@ -67,7 +67,7 @@ class HexbusSettings(BaseSettings):
     kafka_replication_factor: int = Field(default=1, ge=1)
     max_attempts: int = Field(default=5, ge=1)
     #: Back-off before each retry, seconds. RabbitMQ: one delay queue per tier, the last
-    #: repeats. Kafka: in-process, the first delay doubling up to the longest. Env "1,5,25".
+    #: repeats. Kafka and memory: in process, the same delays (the last repeats). Env "1,5,25".
     retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 5.0, 25.0)
     handler_timeout: float = Field(default=30.0, gt=0)
     publish_timeout: float = Field(default=10.0, gt=0)

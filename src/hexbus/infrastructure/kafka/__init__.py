@@ -10,7 +10,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "pip install 'hexbus[kafka]'"
     ) from exc
 
-from hexbus.infrastructure.kafka.bus import DeadLetter, KafkaEventBus, KafkaStats
+from hexbus.infrastructure.kafka.bus import KafkaEventBus
 from hexbus.infrastructure.kafka.config import KafkaConfig
 
-__all__ = ["DeadLetter", "KafkaConfig", "KafkaEventBus", "KafkaStats"]
+__all__ = ["KafkaConfig", "KafkaEventBus"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from hexbus.application.consuming import RetryPolicy
 
 __all__ = ["KafkaConfig"]
 
@@ -17,7 +19,13 @@ class KafkaConfig(BaseModel):
     the beginning of its topics. Why: the group joins asynchronously after ``start()``,
     so ``"latest"`` would silently skip events published between ``start()`` and the first
     assignment. The price: a brand-new subscription on an old topic replays what the topic
-    still retains (set ``"latest"`` to opt out).
+    still retains (set ``"latest"`` to opt out, and call ``wait_ready()`` before relying
+    on it: it returns once the start offsets are resolved).
+
+    ``retry_delays``: the in-process wait (seconds) after failed attempt ``n`` is
+    ``retry_delays[n - 1]``, the last one repeating, exactly as RabbitMQ's back-off tiers
+    (``HEXBUS_RETRY_DELAYS``). The partition waits with the record: that is what keeps
+    per-key order on Kafka.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,9 +36,7 @@ class KafkaConfig(BaseModel):
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     max_attempts: int = Field(default=5, ge=1)
-    #: First retry delay in seconds; doubles per attempt, capped at ``retry_backoff_max``.
-    retry_backoff: float = Field(default=0.5, ge=0)
-    retry_backoff_max: float = Field(default=30.0, ge=0)
+    retry_delays: tuple[float, ...] = (1.0, 5.0, 25.0)
     handler_timeout: float | None = Field(default=30.0, gt=0)
     publish_timeout: float = Field(default=10.0, gt=0)
     #: How long ``stop()`` / a partition revocation waits for in-flight handlers.
@@ -45,3 +51,15 @@ class KafkaConfig(BaseModel):
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     #: Records fetched per ``getmany`` call (per consumer group).
     max_poll_records: int = Field(default=500, ge=1)
+
+    @field_validator("retry_delays")
+    @classmethod
+    def _delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or any(delay < 0 for delay in value):
+            raise ValueError("needs one or more delays in seconds (>= 0), e.g. (1, 5, 25)")
+        return value
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """What the consume pipeline decides retries with."""
+        return RetryPolicy(self.max_attempts, self.retry_delays)

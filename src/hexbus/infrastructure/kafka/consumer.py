@@ -2,13 +2,24 @@
 
 How it runs: a fetch task calls ``getmany`` and hands each partition's records to that
 partition's worker, pausing the partition until the worker has drained them (so memory
-stays bounded and a slow partition never holds up the others). A worker handles its
-records one after another (per-partition, hence per-key, order), retries a failing
-handler in process with exponential backoff, dead-letters it after ``max_attempts``,
-and commits the offset after the last *finished* record. On revocation and on
-``stop()`` the workers finish the record in hand (or are abandoned after
-``drain_timeout``), drop what they had not started, and commit what finished; the
-next owner of the partition resumes from there. Delivery is therefore at least once.
+stays bounded and a slow partition never holds up the others). A worker takes its
+records one after another (per-partition, hence per-key, order): decode, hand to the
+consume pipeline, carry out the outcome, and commit the offset after the last
+*finished* record:
+
+- ``ACK``: the record is done;
+- ``RETRY``: wait ``outcome.delay`` here (the partition waits with it: per-key order),
+  deliver again as the next attempt;
+- ``DEAD_LETTER``: the original value, key and headers plus the failure headers go to
+  the subscription's dead-letter topic, retried until Kafka acked them.
+
+On revocation and on ``stop()`` the workers finish the record in hand (or are abandoned
+after ``drain_timeout``; a back-off in progress is cut short), drop what they had not
+started, and commit what finished; the next owner of the partition resumes from there.
+Delivery is therefore at least once.
+
+What this module needs from the bus comes in as arguments (the pipeline, ``send_raw``,
+the config), so it never imports ``bus.py``.
 """
 
 from __future__ import annotations
@@ -17,58 +28,34 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
-from hexbus.application.dispatch import run_handler
-from hexbus.application.handlers import Subscription
-from hexbus.domain.context import DeliveryContext, delivery_context
+from hexbus.application.consuming import Action, ConsumePipeline, Decoded, Outcome
 from hexbus.domain.errors import DecodeError
-from hexbus.domain.events import DomainEvent
-from hexbus.infrastructure.dead_letters import ATTEMPTS_HEADER as DLQ_ATTEMPTS_HEADER
-from hexbus.infrastructure.dead_letters import ERROR_HEADER as DLQ_ERROR_HEADER
-from hexbus.infrastructure.dead_letters import HANDLER_HEADER as DLQ_HANDLER_HEADER
-from hexbus.infrastructure.kafka.marshal import decode_record
-from hexbus.infrastructure.kafka.topics import subscription_accepts
+from hexbus.domain.events import EventRegistry
+from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.infrastructure.dead_letters import FAILURE_HEADERS, failure_headers
+from hexbus.infrastructure.kafka.config import KafkaConfig
+from hexbus.infrastructure.kafka.marshal import TYPE_HEADER, decode_record, header
 
-if TYPE_CHECKING:
-    from hexbus.infrastructure.kafka.bus import KafkaEventBus
-
-__all__ = ["FAILURE_HEADERS", "GroupConsumer"]
+__all__ = ["GroupConsumer", "SendRaw"]
 
 logger = logging.getLogger("hexbus.kafka")
 
-FAILURE_HEADERS = (
-    DLQ_ERROR_HEADER,
-    DLQ_ATTEMPTS_HEADER,
-    DLQ_HANDLER_HEADER,
-    "x-hexbus-original-topic",
-    "x-hexbus-original-partition",
-    "x-hexbus-original-offset",
-)
-_MAX_ERROR_LEN = 2000
+#: ``send_raw(topic, value, key, headers)``: write one record as is, return once acked.
+SendRaw = Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]]], Awaitable[None]]
+
 _COMMIT_EVERY = 200  # records; a worker also commits whenever it runs dry
 _COMMIT_TIMEOUT = 10.0
-_TYPE_HEADER = "ce_type"
+_FAILURE_HEADERS = frozenset(FAILURE_HEADERS)
 
 
 class _Abandoned(Exception):
     """The group is closing: leave this record uncommitted (it will be redelivered)."""
-
-
-def _header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | None:
-    for key, value in headers or ():
-        if key == name:
-            return value
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:_MAX_ERROR_LEN]
 
 
 class _PartitionWorker:
@@ -81,7 +68,7 @@ class _PartitionWorker:
         self.wakeup = asyncio.Event()
         self.closing = False
         self.paused = False
-        #: Set when the worker must give up on retries and backoffs (stop, revocation).
+        #: Set when the worker must give up on retries and back-offs (stop, revocation).
         self.abandon = asyncio.Event()
         #: Offset after the last finished record (what to commit), and what was committed.
         self.done: int | None = None
@@ -90,6 +77,13 @@ class _PartitionWorker:
 
     def push(self, records: list[Any]) -> None:
         self.pending.extend(records)
+        self.wakeup.set()
+
+    def halt(self) -> None:
+        """Start no further record; cut a back-off in progress short."""
+        self.closing = True
+        self.abandon.set()
+        self.pending.clear()
         self.wakeup.set()
 
     async def _run(self) -> None:
@@ -113,6 +107,7 @@ class _PartitionWorker:
             try:
                 await group.process(record, self.abandon)
             except _Abandoned:
+                group.pipeline.stats.requeued += 1  # left uncommitted: redelivered
                 return
             self.done = record.offset + 1
             since_commit += 1
@@ -122,10 +117,7 @@ class _PartitionWorker:
 
     async def close(self, timeout: float) -> None:  # noqa: ASYNC109
         """Stop after the record in hand (waiting up to ``timeout``), drop the rest."""
-        self.closing = True
-        self.abandon.set()
-        self.pending.clear()
-        self.wakeup.set()
+        self.halt()
         done, _ = await asyncio.wait({self.task}, timeout=timeout)
         if not done:
             logger.warning(
@@ -137,6 +129,7 @@ class _PartitionWorker:
             )
             self.task.cancel()
             await asyncio.wait({self.task})
+            self.group.pipeline.stats.requeued += 1  # the record in hand: redelivered
         elif not self.task.cancelled() and self.task.exception() is not None:
             logger.error("hexbus kafka: worker %s failed", self.tp, exc_info=self.task.exception())
 
@@ -158,18 +151,24 @@ class GroupConsumer:
 
     def __init__(
         self,
-        bus: KafkaEventBus,
         name: str,
-        subs: list[Subscription],
         *,
+        pipeline: ConsumePipeline,
+        send_raw: SendRaw,
+        config: KafkaConfig,
+        codec: CloudEventCodec,
+        registry: EventRegistry,
         group_id: str,
         topics: set[str],
         pattern: str | None,
         dlq_topic: str,
     ) -> None:
-        self.bus = bus
         self.name = name
-        self.subs = subs
+        self.pipeline = pipeline
+        self.send_raw = send_raw
+        self.config = config
+        self.codec = codec
+        self.registry = registry
         self.group_id = group_id
         self.topics = topics
         self.pattern = pattern
@@ -179,16 +178,14 @@ class GroupConsumer:
         self.assigned: set[TopicPartition] = set()
         self.assignment_seen = asyncio.Event()
         self.closing = asyncio.Event()
-        self._routes: dict[type[DomainEvent], tuple[Subscription, ...]] = {}
-        self._accepts: dict[str, bool] = {}
-        self.high_water = bus.config.max_poll_records * 2
-        self.low_water = bus.config.max_poll_records // 2
+        self.high_water = config.max_poll_records * 2
+        self.low_water = config.max_poll_records // 2
         self._consumer: Any = None
         self._fetcher: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
-        cfg = self.bus.config
+        cfg = self.config
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=cfg.bootstrap_servers,
             group_id=self.group_id,
@@ -210,6 +207,17 @@ class GroupConsumer:
         self._fetcher = asyncio.create_task(
             self._fetch_loop(), name=f"hexbus-kafka-{self.group_id}"
         )
+
+    def halt(self) -> None:
+        """Start no further record (the subscription changed; ``stop`` follows).
+
+        Called synchronously by ``unsubscribe``: records already fetched must not meet
+        the changed subscription table (they would be dead-lettered as ``no_handler``);
+        they stay uncommitted and go to the group that replaces this one.
+        """
+        self.closing.set()
+        for worker in self.workers.values():
+            worker.halt()
 
     async def stop(self, drain_timeout: float) -> None:
         """Stop fetching, finish or abandon in-flight records, commit, leave the group."""
@@ -233,7 +241,7 @@ class GroupConsumer:
         if not workers:
             return
         if deadline is None:
-            deadline = time.monotonic() + self.bus.config.drain_timeout
+            deadline = time.monotonic() + self.config.drain_timeout
         await asyncio.gather(
             *(w.close(max(0.0, deadline - time.monotonic())) for w in workers)
         )
@@ -241,10 +249,28 @@ class GroupConsumer:
             await asyncio.wait({self._committer})
         await self.commit({w.tp: w for w in workers})
 
+    async def wait_live(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Return once the group owns partitions and knows where it starts in each.
+
+        ``auto_offset_reset="latest"`` is resolved lazily, on the first fetch; an event
+        published before that would be skipped. Asking for every assigned partition's
+        position resolves it now, so what is published after this returns is seen.
+        """
+        async with asyncio.timeout(timeout):
+            await self.assignment_seen.wait()
+            consumer = self._consumer
+            if consumer is None:
+                return
+            for tp in sorted(consumer.assignment()):
+                try:
+                    await consumer.position(tp)
+                except IllegalStateError:
+                    continue  # revoked meanwhile: the next owner resolves it
+
     # -- fetching --------------------------------------------------------------------
     async def _fetch_loop(self) -> None:
         consumer = self._consumer
-        max_records = self.bus.config.max_poll_records
+        max_records = self.config.max_poll_records
         failures = 0
         while not self.closing.is_set():
             try:
@@ -259,6 +285,8 @@ class GroupConsumer:
                 )
                 await asyncio.sleep(min(5.0, 0.2 * failures))
                 continue
+            if self.closing.is_set():
+                return  # halted meanwhile: these records go to the next owner
             for tp, records in batches.items():
                 if not records:
                     continue
@@ -313,91 +341,59 @@ class GroupConsumer:
             workers[tp].committed = offset
 
     # -- handling --------------------------------------------------------------------
-    def _accepts_type(self, event_type: str) -> bool:
-        found = self._accepts.get(event_type)
-        if found is None:
-            found = self._accepts[event_type] = subscription_accepts(self.subs, event_type)
-        return found
+    def _skips(self, type_header: bytes) -> bool:
+        """Is this a record of a known type that this subscription does not want?
 
-    def _subs_for(self, cls: type[DomainEvent]) -> tuple[Subscription, ...]:
-        found = self._routes.get(cls)
-        if found is None:
-            found = self._routes[cls] = tuple(s for s in self.subs if s.matches(cls))
-        return found
-
-    async def process(self, record: Any, abandon: asyncio.Event) -> None:
-        """Handle one record completely: handlers (with retries) or the dead-letter topic."""
-        headers = record.headers
-        type_header = _header(headers, _TYPE_HEADER)
-        if type_header is not None:
-            try:
-                accepted = self._accepts_type(type_header.decode())
-            except UnicodeDecodeError:
-                accepted = True  # let the codec explain it in the dead letter
-            if not accepted:
-                return  # another type sharing this topic
-        bus = self.bus
+        A topic shared by several types (``kafka_topic``) carries types other groups
+        handle: those are skipped here, before decoding. A type nobody registered is not
+        skipped: decoding turns it into ``DecodeError("unknown_type")``, dead-lettered.
+        """
         try:
-            event, metadata = decode_record(bus.codec, headers, record.value or b"")
-        except DecodeError as exc:
-            logger.error(
-                "hexbus kafka: undecodable record %s[%d]@%d for %s: %s",
-                record.topic, record.partition, record.offset, self.name, exc,
-            )
-            await self.dead_letter(record, f"DecodeError({exc.reason}): {exc}", 0, abandon)
-            return
-        subs = self._subs_for(type(event))
-        if not subs:
-            return
-        key = record.key.decode(errors="replace") if record.key is not None else None
-        for sub in subs:
-            await self._handle(
-                sub, event=event, metadata=metadata, key=key, record=record, abandon=abandon
-            )
-
-    async def _handle(
-        self,
-        sub: Subscription,
-        *,
-        event: DomainEvent,
-        metadata: dict[str, str],
-        key: str | None,
-        record: Any,
-        abandon: asyncio.Event,
-    ) -> None:
-        cfg = self.bus.config
-        stats = self.bus.stats
-        error: BaseException | None = None
-        for attempt in range(1, cfg.max_attempts + 1):
-            token = delivery_context.set(
-                DeliveryContext(event, metadata, attempt, None, key, self.name)
-            )
-            try:
-                await run_handler(sub, event, cfg.handler_timeout)
-            except Exception as exc:  # noqa: BLE001 - retried, then dead-lettered
-                error = exc
-                stats.failed += 1
-                logger.warning(
-                    "hexbus kafka: handler %s failed for %s %s (attempt %d/%d): %s",
-                    self.name, event.event_type, event.event_id, attempt, cfg.max_attempts,
-                    _describe(exc),
-                )
-            else:
-                stats.handled += 1
-                return
-            finally:
-                delivery_context.reset(token)
-            if attempt < cfg.max_attempts:
-                stats.retried += 1
-                await self._backoff(attempt, abandon)
-        assert error is not None
-        await self.dead_letter(
-            record, _describe(error), cfg.max_attempts, abandon, handler=sub.name
+            wire_type = type_header.decode()
+        except UnicodeDecodeError:
+            return False  # decoding explains it in the dead letter
+        return (
+            not self.pipeline.subscriptions.accepts(self.name, wire_type)
+            and wire_type in self.registry
         )
 
-    async def _backoff(self, attempt: int, abandon: asyncio.Event) -> None:
-        cfg = self.bus.config
-        delay = min(cfg.retry_backoff_max, cfg.retry_backoff * 2 ** (attempt - 1))
+    async def process(self, record: Any, abandon: asyncio.Event) -> None:
+        """Handle one record completely: the pipeline's outcome, carried out."""
+        headers = record.headers
+        type_header = header(headers, TYPE_HEADER)
+        if type_header is not None and self._skips(type_header):
+            logger.debug(
+                "hexbus kafka: %s skips %s at %s[%d]@%d (another subscription's type)",
+                self.name, type_header, record.topic, record.partition, record.offset,
+            )
+            return
+        decoded: Decoded | DecodeError
+        try:
+            decoded = decode_record(self.codec, headers, record.value or b"")
+        except DecodeError as exc:
+            decoded = exc
+        key = record.key.decode(errors="replace") if record.key is not None else None
+        where = f"{record.topic}[{record.partition}]@{record.offset}"
+        pipeline = self.pipeline
+        attempt = 1
+        while True:
+            outcome = await pipeline.deliver(
+                self.name, decoded, attempt=attempt, key=key, where=where
+            )
+            action = outcome.action
+            if action is Action.ACK:
+                return
+            if action is Action.RETRY:
+                await self._back_off(outcome.delay, abandon)
+                pipeline.settled(outcome)
+                attempt = outcome.attempt + 1
+                continue
+            await self.dead_letter(record, outcome, where, abandon)
+            pipeline.settled(outcome)
+            return
+
+    @staticmethod
+    async def _back_off(delay: float, abandon: asyncio.Event) -> None:
         if abandon.is_set():
             raise _Abandoned
         if delay <= 0:
@@ -410,28 +406,18 @@ class GroupConsumer:
         raise _Abandoned
 
     async def dead_letter(
-        self,
-        record: Any,
-        error: str,
-        attempts: int,
-        abandon: asyncio.Event,
-        *,
-        handler: str | None = None,
+        self, record: Any, outcome: Outcome, origin: str, abandon: asyncio.Event
     ) -> None:
         """Write the record, unchanged plus failure headers, to the DLQ; wait for the ack."""
-        headers = [(k, v) for k, v in (record.headers or ()) if k not in FAILURE_HEADERS]
+        headers = [(k, v) for k, v in (record.headers or ()) if k not in _FAILURE_HEADERS]
         headers += [
-            (DLQ_ERROR_HEADER, error.encode(errors="replace")),
-            (DLQ_ATTEMPTS_HEADER, str(attempts).encode()),
-            (DLQ_HANDLER_HEADER, (handler or self.name).encode()),
-            ("x-hexbus-original-topic", record.topic.encode()),
-            ("x-hexbus-original-partition", str(record.partition).encode()),
-            ("x-hexbus-original-offset", str(record.offset).encode()),
+            (name, value.encode(errors="replace"))
+            for name, value in failure_headers(outcome, origin=origin).items()
         ]
         failures = 0
         while True:
             try:
-                await self.bus.send_raw(self.dlq_topic, record.value, record.key, headers)
+                await self.send_raw(self.dlq_topic, record.value, record.key, headers)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -444,5 +430,4 @@ class GroupConsumer:
                     raise _Abandoned from exc
                 await asyncio.sleep(min(5.0, 0.5 * failures))
                 continue
-            self.bus.stats.dead_lettered += 1
             return

@@ -1,34 +1,41 @@
-"""Topic and consumer-group naming, and topic creation.
+"""Names on the broker (topics, dead-letter topics, consumer groups) and their admin.
 
 Why one topic per event type: consumers subscribe to exactly what they handle, and
 retention/partitioning can be tuned per event. Events that need one order across
 types (``order.created`` then ``order.paid`` for the same order) share a topic by
 declaring ``kafka_topic: ClassVar[str] = "orders"``; consumers then filter records
 by their ``ce_type`` header, so a subscription never sees a type it did not ask for.
+
+``Topology`` is the adapter's one admin client: it creates topics (auto-creation is
+off on production brokers), lists a topic's partitions, and deletes what a
+subscription declared. On a bus that is not started it opens a short-lived client of
+its own, so dead letters can be read and subscriptions deleted from a script.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from hexbus.application.handlers import Subscription
-from hexbus.application.patterns import compile_pattern, pattern_to_regex
+from hexbus.application.patterns import pattern_to_regex
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent, EventRegistry
 
 __all__ = [
     "DLQ_SUFFIX",
-    "TopicManager",
+    "TopicNames",
+    "Topology",
     "dlq_topic",
     "event_topic",
     "group_id",
-    "subscription_accepts",
     "subscription_topics",
 ]
 
@@ -36,6 +43,7 @@ logger = logging.getLogger("hexbus.kafka")
 
 DLQ_SUFFIX = ".dlq"
 _TOPIC_ALREADY_EXISTS = 36
+_UNKNOWN_TOPIC = 3
 _NOT_CONTROLLER = 41
 _RETRIABLE_CREATE = {7, _NOT_CONTROLLER}  # REQUEST_TIMED_OUT, NOT_CONTROLLER
 _NOT_DLQ = r"(?!.*" + re.escape(DLQ_SUFFIX) + r"$)"
@@ -61,6 +69,29 @@ def _topic_safe(name: str) -> str:
     # Kafka topic names allow [a-zA-Z0-9._-]; handler names are module.qualname
     # (``<locals>`` and the like must go).
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+class TopicNames:
+    """The names of one bus (prefix, service); event topics cached per class (hot path)."""
+
+    __slots__ = ("_topic_of", "prefix", "service")
+
+    def __init__(self, prefix: str, service: str) -> None:
+        self.prefix = prefix
+        self.service = service
+        self._topic_of: dict[type[DomainEvent], str] = {}
+
+    def topic_for(self, cls: type[DomainEvent]) -> str:
+        topic = self._topic_of.get(cls)
+        if topic is None:
+            topic = self._topic_of[cls] = event_topic(self.prefix, cls)
+        return topic
+
+    def dlq_topic(self, name: str) -> str:
+        return dlq_topic(self.prefix, self.service, name)
+
+    def group_id(self, name: str) -> str:
+        return group_id(self.service, name)
 
 
 def subscription_topics(
@@ -91,20 +122,15 @@ def subscription_topics(
     return topics, "^" + _NOT_DLQ + "(?:" + "|".join(alternatives) + ")$"
 
 
-def subscription_accepts(subs: Iterable[Subscription], event_type: str) -> bool:
-    """Does any of ``subs`` want records whose ``ce_type`` is ``event_type``?"""
-    for sub in subs:
-        target = sub.target
-        if isinstance(target, str):
-            if compile_pattern(target).match(event_type) is not None:
-                return True
-        elif target.event_type == event_type:
-            return True
-    return False
+def _aiokafka_version() -> str:
+    try:
+        return version("aiokafka")
+    except PackageNotFoundError:  # pragma: no cover - installed without metadata
+        return "?"
 
 
-class TopicManager:
-    """Creates topics (auto-creation is off on production brokers), once each."""
+class Topology:
+    """Creates topics once each, lists partitions, deletes topics and groups."""
 
     def __init__(
         self,
@@ -127,18 +153,36 @@ class TopicManager:
     def known(self, topic: str) -> bool:
         return topic in self._known
 
-    async def start(self) -> None:
-        self._admin = AIOKafkaAdminClient(
+    def _new_admin(self) -> Any:
+        return AIOKafkaAdminClient(
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
             request_timeout_ms=int(self._timeout * 1000),
         )
-        await self._admin.start()
+
+    async def start(self) -> None:
+        admin = self._new_admin()
+        await admin.start()
+        self._admin = admin
 
     async def close(self) -> None:
         if self._admin is not None:
             admin, self._admin = self._admin, None
             await admin.close()
+
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[Any]:
+        """The running admin client, or a short-lived one when the bus is not started."""
+        if self._admin is not None:
+            yield self._admin
+            return
+        admin = self._new_admin()
+        await admin.start()
+        try:
+            yield admin
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
 
     async def ensure(self, topics: Iterable[str]) -> None:
         """Create every topic in ``topics`` that this process has not seen yet."""
@@ -203,3 +247,56 @@ class TopicManager:
             if not pending or asyncio.get_running_loop().time() > deadline:
                 return
             await asyncio.sleep(0.05)
+
+    async def partitions(self, topic: str) -> list[int]:
+        """The partition ids of ``topic``, sorted; ``[]`` when the topic does not exist."""
+        async with self._client() as admin:
+            described = await admin.describe_topics([topic])
+        for entry in described:
+            if entry.get("topic") != topic:
+                continue
+            code = entry.get("error_code", 0)
+            if code == _UNKNOWN_TOPIC:
+                return []
+            if code:
+                raise ConfigurationError(
+                    f"cannot describe Kafka topic {topic!r}: broker error code {code}"
+                )
+            return sorted(int(p["partition"]) for p in entry.get("partitions") or ())
+        return []
+
+    async def delete_topics(self, topics: list[str]) -> list[str]:
+        """Delete ``topics`` (absent ones count as deleted); return what is still there,
+        each with the broker's reason."""
+        if not topics:
+            return []
+        async with self._client() as admin:
+            response = await admin.delete_topics(topics, timeout_ms=int(self._timeout * 1000))
+        left: list[str] = []
+        for entry in response.topic_error_codes:
+            topic, code = entry[0], entry[1]
+            self._known.discard(topic)
+            if code not in (0, _UNKNOWN_TOPIC):
+                left.append(f"topic {topic!r} (broker error code {code})")
+        return left
+
+    async def delete_group(self, group: str) -> list[str]:
+        """Delete consumer group ``group`` where the client can; else say it is left.
+
+        aiokafka's admin client (0.14) has no ``delete_consumer_groups``; it is used as soon
+        as the installed version has one. Without it the group's committed offsets stay
+        until the broker expires them (``offsets.retention.minutes``).
+        """
+        if not callable(getattr(AIOKafkaAdminClient, "delete_consumer_groups", None)):
+            return [
+                f"consumer group {group!r} (aiokafka {_aiokafka_version()} cannot delete "
+                "consumer groups; the broker drops its committed offsets after "
+                "offsets.retention.minutes, or run: kafka-consumer-groups.sh --delete "
+                f"--group {group})"
+            ]
+        try:
+            async with self._client() as admin:
+                await admin.delete_consumer_groups([group])
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            return [f"consumer group {group!r} ({type(exc).__name__}: {exc})"]
+        return []
