@@ -2,7 +2,7 @@
 oversize refusal, pattern subscriptions that pick up topics created after start, and
 the settings/container wiring (``from_settings``, ``Container``).
 
-Every test uses its own topic prefix and service name (``BusMaker``), so topics and
+Every test uses its own topic prefix and service name (``KafkaBusMaker``), so topics and
 consumer groups never meet another test's; waits are deadlines (``eventually``).
 """
 
@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from bus_makers import KafkaBusMaker, delete_topics
 from dependency_injector import providers
 
 from hexbus import DomainEvent, PublishError
@@ -55,61 +55,6 @@ class PatternEarly(DomainEvent, event_type="kafkafeat.pattern.early"):
 
 class Ping(DomainEvent, event_type="kafkafeat.ping"):
     text: str
-
-
-async def delete_topics(bootstrap_servers: str, prefix: str) -> None:
-    """Delete every topic whose name starts with ``prefix`` (test clean-up)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    try:
-        await asyncio.wait_for(admin.start(), 15)
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await asyncio.wait_for(admin.delete_topics(topics), 30)
-    except Exception:  # clean-up is best effort
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            await admin.close()
-
-
-class BusMaker:
-    """Builds ``KafkaEventBus``es sharing one test's topic prefix and service name."""
-
-    def __init__(self, bootstrap_servers: str, unique: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.prefix = f"{unique}."
-        self.service = unique
-        self.buses: list[KafkaEventBus] = []
-
-    def __call__(self, **overrides: Any) -> KafkaEventBus:
-        values: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "topic_prefix": self.prefix,
-            "service_name": self.service,
-            "max_attempts": 3,
-            "retry_delays": (0.05,),
-            "drain_timeout": 10.0,
-            "metadata_max_age_ms": 1000,
-            "session_timeout_ms": 6000,
-        }
-        bus = KafkaEventBus(KafkaConfig(**{**values, **overrides}))
-        self.buses.append(bus)
-        return bus
-
-    async def cleanup(self) -> None:
-        for bus in self.buses:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(bus.stop(), 60)
-        await delete_topics(self.bootstrap_servers, self.prefix)
-
-
-@pytest.fixture
-async def bus_maker(kafka_bootstrap_servers: str, unique_name: str) -> AsyncIterator[BusMaker]:
-    maker = BusMaker(kafka_bootstrap_servers, unique_name)
-    try:
-        yield maker
-    finally:
-        await maker.cleanup()
 
 
 async def _list_topics(bootstrap_servers: str) -> set[str]:
@@ -160,7 +105,7 @@ def _header(record: Any, name: str) -> str | None:
 # -- 1. shared topic ----------------------------------------------------------------------
 @pytest.mark.timeout(60)
 async def test_shared_topic_override_filters_by_type_and_keeps_order(
-    bus_maker: BusMaker, kafka_bootstrap_servers: str
+    kafka_bus_maker: KafkaBusMaker, kafka_bootstrap_servers: str
 ) -> None:
     seen_a: list[int] = []
     seen_b: list[int] = []
@@ -171,10 +116,10 @@ async def test_shared_topic_override_filters_by_type_and_keeps_order(
     async def on_b(event: SharedB) -> None:
         seen_b.append(event.seq)
 
-    bus = bus_maker(partitions=3)
+    bus = kafka_bus_maker(partitions=3)
     bus.subscribe(SharedA, on_a, name="shared-a")
     bus.subscribe(SharedB, on_b, name="shared-b")
-    shared = bus_maker.prefix + SHARED_TOPIC
+    shared = kafka_bus_maker.prefix + SHARED_TOPIC
     # The override replaces the event type, the prefix is still added.
     assert bus.topic_for(SharedA) == bus.topic_for(SharedB) == shared
 
@@ -198,10 +143,10 @@ async def test_shared_topic_override_filters_by_type_and_keeps_order(
 
     # Both types really landed on the one shared topic, interleaved in publish order.
     listed = await _list_topics(kafka_bootstrap_servers)
-    topics = {t for t in listed if t.startswith(bus_maker.prefix)}
+    topics = {t for t in listed if t.startswith(kafka_bus_maker.prefix)}
     assert shared in topics
-    assert bus_maker.prefix + SharedA.event_type not in topics
-    assert bus_maker.prefix + SharedB.event_type not in topics
+    assert kafka_bus_maker.prefix + SharedA.event_type not in topics
+    assert kafka_bus_maker.prefix + SharedB.event_type not in topics
     records = await _read_topic(kafka_bootstrap_servers, shared, 3, 2 * n)
     assert {r.partition for r in records} == {records[0].partition}  # one key, one partition
     types = [_header(r, "ce_type") for r in records]
@@ -211,7 +156,7 @@ async def test_shared_topic_override_filters_by_type_and_keeps_order(
 # -- 2. oversize refusal ------------------------------------------------------------------
 @pytest.mark.timeout(60)
 async def test_oversize_event_is_refused_before_sending(
-    bus_maker: BusMaker, kafka_bootstrap_servers: str
+    kafka_bus_maker: KafkaBusMaker, kafka_bootstrap_servers: str
 ) -> None:
     limit = 2048
     seen: list[str] = []
@@ -219,7 +164,7 @@ async def test_oversize_event_is_refused_before_sending(
     async def handle(event: Payload) -> None:
         seen.append(event.data)
 
-    bus = bus_maker(max_request_size=limit, partitions=1)
+    bus = kafka_bus_maker(max_request_size=limit, partitions=1)
     bus.subscribe(Payload, handle, name="payload")
     big = Payload(data="x" * 5000)
     async with bus:
@@ -248,7 +193,7 @@ async def test_oversize_event_is_refused_before_sending(
 # -- 3. pattern subscription and a topic created after start --------------------------------
 @pytest.mark.timeout(90)
 async def test_pattern_subscription_picks_up_topic_created_after_start(
-    bus_maker: BusMaker, kafka_bootstrap_servers: str
+    kafka_bus_maker: KafkaBusMaker, kafka_bootstrap_servers: str
 ) -> None:
     seen: list[str] = []
 
@@ -258,9 +203,9 @@ async def test_pattern_subscription_picks_up_topic_created_after_start(
     # ``LATE_TYPE``'s class does not exist yet, so start() (which creates the topics of
     # the *registered* types a pattern matches) cannot create its topic.
     assert LATE_TYPE not in event_registry
-    bus = bus_maker(metadata_max_age_ms=500)
+    bus = kafka_bus_maker(metadata_max_age_ms=500)
     bus.subscribe(PATTERN, handle, name="pattern")
-    late_topic = bus_maker.prefix + LATE_TYPE
+    late_topic = kafka_bus_maker.prefix + LATE_TYPE
     try:
         async with bus:
             await bus.wait_ready(30)

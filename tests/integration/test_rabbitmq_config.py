@@ -10,7 +10,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from rabbitmq_procs import BusMaker, FaultEvent, bus_maker  # noqa: F401 - the fixture
+from bus_makers import RabbitBusMaker
+from bus_makers import RabbitTestEvent as FaultEvent
 
 from hexbus import ConfigurationError, HexbusSettings, PublishError
 from hexbus.infrastructure.rabbitmq import RabbitMQConfig, RabbitMQEventBus
@@ -85,7 +86,7 @@ def test_from_settings_maps_every_rabbitmq_setting() -> None:
     assert WRONG_PASSWORD not in repr(bus)
 
 
-async def test_subscribe_after_start_then_unsubscribe(bus_maker: BusMaker) -> None:  # noqa: F811
+async def test_subscribe_after_start_then_unsubscribe(rabbit_bus_maker: RabbitBusMaker) -> None:
     """A subscription added to a running bus declares, binds and consumes at once (a
     publish right after it is not lost); unsubscribe unbinds, so later events skip it."""
     seen: list[str] = []
@@ -93,7 +94,7 @@ async def test_subscribe_after_start_then_unsubscribe(bus_maker: BusMaker) -> No
     async def late(event: FaultEvent) -> None:
         seen.append(str(event.event_id))
 
-    bus = bus_maker()
+    bus = rabbit_bus_maker()
     async with bus:
         bus.subscribe(FaultEvent, late, name="late")
         first = FaultEvent(seq=1)
@@ -104,7 +105,7 @@ async def test_subscribe_after_start_then_unsubscribe(bus_maker: BusMaker) -> No
         await bus.publish(kept)
     assert seen == [str(first.event_id)]
     # The durable queue survived the unsubscribe, but unbound: `kept` never reached it.
-    again = bus_maker()
+    again = rabbit_bus_maker()
     again.subscribe(FaultEvent, late, name="late")
     async with again:
         third = FaultEvent(seq=3)
@@ -114,11 +115,11 @@ async def test_subscribe_after_start_then_unsubscribe(bus_maker: BusMaker) -> No
 
 
 async def test_publish_on_a_closed_broker_connection_raises_publish_error(
-    bus_maker: BusMaker,  # noqa: F811
+    rabbit_bus_maker: RabbitBusMaker,
 ) -> None:
     """With the connection gone and not coming back, publish gives up after
     ``publish_timeout`` with a ``PublishError`` naming the URL without the password."""
-    bus = bus_maker(publish_timeout=0.5, reconnect_interval=30)
+    bus = rabbit_bus_maker(publish_timeout=0.5, reconnect_interval=30)
     await bus.start()
     try:
         # Close the underlying transport as a network failure would (the robust

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from rabbitmq_procs import BusMaker, bus_maker  # noqa: F401 - the fixture
+from bus_makers import RabbitBusMaker
 
 from hexbus import EventBus
 from hexbus.testing import BusFactory, Capabilities, EventBusContract
@@ -26,10 +26,10 @@ class TestRabbitMQContract(EventBusContract):
     retry_timeout = 30.0
 
     @pytest.fixture
-    def bus_factory(self, bus_maker: BusMaker) -> BusFactory:  # noqa: F811
-        # One exchange and service name per test (bus_maker): buses of one test meet on
+    def bus_factory(self, rabbit_bus_maker: RabbitBusMaker) -> BusFactory:
+        # One exchange and service name per test (rabbit_bus_maker): buses of one test meet on
         # the broker, tests never see each other's events; short back-off tiers.
         async def make() -> EventBus:
-            return bus_maker(max_attempts=self.capabilities.max_attempts)
+            return rabbit_bus_maker(max_attempts=self.capabilities.max_attempts)
 
         return make

@@ -4,14 +4,20 @@
   transport; records what was published (``assert_published``).
 - ``EventBusContract`` + ``Capabilities``: the adapter contract suite every transport
   passes; subclass it to test your own adapter.
+- ``EventBusFaultSuite`` + ``FaultCapabilities``: the fault scenarios (broker restart,
+  consumer SIGKILL, poison handler, undecodable records, ``stop()`` with handlers in
+  flight) every broker adapter passes; ``ConsumerProcesses`` spawns the consumer
+  processes they kill; ``restart_native_broker`` restarts a broker of
+  ``scripts/brokers.py``.
 - ``eventually``: wait for an asynchronous condition with a deadline.
 - The pytest plugin (``hexbus.testing.plugin``, loaded automatically) adds the fixtures
   ``event_bus``, ``recording_bus`` and the broker fixtures of ``hexbus.testing.brokers``.
 
-The contract names are imported lazily: ``hexbus.testing.contract`` registers its
-``contract.*`` event types in the process-wide registry, and the pytest plugin (which
-imports this package in every test session of every hexbus user) must not add them to
-an application's event catalogue unless the suite is actually used.
+The suite names are imported lazily: ``hexbus.testing.contract`` and
+``hexbus.testing.faults`` register their ``contract.*`` / ``faults.*`` event types in the
+process-wide registry, and the pytest plugin (which imports this package in every test
+session of every hexbus user) must not add them to an application's event catalogue
+unless a suite is actually used.
 """
 
 from __future__ import annotations
@@ -24,21 +30,62 @@ from hexbus.testing.waiting import eventually
 
 if TYPE_CHECKING:
     from hexbus.testing.contract import BusFactory, Capabilities, EventBusContract, Probe
+    from hexbus.testing.faults import (
+        EventBusFaultSuite,
+        FaultBusFactory,
+        FaultCapabilities,
+        FaultEvent,
+        Undecodable,
+        publish_until_acked,
+        require_native_broker,
+        restart_native_broker,
+    )
+    from hexbus.testing.processes import ConsumerProcess, ConsumerProcesses
 
 __all__ = [
     "BusFactory",
     "Capabilities",
+    "ConsumerProcess",
+    "ConsumerProcesses",
     "EventBusContract",
+    "EventBusFaultSuite",
+    "FaultBusFactory",
+    "FaultCapabilities",
+    "FaultEvent",
     "Probe",
     "PublishedRecord",
     "RecordingEventBus",
+    "Undecodable",
     "eventually",
+    "publish_until_acked",
+    "require_native_broker",
+    "restart_native_broker",
 ]
 
-_LAZY = frozenset({"BusFactory", "Capabilities", "EventBusContract", "Probe"})
+#: Lazily imported name -> the module defining it.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(
+        ("BusFactory", "Capabilities", "EventBusContract", "Probe"), "hexbus.testing.contract"
+    ),
+    **dict.fromkeys(
+        (
+            "EventBusFaultSuite",
+            "FaultBusFactory",
+            "FaultCapabilities",
+            "FaultEvent",
+            "Undecodable",
+            "publish_until_acked",
+            "require_native_broker",
+            "restart_native_broker",
+        ),
+        "hexbus.testing.faults",
+    ),
+    **dict.fromkeys(("ConsumerProcess", "ConsumerProcesses"), "hexbus.testing.processes"),
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module("hexbus.testing.contract"), name)
+    module = _LAZY.get(name)
+    if module is not None:
+        return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
