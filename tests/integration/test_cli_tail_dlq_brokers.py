@@ -16,15 +16,14 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import pytest
-from kafka_procs import BusMaker as KafkaBusMaker
-from rabbitmq_procs import BusMaker as RabbitBusMaker
+from aiokafka.admin import AIOKafkaAdminClient
+from bus_makers import KafkaBusMaker, RabbitBusMaker
 from typer.testing import CliRunner, Result
 
 from hexbus import DomainEvent
@@ -67,21 +66,15 @@ async def _cli(args: list[str], env: dict[str, str]) -> Result:
 
 
 @pytest.fixture
-async def rabbit(rabbitmq_url: str, unique_name: str) -> AsyncIterator[RabbitBusMaker]:
-    maker = RabbitBusMaker(rabbitmq_url, unique_name)
-    try:
-        yield maker
-    finally:
-        await maker.cleanup()
+def rabbit(rabbit_bus_maker: RabbitBusMaker) -> RabbitBusMaker:
+    """The shared maker (conftest): this test's namespace, cleaned up afterwards."""
+    return rabbit_bus_maker
 
 
 @pytest.fixture
-async def kafka(kafka_bootstrap_servers: str, unique_name: str) -> AsyncIterator[KafkaBusMaker]:
-    maker = KafkaBusMaker(kafka_bootstrap_servers, unique_name)
-    try:
-        yield maker
-    finally:
-        await maker.cleanup()
+def kafka(kafka_bus_maker: KafkaBusMaker) -> KafkaBusMaker:
+    """The shared maker (conftest): this test's topic prefix, cleaned up afterwards."""
+    return kafka_bus_maker
 
 
 class _Poison:
@@ -147,11 +140,22 @@ async def test_rabbitmq_dlq_unknown_subscription_and_bad_password(
     rabbit: RabbitBusMaker,
 ) -> None:
     env = _rabbit_env(rabbit)
+    # DeadLetterReader: an unknown subscription has no dead letters (not an error); the
+    # message says it may be unknown and where to look.
     unknown = await _cli(["dlq", "list", "no-such-subscription"], env)
-    assert unknown.exit_code == 1
+    assert unknown.exit_code == 0, unknown.output
     flat = " ".join(unknown.output.split())
-    assert "no-such-subscription" in flat
+    assert f"no dead letters for no-such-subscription (queue '{rabbit.service}." in flat
     assert "unknown subscription" in flat
+    assert "hexbus check" in flat
+    unknown_json = await _cli(["dlq", "list", "no-such-subscription", "--json"], env)
+    assert unknown_json.exit_code == 0, unknown_json.output
+    assert json.loads(unknown_json.stdout) == []
+    connection = await aio_pika.connect(rabbit.url)
+    async with connection:  # reading created nothing on the broker
+        channel = await connection.channel()
+        with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+            await channel.declare_queue(f"{rabbit.service}.no-such-subscription.dlq", passive=True)
 
     secret = "not-the-password-42"
     parts = urlsplit(rabbit.url)
@@ -170,7 +174,7 @@ async def test_kafka_dlq_list_shows_the_dead_letter_and_replay_explains(
 ) -> None:
     env = _kafka_env(kafka)
     poison = _Poison()
-    bus = kafka(max_attempts=1, retry_backoff=0.01)
+    bus = kafka(max_attempts=1, retry_delays=(0.01,))
     bus.subscribe(UserCreated, poison, name="poison")
     await bus.start()
     await bus.wait_ready(30)
@@ -295,11 +299,29 @@ async def test_kafka_tail_prints_a_published_event(kafka: KafkaBusMaker) -> None
     args = ["user.*", "--count", "1", "--timeout", "30", "--json"]
     tail = _TailProcess(args, _kafka_env(kafka))
     try:
-        await tail.ready_line()
+        ready = await tail.ready_line()
         event = _user()
         await publisher.publish(event, metadata={"ip_address": "10.0.0.1"})
         code, out, err = await tail.finish(timeout=45)
     finally:
         tail.kill()
     _check_tailed(code, out, err, event)
-    assert "warning" not in err
+
+    group = ready.split("temporary consumer group '", 1)[1].split("'", 1)[0]
+    assert group.startswith(f"{kafka.service}.tail.")
+    # Its dead-letter topic is deleted; the consumer group is what the adapter reports it
+    # could not delete (aiokafka has no delete_consumer_groups): tail names it, and only it.
+    warnings = [line for line in err.splitlines() if line.startswith("warning")]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith(
+        f"warning: left on the broker, delete by hand: consumer group '{group}'"
+    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        topics = await admin.list_topics()
+    finally:
+        await admin.close()
+    dlq = f"{kafka.prefix}{group}.dlq"
+    assert dlq not in topics
+    assert not [t for t in topics if ".tail." in t and t.startswith(kafka.prefix)]

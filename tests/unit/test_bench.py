@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from hexbus.cli import app
 from hexbus.cli.bench import CONTENDERS, BenchEvent, GatherBus, run_benchmark
+from hexbus.infrastructure.adapters import ADAPTERS, missing_extra
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +70,7 @@ def test_bench_rejects_an_unknown_adapter() -> None:
     result = runner.invoke(app, ["bench", "--adapter", "redis", "--events", "10"])
     assert result.exit_code == 2
     assert "unknown adapter" in result.output
+    assert ", ".join(ADAPTERS) in " ".join(result.output.split())
 
 
 def test_bench_rejects_bad_handler_counts() -> None:
@@ -122,3 +126,18 @@ def test_standalone_script_runs() -> None:
         timeout=60,
     )
     assert json.loads(out.stdout)["results"][0]["handlers"] == 1
+
+
+def test_bench_without_the_extra_says_which_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> Any:
+        return None if name == "aiokafka" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    result = runner.invoke(app, ["bench", "--adapter", "kafka", "--events", "10"])
+
+    assert result.exit_code == 1
+    flat = " ".join(result.output.split())
+    assert str(missing_extra(ADAPTERS["kafka"], "hexbus bench --adapter kafka")) in flat
+    assert "Traceback" not in result.output

@@ -6,14 +6,17 @@ them at 3 a.m.; "error: HEXBUS_ADAPTER='bogus' … allowed values" must say what
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from hexbus.cli import app
 from hexbus.cli.check import broker_endpoints
+from hexbus.infrastructure.adapters import ADAPTERS, availability, missing_extra
 from hexbus.infrastructure.settings import load_settings
 
 runner = CliRunner()
@@ -119,3 +122,41 @@ def test_asyncapi_document_has_a_channel_per_event_type() -> None:
     assert set(schema["required"]) == {"user_id", "email", "name"}
     assert "event_id" not in schema["properties"]  # the envelope travels as CE attributes
     assert "hexbus.bench.ping" not in doc["channels"]
+
+
+@pytest.fixture
+def without_aiokafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if the ``kafka`` extra were not installed (the registry asks ``find_spec``)."""
+    real = importlib.util.find_spec
+
+    def find_spec(name: str, package: str | None = None) -> Any:
+        return None if name == "aiokafka" else real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+
+
+@pytest.mark.usefixtures("without_aiokafka")
+def test_check_names_the_missing_extra_in_the_registrys_words() -> None:
+    env = {
+        "HEXBUS_ADAPTER": "kafka",
+        "HEXBUS_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{_closed_port()}",
+    }
+    result = runner.invoke(app, ["check", "--json", "--timeout", "0.5"], env=env)
+
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["adapter"]["available"] is False
+    assert report["adapter"]["detail"] == str(missing_extra(ADAPTERS["kafka"]))
+    assert report["session"] is None  # no session attempted without the client
+
+
+def test_check_reports_the_registrys_description_of_the_adapter() -> None:
+    result = runner.invoke(app, ["check", "--json"], env={"HEXBUS_ADAPTER": "memory"})
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["adapter"] == {
+        "name": "memory",
+        "available": True,
+        "detail": availability("memory")[1],
+    }

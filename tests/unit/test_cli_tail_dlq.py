@@ -1,19 +1,29 @@
-"""``hexbus tail`` / ``hexbus dlq`` without a broker: exit codes, messages, formatting."""
+"""``hexbus tail`` / ``hexbus dlq`` without a broker: exit codes, messages, formatting, and
+the commands' work on the memory adapter and on a bus that lacks a capability."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import uuid
-from types import SimpleNamespace
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+import hexbus.cli._common
+from hexbus.application.bus import EventBusBase
 from hexbus.cli import app
-from hexbus.cli.dlq import describe_dead_letter
-from hexbus.cli.tail import event_line, event_record
+from hexbus.cli.dlq import describe_dead_letter, list_dead_letters, print_dead_letters, where
+from hexbus.cli.tail import Tail, event_line, event_record
 from hexbus.demo.events import UserCreated
+from hexbus.domain.events import DomainEvent
+from hexbus.domain.ports import DeadLetter, DeadLetterReader, DeadLetterReplayer, EventBus
+from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
+from hexbus.infrastructure.settings import load_settings
+from hexbus.testing import eventually
 
 runner = CliRunner()
 SECRET = "s3cr3t-pw"
@@ -46,7 +56,8 @@ def test_memory_adapter_exits_2_with_an_explanation(args: list[str]) -> None:
     if args[0] == "tail":
         assert "only inside the process that publishes them" in flat
     else:
-        assert "dead letters exist only on broker adapters" in flat
+        assert "keeps dead letters only inside the process whose handlers failed" in flat
+        assert "HEXBUS_ADAPTER=rabbitmq or kafka" in flat
 
 
 @pytest.mark.parametrize("args", COMMANDS)
@@ -115,43 +126,256 @@ def test_event_record_separates_envelope_metadata_and_fields() -> None:
         assert part in line
 
 
-def test_describe_dead_letter_reads_both_adapters_shapes() -> None:
-    rabbit = SimpleNamespace(
+def test_describe_dead_letter_reads_the_unified_record() -> None:
+    rabbit = DeadLetter(
+        subscription="mail",
         event_id="e1",
         event_type="user.created",
         error="RuntimeError: boom",
+        reason="handler_failed",
         attempts=5,
         handler="mail",
-        original_routing_key="user.created",
         failed_at="2024-01-01T00:00:00+00:00",
+        origin="user.created",
         body=b'{"name": "Ada"}',
-        headers={},
+        headers={"x": "y"},
     )
     row = describe_dead_letter(rabbit)
-    assert row["event_type"] == "user.created"
-    assert row["error"] == "RuntimeError: boom"
-    assert row["origin"] == "user.created"
-    assert row["body"] == '{"name": "Ada"}'
-    assert "dlq_position" not in row
+    assert row == {
+        "event_type": "user.created",
+        "event_id": "e1",
+        "error": "RuntimeError: boom",
+        "reason": "handler_failed",
+        "attempts": 5,
+        "handler": "mail",
+        "failed_at": "2024-01-01T00:00:00+00:00",
+        "origin": "user.created",
+        "position": None,
+        "body": '{"name": "Ada"}',
+    }
 
-    headers = {"ce_type": "user.created", "ce_id": "e2"}
-    kafka = SimpleNamespace(
-        topic="svc.mail.dlq",
-        partition=0,
-        offset=7,
-        value=b"{}",
-        event_id="e2",
-        error="ValueError: bad",
-        attempts=3,
-        handler="mail",
-        original_topic="user.created",
-        original_partition=2,
-        original_offset=41,
-        header=headers.get,
+    undecodable = DeadLetter(
+        subscription="mail",
+        event_id=None,
+        event_type=None,
+        error="DecodeError: not JSON",
+        reason="malformed",
+        attempts=1,
+        handler=None,
+        failed_at=None,
+        origin="user.created[2]@41",
+        position="svc.mail.dlq[0]@7",
+        body=b"\xff{",
     )
-    row = describe_dead_letter(kafka)
-    assert row["event_type"] == "user.created"
-    assert row["event_id"] == "e2"
+    row = describe_dead_letter(undecodable)
     assert row["origin"] == "user.created[2]@41"
-    assert row["dlq_position"] == "svc.mail.dlq[0]@7"
-    assert row["failed_at"] is None
+    assert row["position"] == "svc.mail.dlq[0]@7"
+    assert row["event_type"] is None and row["failed_at"] is None
+    assert row["body"] == "\ufffd{"  # undecodable bytes stay visible, as text
+    json.dumps(row)
+
+
+# -- dlq on the memory adapter (the functions the commands run) ---------------------------
+class _Poison:
+    """Fails until ``fixed``; records what it handled afterwards."""
+
+    def __init__(self) -> None:
+        self.fixed = False
+        self.handled: list[DomainEvent] = []
+
+    async def __call__(self, event: UserCreated) -> None:
+        if not self.fixed:
+            raise RuntimeError("poisoned handler")
+        self.handled.append(event)
+
+
+def _memory_bus() -> InMemoryEventBus:
+    return InMemoryEventBus(
+        MemoryConfig(max_attempts=2, retry_delays=(0.01,), dead_letter_limit=100)
+    )
+
+
+async def test_dlq_list_then_replay_on_the_memory_adapter(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bus = _memory_bus()
+    poison = _Poison()
+    bus.subscribe(UserCreated, poison, name="poison")
+    event = UserCreated(user_id=uuid.uuid4(), email="ada@example.org", name="Ada")
+    async with bus:
+        await bus.publish(event, metadata={"ip_address": "10.0.0.1"})
+        await eventually(lambda: bus.stats.dead_lettered == 1)
+
+        assert isinstance(bus, DeadLetterReader) and isinstance(bus, DeadLetterReplayer)
+        rows = await list_dead_letters(bus, "poison")
+        assert len(rows) == 1
+        row = rows[0]
+        assert row["event_id"] == str(event.event_id)
+        assert row["event_type"] == "user.created"
+        assert row["error"] == "RuntimeError: poisoned handler"
+        assert row["reason"] == "handler_failed"
+        assert row["attempts"] == 2
+        assert row["handler"] == "poison"
+        assert row["failed_at"]
+        assert json.loads(row["body"])["email"] == "ada@example.org"
+        assert await list_dead_letters(bus, "poison", limit=0) == []
+        assert await list_dead_letters(bus, "no-such-subscription") == []
+
+        print_dead_letters("poison", where(bus, "poison"), rows)
+        table = " ".join(capsys.readouterr().out.replace("│", " ").split())
+        assert "Dead letters of poison" in table
+        assert "in process (memory)" in table
+        assert "poisoned" in table
+        assert "1 dead letter(s)" in table
+
+        print_dead_letters("poison", "here", rows, as_json=True)
+        assert json.loads(capsys.readouterr().out) == rows
+
+        poison.fixed = True
+        assert await bus.replay_dead_letters("poison") == 1
+        await eventually(lambda: [e.event_id for e in poison.handled] == [event.event_id])
+        assert await list_dead_letters(bus, "poison") == []
+
+    print_dead_letters("poison", "subscription 'poison' in process (memory)", [])
+    assert "no dead letters for poison" in capsys.readouterr().out
+
+
+# -- an adapter without the capability (a tiny fake bus) -----------------------------------
+class _ListOnlyBus(EventBusBase):
+    """Implements ``EventBus`` and ``DeadLetterReader``, not ``DeadLetterReplayer``."""
+
+    adapter_name = "fake"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = False
+
+    async def publish(
+        self,
+        event: DomainEvent,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+        session: Any = None,
+    ) -> None:
+        self.admission.check(event)
+
+    async def _start(self) -> None:
+        self.started = True
+
+    async def dead_letters(self, subscription: str, limit: int = 100) -> list[DeadLetter]:
+        dead = DeadLetter(
+            subscription=subscription,
+            event_id="e1",
+            event_type="user.created",
+            error="RuntimeError: boom",
+            reason="handler_failed",
+            attempts=3,
+            handler=subscription,
+            failed_at="2024-01-01T00:00:00+00:00",
+            body=b"{}",
+        )
+        return [dead][:limit]
+
+
+class _PlainBus(_ListOnlyBus):
+    """An ``EventBus`` with no dead-letter capability at all."""
+
+    dead_letters = None  # type: ignore[assignment]
+
+
+@pytest.fixture
+def fake_bus(monkeypatch: pytest.MonkeyPatch) -> list[EventBus]:
+    """Make the CLI's registry calls return the buses the test puts in the list, in turn."""
+    buses: list[EventBus] = []
+
+    def build(settings: Any, **overrides: Any) -> EventBus:
+        return buses.pop(0)
+
+    monkeypatch.setattr(hexbus.cli._common, "build_bus", build)
+    return buses
+
+
+FAKE_ENV = {"HEXBUS_ADAPTER": "rabbitmq", "HEXBUS_RABBITMQ_URL": "amqp://g:g@127.0.0.1:1/"}
+
+
+def test_replay_on_an_adapter_without_the_capability_exits_2_before_starting(
+    fake_bus: list[EventBus],
+) -> None:
+    bus = _ListOnlyBus()
+    fake_bus.append(bus)
+    assert isinstance(bus, EventBus) and not isinstance(bus, DeadLetterReplayer)
+
+    result = runner.invoke(app, ["dlq", "replay", "mail"], env=FAKE_ENV)
+
+    assert result.exit_code == 2, result.output
+    flat = _flat(result.output)
+    assert "the rabbitmq adapter (_ListOnlyBus) cannot replay dead letters" in flat
+    assert "DeadLetterReplayer" in flat
+    assert "`hexbus dlq list --json` shows them" in flat  # it can list them
+    assert "hexbus publish" in flat
+    assert "RabbitMQ-only" not in flat  # the Kafka text only where it is the reason
+    assert not bus.started
+
+
+def test_list_on_an_adapter_without_the_capability_exits_2(fake_bus: list[EventBus]) -> None:
+    bus = _PlainBus()
+    fake_bus.extend([bus, bus])
+    assert not isinstance(bus, DeadLetterReader)
+
+    listed = runner.invoke(app, ["dlq", "list", "mail"], env=FAKE_ENV)
+    assert listed.exit_code == 2, listed.output
+    assert "cannot list dead letters" in _flat(listed.output)
+
+    replayed = runner.invoke(app, ["dlq", "replay", "mail"], env=FAKE_ENV)
+    assert replayed.exit_code == 2, replayed.output
+    flat = _flat(replayed.output)
+    assert "cannot replay dead letters" in flat
+    assert "dlq list" not in flat  # it cannot list them either
+    assert not bus.started
+
+
+def test_list_runs_on_any_dead_letter_reader(fake_bus: list[EventBus]) -> None:
+    bus = _ListOnlyBus()
+    fake_bus.append(bus)
+
+    result = runner.invoke(app, ["dlq", "list", "mail", "--json"], env=FAKE_ENV)
+
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["event_id"], r["handler"], r["attempts"]) for r in rows] == [("e1", "mail", 3)]
+    assert bus.started  # started for the read, and stopped again
+    assert bus.state.value == "closed"
+
+    fake_bus.append(_ListOnlyBus())  # a stopped bus is not restarted: one per command
+    table = runner.invoke(app, ["dlq", "list", "mail"], env=FAKE_ENV)
+    assert table.exit_code == 0, table.output
+    flat = _flat(table.stdout)
+    assert "subscription 'mail'" in flat  # no SubscriptionAdmin: the plain name
+    assert "1 dead letter(s)" in flat
+
+
+# -- tail on the memory adapter (the session the command runs) -----------------------------
+async def test_tail_session_prints_then_deletes_its_subscription(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HEXBUS_ADAPTER", "memory")
+    bus = _memory_bus()
+    tail = Tail(bus, load_settings(), "user.*", "tail.test", count=1, as_json=True)
+    bus.subscribe("user.*", tail.show, name="tail.test")
+    running = asyncio.create_task(tail.run(timeout=10))
+    await eventually(lambda: bus.state.value == "running" and tail.done is not None)
+    event = UserCreated(user_id=uuid.uuid4(), email="ada@example.org", name="Ada")
+    await bus.publish(event, metadata={"ip_address": "10.0.0.1"})
+    await asyncio.wait_for(running, 10)
+    tail.summary()
+
+    out, err = capsys.readouterr()
+    record = json.loads(out)
+    assert record["event_id"] == str(event.event_id)
+    assert record["metadata"] == {"ip_address": "10.0.0.1"}
+    assert "tailing 'user.*' on memory (temporary subscription 'tail.test' in process" in err
+    assert "tail: 1 event(s) shown" in err
+    assert "warning" not in err
+    assert "tail.test" not in bus.subscriptions.by_name()  # delete_subscription ran
+    assert bus.state.value == "closed"

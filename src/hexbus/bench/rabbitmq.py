@@ -15,7 +15,7 @@ Measured per side, ``rounds`` times, alternating sides (medians reported):
 - latency p50/p99: publish call → handler call, per event, in the end-to-end run.
 
 Why this module lives in the adapter package: aio-pika may only be imported here (an
-import-linter contract); ``hexbus.cli.bench_rabbitmq`` loads it lazily.
+import-linter contract); ``hexbus bench`` (``hexbus.cli.bench``) loads it lazily.
 """
 
 from __future__ import annotations

@@ -10,12 +10,20 @@ Three contenders, measured in one run on the same pre-built events:
 Why interleaved repeats and medians: a laptop's clock and a shared CI box drift; running
 the contenders in turn, several times, and taking medians keeps that noise out of the
 ratio. Functions, not a script, so ``benchmarks/bench_memory.py`` reuses them.
+
+``--adapter rabbitmq|kafka`` measures hexbus against the raw client on the configured
+broker; that work is in ``hexbus.bench.<adapter>``, loaded lazily by name (``importlib``):
+those modules import their broker client, which the CLI must not (import-linter
+contract, and the extras are optional). Which adapters exist and which extra each needs
+is the adapter registry's (``ADAPTERS``, ``availability``, ``missing_extra``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
+import importlib.util
 import json
 import platform
 import statistics
@@ -25,17 +33,15 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hexbus.cli._common import EXIT_UNAVAILABLE, fail, out_console
-from hexbus.cli.bench_kafka import run_kafka_bench
-from hexbus.cli.bench_rabbitmq import run_rabbitmq_bench
+from hexbus.cli._common import EXIT_UNAVAILABLE, fail, out_console, redact
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent
+from hexbus.infrastructure.adapters import ADAPTERS, AdapterInfo, availability, missing_extra
 from hexbus.infrastructure.memory import InMemoryEventBus
 from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url
 
@@ -262,40 +268,62 @@ def _parse_counts(raw: str) -> list[int]:
     return counts
 
 
-def _broker_bench(adapter: str, events: int, as_json: bool) -> None:
+def _bench_module(info: AdapterInfo) -> Any:
+    """``hexbus.bench.<adapter>``, imported only now (it imports the broker client)."""
+    module = f"hexbus.bench.{info.name}"
+    if importlib.util.find_spec(module) is None:
+        fail(
+            f"there is no benchmark for the {info.name} adapter; --adapter takes one of: "
+            + ", ".join(name for name in ADAPTERS if _has_bench(name)),
+            EXIT_UNAVAILABLE,
+        )
+    usable, _ = availability(info.name)
+    if not usable:
+        fail(str(missing_extra(info, f"hexbus bench --adapter {info.name}")))
+    return importlib.import_module(module)
+
+
+def _has_bench(name: str) -> bool:
+    return name == "memory" or importlib.util.find_spec(f"hexbus.bench.{name}") is not None
+
+
+async def _run_broker_bench(
+    bench: Any, info: AdapterInfo, settings: HexbusSettings, events: int, prefix: str
+) -> dict[str, float]:
+    """The adapter's benchmark; each takes its own connection setting and name prefix."""
+    result: dict[str, float]
+    if info.name == "rabbitmq":
+        result = await bench.run_rabbitmq_bench(
+            settings.rabbitmq_url, events=events, exchange_prefix=prefix
+        )
+    else:
+        result = await bench.run_kafka_bench(
+            settings.kafka_bootstrap_servers, events=events, topic_prefix=prefix
+        )
+    return result
+
+
+def _broker_bench(info: AdapterInfo, events: int, as_json: bool) -> None:
     """hexbus against the raw client on the configured broker (``HEXBUS_*`` settings)."""
     try:
         settings = load_settings()
     except ConfigurationError as exc:
         fail(str(exc))
+    adapter = info.name
+    bench = _bench_module(info)  # no benchmark / no extra: say so before the spinner
     prefix = f"hexbus-bench-{uuid.uuid4().hex[:8]}"
     target = _target(adapter, settings)
     console = out_console()
     with console.status(f"benchmarking {adapter}: {events:,} events x 5 rounds", spinner="dots"):
         try:
-            if adapter == "rabbitmq":
-                result = asyncio.run(
-                    run_rabbitmq_bench(settings.rabbitmq_url, events=events, exchange_prefix=prefix)
-                )
-            else:
-                result = asyncio.run(
-                    run_kafka_bench(
-                        settings.kafka_bootstrap_servers, events=events, topic_prefix=prefix
-                    )
-                )
+            result = asyncio.run(_run_broker_bench(bench, info, settings, events, prefix))
         except Exception as exc:  # noqa: BLE001 - the raw clients raise their own errors
-            message = f"{type(exc).__name__}: {exc}"
-            try:
-                password = urlsplit(settings.rabbitmq_url).password
-            except ValueError:
-                password = None
-            if password:
-                message = message.replace(password, "***")
+            message = redact(settings, f"{type(exc).__name__}: {exc}")
             fail(f"bench --adapter {adapter} against {target} failed: {message}")
     if as_json:
         print(json.dumps({"adapter": adapter, "target": target, **result}, indent=2))
         return
-    raw = "aio-pika" if adapter == "rabbitmq" else "aiokafka"
+    raw = (info.client or adapter).replace("_", "-")
     table = Table(title=f"hexbus {adapter} adapter vs raw {raw} (medians of 5 rounds)")
     for column in ("", "hexbus", f"raw {raw}", "hexbus / raw"):
         table.add_column(column, justify="right")
@@ -330,7 +358,7 @@ def _target(adapter: str, settings: HexbusSettings) -> str:
 
 def bench_command(
     adapter: Annotated[
-        str, typer.Option(help="Transport to measure: memory, rabbitmq or kafka.")
+        str, typer.Option(help=f"Transport to measure: {', '.join(ADAPTERS)}.")
     ] = "memory",
     events: Annotated[
         int | None,
@@ -342,11 +370,12 @@ def bench_command(
 ) -> None:
     """Throughput and latency: memory against gather and a plain loop; brokers against
     their raw client doing the same work with the same durability."""
-    if adapter in ("rabbitmq", "kafka"):
-        _broker_bench(adapter, events or 5_000, as_json)
+    info = ADAPTERS.get(adapter)
+    if info is None:
+        fail(f"unknown adapter {adapter!r}; choose one of: {', '.join(ADAPTERS)}", EXIT_UNAVAILABLE)
+    if info.name != "memory":
+        _broker_bench(info, events or 5_000, as_json)
         return
-    if adapter != "memory":
-        fail(f"unknown adapter {adapter!r}; choose memory, rabbitmq or kafka", EXIT_UNAVAILABLE)
     events = events or 20_000
     counts = _parse_counts(handlers)
     console = out_console()

@@ -2,15 +2,15 @@
 
 Two probes: a TCP connect per broker endpoint (separates a typo or a firewall from a
 protocol problem, needs no client library), then, when that worked, a real session:
-the adapter the container would build is started and stopped, which proves the
-credentials and the protocol. The CLI itself never imports aio_pika/aiokafka; the
-container loads the adapter by name.
+the adapter the registry builds (``build_bus``) is started and stopped, which proves the
+credentials and the protocol. Whether the adapter is usable at all (its extra
+installed) is the registry's ``availability``, asked without importing the adapter or its
+client, so ``check`` says what is missing precisely when an extra is not installed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import socket
 from dataclasses import asdict, dataclass
@@ -22,25 +22,24 @@ from rich.table import Table
 from rich.text import Text
 
 from hexbus.application.wiring import handler_name, is_async_handler
-from hexbus.cli._common import EXIT_ERROR, err_console, fail, out_console
+from hexbus.cli._common import EXIT_ERROR, err_console, fail, out_console, redact
 from hexbus.demo.container import DemoContainer
 from hexbus.domain.errors import ConfigurationError
-from hexbus.infrastructure.container import build_bus
+from hexbus.infrastructure.adapters import availability, build_bus
 from hexbus.infrastructure.settings import HexbusSettings, load_settings
 
 __all__ = [
+    "SESSION_OK",
     "BrokerProbe",
     "SubscriptionInfo",
-    "adapter_status",
     "broker_endpoints",
     "check_command",
-    "session_probe",
     "demo_subscriptions",
     "probe",
+    "session_probe",
 ]
 
 PROBE_TIMEOUT = 2.0
-_CLIENTS = {"rabbitmq": "aio_pika", "kafka": "aiokafka"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +84,6 @@ def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> BrokerProbe:
         return BrokerProbe(host, port, False, str(exc) or type(exc).__name__)
 
 
-def adapter_status(adapter: str) -> tuple[bool, str]:
-    """(usable, explanation) without importing any broker client."""
-    if adapter == "memory":
-        return True, "built in"
-    client = _CLIENTS[adapter]
-    if importlib.util.find_spec(f"hexbus.infrastructure.{adapter}") is None:
-        return False, f"the {adapter} adapter is not available in this version of hexbus yet"
-    if importlib.util.find_spec(client) is None:
-        return False, f"needs {client}: pip install 'hexbus[{adapter}]'"
-    return True, f"{client} installed"
-
-
 def demo_subscriptions() -> list[SubscriptionInfo]:
     """What the demo service's container subscribes (without starting any bus)."""
     container = DemoContainer()
@@ -119,7 +106,7 @@ SESSION_OK = "ok (connected, authenticated, started and stopped the adapter)"
 
 
 def session_probe(settings: HexbusSettings, *, timeout: float) -> str:
-    """Start and stop the adapter the container would build: ``SESSION_OK`` or the error."""
+    """Start and stop the adapter the registry builds: ``SESSION_OK`` or the error."""
 
     async def run() -> None:
         bus = build_bus(settings)
@@ -134,12 +121,7 @@ def session_probe(settings: HexbusSettings, *, timeout: float) -> str:
     except TimeoutError:
         return f"no session within {timeout:.0f}s"
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
-        message = f"{type(exc).__name__}: {exc}"
-        try:
-            password = urlsplit(settings.rabbitmq_url).password
-        except ValueError:
-            password = None
-        return message.replace(password, "***") if password else message
+        return redact(settings, f"{type(exc).__name__}: {exc}")
     return SESSION_OK
 
 
@@ -156,7 +138,7 @@ def check_command(
         if as_json:
             print(json.dumps({"ok": False, "error": str(exc)}))
         fail(str(exc))
-    usable, detail = adapter_status(settings.adapter)
+    usable, detail = availability(settings.adapter)
     probes = [probe(h, p, timeout) for h, p in broker_endpoints(settings)]
     session: str | None = None
     if usable and probes and all(p.reachable for p in probes):

@@ -4,28 +4,28 @@ How: the configured bus gets one handler for PATTERN (AMQP topic syntax, ``#`` =
 under a throw-away subscription name ``tail.<random>``, so tail is a subscriber like any
 other and never takes events away from the real subscriptions.
 
-What it shows: only events published after it printed ``tailing ...`` (on stderr).
+What it shows: only events published after it printed ``tailing ...`` (on stderr). The
+bus is built by the adapter registry with the adapter's ``live_only`` options (Kafka: a
+fresh consumer group starts at the ``latest`` offsets instead of the topics' history),
+and when the adapter applies subscriptions asynchronously (``Readiness``) tail prints
+``tailing`` only once ``wait_ready`` says the subscription is live (Kafka: the group owns
+its partitions and knows its start offsets). On Kafka, topics created after tail started
+are found within ``metadata_max_age_ms`` (10 s); events on such a new topic before that
+are not shown.
 
-- RabbitMQ: the subscription is a durable quorum queue (plus its retry and DLQ queues),
-  bound when tail starts. When tail exits (count, timeout, Ctrl-C, SIGTERM) it cancels its
-  consumer and deletes every queue it declared (``declared_queues``); if that fails (the
-  broker went away) it prints the names to delete by hand. A ``kill -9`` leaves them.
-- Kafka: a fresh consumer group would start at ``earliest`` (the adapter's default, see
-  ``KafkaConfig``) and dump the topics' whole history, so tail builds the bus with
-  ``auto_offset_reset="latest"`` and prints ``tailing`` only once the group owns its
-  partitions and knows its start offsets. Topics created after tail started are found
-  within ``metadata_max_age_ms`` (10 s); events on such a new topic before that are not
-  shown. On exit tail deletes the dead-letter topic its subscription created; the
-  consumer group ``{service}.tail.<random>`` cannot be deleted through the adapter (its
-  committed offsets expire with the broker's ``offsets.retention.minutes``).
-- The memory adapter delivers events only inside the publishing process: tail exits 2.
+When tail exits (count, timeout, Ctrl-C, SIGTERM) it deletes its subscription through
+``SubscriptionAdmin.delete_subscription`` (RabbitMQ: its queues; Kafka: its dead-letter
+topic) and prints whatever the adapter could not delete, to remove by hand. A ``kill -9``
+leaves them. The memory adapter delivers events only inside the publishing process: tail
+exits 2.
 
 Events are decoded with the event classes this process knows (the demo catalogue, as
 ``hexbus publish``). A message of another type cannot be decoded: the adapter moves it to
-tail's own (throw-away) dead-letter queue/topic, and tail reports how many it skipped.
+tail's own (throw-away) dead letters, and tail reports how many it skipped (from the
+bus's ``stats``).
 
-The CLI never imports a broker client: the bus comes from ``build_bus(settings)``, and the
-clean-up reaches the adapter's connection / admin client by attribute name.
+The CLI never imports a broker client nor looks inside an adapter: it uses the
+``EventBus`` port and the capability protocols of ``hexbus.domain.ports``.
 """
 
 from __future__ import annotations
@@ -41,12 +41,20 @@ import typer
 from rich.text import Text
 
 import hexbus.demo.events  # noqa: F401 - registers user.*, item.*, system.* by name
-from hexbus.cli._common import err_console, fail, out_console
-from hexbus.cli.dlq import START_TIMEOUT, broker_settings, build_bus_or_fail, redact
+from hexbus.cli._common import (
+    START_TIMEOUT,
+    broker_settings,
+    build_bus_or_fail,
+    err_console,
+    fail,
+    out_console,
+    redact,
+)
 from hexbus.domain.context import current_context
 from hexbus.domain.errors import ConfigurationError, HexbusError
 from hexbus.domain.events import DomainEvent
-from hexbus.domain.ports import EventBus
+from hexbus.domain.ports import EventBus, Readiness, StatsReporter, SubscriptionAdmin
+from hexbus.infrastructure.adapters import adapter_info
 from hexbus.infrastructure.settings import HexbusSettings
 
 __all__ = ["MEMORY_TAIL", "event_line", "event_record", "tail_command"]
@@ -58,7 +66,7 @@ MEMORY_TAIL = (
 )
 _ENVELOPE = frozenset(DomainEvent.model_fields)
 #: How long clean-up may take before tail gives up and names what is left.
-_CLEANUP_TIMEOUT = 15.0
+CLEANUP_TIMEOUT = 15.0
 
 
 def event_record(event: DomainEvent, metadata: Any = None) -> dict[str, Any]:
@@ -109,12 +117,10 @@ def tail_command(
     The temporary subscription (queue / consumer group) is removed on exit.
     """
     settings = broker_settings(MEMORY_TAIL)
-    bus = build_bus_or_fail(settings)
-    from_settings = getattr(type(bus), "from_settings", None)
-    if settings.adapter == "kafka" and callable(from_settings):
-        bus = from_settings(settings, auto_offset_reset="latest")  # not the topics' history
+    # live_only: what a throw-away subscription needs to see only events from now on.
+    bus = build_bus_or_fail(settings, **adapter_info(settings.adapter).live_only)
     name = f"tail.{uuid.uuid4().hex[:12]}"
-    tail = _Tail(bus, settings, pattern, name, count=count, as_json=as_json)
+    tail = Tail(bus, settings, pattern, name, count=count, as_json=as_json)
     try:
         bus.subscribe(pattern, tail.show, name=name)
     except HexbusError as exc:  # InvalidPatternError and the like
@@ -132,7 +138,9 @@ def tail_command(
     tail.summary()
 
 
-class _Tail:
+class Tail:
+    """One tail session: the handler that prints, the run loop, clean-up and summary."""
+
     def __init__(
         self,
         bus: EventBus,
@@ -153,6 +161,14 @@ class _Tail:
         self.skipped = 0
         self.done: asyncio.Event | None = None
         self.console = out_console()
+
+    @property
+    def address(self) -> str:
+        """Where the temporary subscription's events wait, in the adapter's words."""
+        bus = self.bus
+        if isinstance(bus, SubscriptionAdmin):
+            return bus.subscription_address(self.name)
+        return f"subscription {self.name!r}"
 
     async def show(self, event: DomainEvent) -> None:
         done = self.done
@@ -182,15 +198,15 @@ class _Tail:
             async with asyncio.timeout(START_TIMEOUT):
                 await bus.start()
             try:
-                await self._wait_until_live()
-                err_console().print(self._ready_line(), soft_wrap=True, markup=False)
+                await self.wait_until_live()
+                err_console().print(self.ready_line(), soft_wrap=True, markup=False)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await done.wait()
             finally:
-                stats = getattr(bus, "stats", None)
-                self.skipped = int(getattr(stats, "dead_lettered", 0) or 0)
-                await self._remove_subscription()
+                if isinstance(bus, StatsReporter):
+                    self.skipped = bus.stats.dead_lettered
+                await self.remove_subscription()
         finally:
             try:
                 await bus.stop()
@@ -198,65 +214,48 @@ class _Tail:
                 for sig in signals:
                     loop.remove_signal_handler(sig)
 
-    def _ready_line(self) -> str:
-        bus: Any = self.bus
-        if self.settings.adapter == "rabbitmq":
-            where = (
-                f"exchange {self.settings.rabbitmq_exchange!r}, temporary queue "
-                f"{bus.queue_name(self.name)!r}"
-            )
-        else:
-            where = f"temporary consumer group {bus.group_id(self.name)!r}, from the latest offsets"
+    def ready_line(self) -> str:
         return (
-            f"tailing {self.pattern!r} on {self.settings.adapter} ({where}); "
+            f"tailing {self.pattern!r} on {self.settings.adapter} (temporary {self.address}); "
             "only events published from now on; Ctrl-C to stop"
         )
 
-    async def _wait_until_live(self) -> None:
-        """Kafka: return once the group owns partitions and resolved its start offsets."""
-        bus: Any = self.bus
-        wait_ready = getattr(bus, "wait_ready", None)
-        if not callable(wait_ready):
-            return  # RabbitMQ: the queue is bound once start() returned
-        try:
-            await wait_ready(START_TIMEOUT)
-        except TimeoutError as exc:
-            err_console().print(f"warning: {exc}; events may be missed until it does")
-            return
-        # "latest" is resolved lazily on the first fetch; ask for the positions now so an
-        # event published right after the ready line is not skipped.
-        for group in list(getattr(bus, "groups", {}).values()):
-            consumer = getattr(group, "_consumer", None)
-            position = getattr(consumer, "position", None)
-            if not callable(position):
-                continue
-            for tp in list(getattr(group, "assigned", ())):
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(10.0):
-                        await position(tp)
+    async def wait_until_live(self) -> None:
+        """Return once the adapter says the subscription is live (``Readiness``).
 
-    async def _remove_subscription(self) -> None:
-        """Unsubscribe, then delete what the subscription declared on the broker."""
-        bus: Any = self.bus
-        leftovers: list[str] = []
+        An adapter without ``Readiness`` applies a subscription within ``start()``.
+        """
+        bus = self.bus
+        if not isinstance(bus, Readiness):
+            return
         try:
-            async with asyncio.timeout(_CLEANUP_TIMEOUT):
-                if self.settings.adapter == "rabbitmq":
-                    leftovers = sorted(getattr(bus, "declared_queues", ()))
-                    bus.unsubscribe(self.pattern, self.show)  # cancels the consumer
-                    settle = getattr(bus, "_settle_topology", None)
-                    if callable(settle):
-                        await settle()
-                    leftovers = await _delete_queues(bus, leftovers)
-                elif self.settings.adapter == "kafka":
-                    leftovers = [f"topic {bus.dlq_topic(self.name)}"]
-                    bus.unsubscribe(self.pattern, self.show)  # stops the group
-                    await bus.wait_ready(_CLEANUP_TIMEOUT)
-                    leftovers = await _delete_topics(bus, [bus.dlq_topic(self.name)])
-        except Exception as exc:  # noqa: BLE001 - clean-up is best effort, and says so
+            await bus.wait_ready(START_TIMEOUT)
+        except TimeoutError as exc:
+            reason = str(exc) or f"not ready within {START_TIMEOUT:.0f}s"
             err_console().print(
-                "warning: could not remove tail's temporary subscription "
-                f"({redact(self.settings, f'{type(exc).__name__}: {exc}')})",
+                f"warning: {reason}; events may be missed until it is",
+                soft_wrap=True,
+                markup=False,
+            )
+
+    async def remove_subscription(self) -> None:
+        """Delete the subscription and what it declared on the broker; name what is left."""
+        bus = self.bus
+        leftovers: list[str] = [self.address]
+        try:
+            async with asyncio.timeout(CLEANUP_TIMEOUT):
+                if isinstance(bus, SubscriptionAdmin):
+                    leftovers = await bus.delete_subscription(self.name)
+                else:  # the adapter cannot delete it: stop consuming, say what stays
+                    bus.unsubscribe(self.pattern, self.show)
+        except Exception as exc:  # noqa: BLE001 - clean-up is best effort, and says so
+            problem = (
+                f"not done within {CLEANUP_TIMEOUT:.0f}s"
+                if isinstance(exc, TimeoutError)
+                else redact(self.settings, f"{type(exc).__name__}: {exc}")
+            )
+            err_console().print(
+                f"warning: could not remove tail's temporary subscription ({problem})",
                 soft_wrap=True,
                 markup=False,
             )
@@ -275,30 +274,3 @@ class _Tail:
                 "were skipped"
             )
         err_console().print(text, soft_wrap=True, markup=False)
-
-
-async def _delete_queues(bus: Any, queues: list[str]) -> list[str]:
-    """Delete ``queues`` on the bus's own connection; return those still there."""
-    connection = getattr(bus, "_connection", None)
-    if connection is None or not queues:
-        return queues
-    channel = await connection.channel()
-    left = list(queues)
-    try:
-        for name in queues:
-            await channel.queue_delete(name)
-            left.remove(name)
-    finally:
-        with contextlib.suppress(Exception):
-            await channel.close()
-    return left
-
-
-async def _delete_topics(bus: Any, topics: list[str]) -> list[str]:
-    """Delete ``topics`` with the bus's admin client; return those still there."""
-    admin = getattr(getattr(bus, "_topics", None), "_admin", None)
-    delete = getattr(admin, "delete_topics", None)
-    if not callable(delete):
-        return [f"topic {t}" for t in topics]
-    await delete(topics)
-    return []
