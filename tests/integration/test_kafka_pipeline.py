@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from bus_makers import KafkaBusMaker
 
 from hexbus import DomainEvent, EventBus
 from hexbus.domain.errors import InvalidMetadataError
@@ -38,7 +39,7 @@ from hexbus.domain.ports import (
 )
 from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.dead_letters import FAILURE_HEADERS
-from hexbus.infrastructure.kafka import KafkaConfig, KafkaEventBus
+from hexbus.infrastructure.kafka import KafkaEventBus
 from hexbus.infrastructure.kafka.marshal import encode_record
 from hexbus.testing.waiting import eventually
 
@@ -61,49 +62,13 @@ class PipeOther(DomainEvent, event_type="kafkapipe.other"):
     seq: int
 
 
-class Buses:
-    """``KafkaEventBus``es of one test (one prefix and service); stopped and their topics
-    deleted at the end."""
-
-    def __init__(self, bootstrap_servers: str, unique: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self.prefix = f"{unique}."
-        self.service = unique
-        self.made: list[KafkaEventBus] = []
-
-    def __call__(self, **overrides: Any) -> KafkaEventBus:
-        values: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "topic_prefix": self.prefix,
-            "service_name": self.service,
-            "max_attempts": 3,
-            "retry_delays": (0.05,),
-            "drain_timeout": 10.0,
-            "metadata_max_age_ms": 1000,
-            "session_timeout_ms": 6000,
-        }
-        bus = KafkaEventBus(KafkaConfig(**{**values, **overrides}))
-        self.made.append(bus)
-        return bus
-
-    async def cleanup(self) -> None:
-        for bus in self.made:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(bus.stop(), 60)
-        topics = [t for t in await list_topics(self.bootstrap_servers) if t.startswith(self.prefix)]
-        if topics:
-            async with admin_client(self.bootstrap_servers) as admin:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(admin.delete_topics(topics), 30)
+#: The shared bus maker (``tests/integration/bus_makers.py``), under this module's name.
+Buses = KafkaBusMaker
 
 
 @pytest.fixture
-async def buses(kafka_bootstrap_servers: str, unique_name: str) -> AsyncIterator[Buses]:
-    made = Buses(kafka_bootstrap_servers, unique_name)
-    try:
-        yield made
-    finally:
-        await made.cleanup()
+def buses(kafka_bus_maker: KafkaBusMaker) -> KafkaBusMaker:
+    return kafka_bus_maker
 
 
 @contextlib.asynccontextmanager

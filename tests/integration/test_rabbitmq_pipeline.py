@@ -9,14 +9,13 @@ the capability ports are implemented and ``delete_subscription`` really deletes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import aio_pika
 import aiormq
 import pytest
+from bus_makers import RabbitBusMaker
 
 from hexbus import DomainEvent, EventBus, current_context
 from hexbus.domain.errors import InvalidMetadataError, NotStartedError
@@ -27,7 +26,6 @@ from hexbus.domain.ports import (
     StatsReporter,
     SubscriptionAdmin,
 )
-from hexbus.infrastructure.rabbitmq import RabbitMQConfig, RabbitMQEventBus
 from hexbus.infrastructure.rabbitmq.marshal import encode_message
 from hexbus.testing import eventually
 
@@ -44,50 +42,13 @@ class UnhandledPipelineEvent(DomainEvent, event_type="rabbitmq.pipeline.unhandle
     seq: int
 
 
-class Buses:
-    """``RabbitMQEventBus``es on one test's own exchange and service name; cleans up."""
-
-    def __init__(self, url: str, unique: str) -> None:
-        self.url = url
-        self.exchange = f"{unique}.events"
-        self.service = unique
-        self.made: list[RabbitMQEventBus] = []
-
-    def __call__(self, **overrides: Any) -> RabbitMQEventBus:
-        values: dict[str, Any] = {
-            "url": self.url,
-            "exchange": self.exchange,
-            "service_name": self.service,
-            "max_attempts": 3,
-            "retry_delays": (0.05, 0.1),
-            "reconnect_interval": 0.5,
-            "drain_timeout": 10.0,
-        }
-        bus = RabbitMQEventBus(RabbitMQConfig(**{**values, **overrides}))
-        self.made.append(bus)
-        return bus
-
-    async def cleanup(self) -> None:
-        queues: set[str] = set()
-        for bus in self.made:
-            with contextlib.suppress(Exception):
-                await bus.stop()
-            queues |= bus.declared_queues
-        connection = await aio_pika.connect(self.url)
-        async with connection:
-            channel = await connection.channel()
-            for name in sorted(queues):
-                await channel.queue_delete(name)
-            await channel.exchange_delete(self.exchange)
+#: The shared bus maker (``tests/integration/bus_makers.py``), under this module's name.
+Buses = RabbitBusMaker
 
 
 @pytest.fixture
-async def buses(rabbitmq_url: str, unique_name: str) -> AsyncIterator[Buses]:
-    maker = Buses(rabbitmq_url, unique_name)
-    try:
-        yield maker
-    finally:
-        await maker.cleanup()
+def buses(rabbit_bus_maker: RabbitBusMaker) -> RabbitBusMaker:
+    return rabbit_bus_maker
 
 
 async def _queue_exists(url: str, name: str) -> bool:

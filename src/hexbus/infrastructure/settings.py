@@ -11,16 +11,27 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hexbus.domain.errors import ConfigurationError
 
-__all__ = ["ADAPTERS", "HexbusSettings", "load_settings", "redact_url"]
+__all__ = ["ADAPTERS", "HexbusSettings", "RetryDelays", "load_settings", "redact_url"]
 
 #: The adapter names (``hexbus.infrastructure.adapters.ADAPTERS`` knows how to build each).
 ADAPTERS = ("memory", "rabbitmq", "kafka")
 ENV_PREFIX = "HEXBUS_"
+
+
+def _check_delays(value: tuple[float, ...]) -> tuple[float, ...]:
+    if not value or any(delay < 0 for delay in value):
+        raise ValueError("needs one or more delays in seconds (>= 0), e.g. 1,5,25")
+    return value
+
+
+#: Back-off before each retry, seconds: ``delays[n - 1]`` after failed attempt ``n``, the
+#: last repeating (``RetryPolicy``). One rule for the settings and every adapter config.
+RetryDelays = Annotated[tuple[float, ...], AfterValidator(_check_delays)]
 
 
 _USERINFO_RE = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/@]*@")
@@ -68,7 +79,7 @@ class HexbusSettings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1)
     #: Back-off before each retry, seconds. RabbitMQ: one delay queue per tier, the last
     #: repeats. Kafka and memory: in process, the same delays (the last repeats). Env "1,5,25".
-    retry_delays: Annotated[tuple[float, ...], NoDecode] = (1.0, 5.0, 25.0)
+    retry_delays: Annotated[RetryDelays, NoDecode] = (1.0, 5.0, 25.0)
     handler_timeout: float = Field(default=30.0, gt=0)
     publish_timeout: float = Field(default=10.0, gt=0)
     #: How long ``stop()`` waits for handlers in flight before requeueing / cancelling.
@@ -90,13 +101,6 @@ class HexbusSettings(BaseSettings):
                 raise ValueError(
                     "must be comma-separated seconds, e.g. 1,5,25"
                 ) from None
-        return value
-
-    @field_validator("retry_delays")
-    @classmethod
-    def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value or any(delay <= 0 for delay in value):
-            raise ValueError("needs one or more positive delays in seconds, e.g. 1,5,25")
         return value
 
     @field_validator("rabbitmq_url")

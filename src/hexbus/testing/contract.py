@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar, Literal, NoReturn, cast, get_args
+from typing import Any, ClassVar, Literal, cast, get_args
 
 import pytest
 
@@ -63,6 +63,7 @@ from hexbus.domain.errors import (
 )
 from hexbus.domain.events import DomainEvent
 from hexbus.domain.ports import DeadLetterReader, EventBus, StatsReporter
+from hexbus.testing.declared import DeclaredSuite
 from hexbus.testing.waiting import eventually
 
 __all__ = [
@@ -264,7 +265,7 @@ if importlib.util.find_spec("pytest_asyncio") is not None:
     _SUITE_MARKS.append(pytest.mark.asyncio)
 
 
-class EventBusContract:
+class EventBusContract(DeclaredSuite[Capabilities]):
     """Subclass as ``Test<Adapter>Contract``; set ``capabilities``; define ``bus_factory``.
 
     Tunables (class attributes): ``timeout`` bounds each wait for a normal delivery,
@@ -276,7 +277,7 @@ class EventBusContract:
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = _SUITE_MARKS
 
     capabilities: ClassVar[Capabilities]
-    adapter_name: ClassVar[str | None] = None
+    capabilities_type = Capabilities
     timeout: ClassVar[float] = 10.0
     retry_timeout: ClassVar[float] = 60.0
 
@@ -311,25 +312,6 @@ class EventBusContract:
         return bus.stats.failed if isinstance(bus, StatsReporter) else None
 
     # -- helpers -------------------------------------------------------------------------
-    @property
-    def caps(self) -> Capabilities:
-        caps = getattr(type(self), "capabilities", None)
-        if not isinstance(caps, Capabilities):
-            pytest.fail(
-                f"{type(self).__qualname__}.capabilities must be a hexbus.testing."
-                "Capabilities(...) declaring what the adapter supports",
-                pytrace=False,
-            )
-        return caps
-
-    @property
-    def adapter(self) -> str:
-        return self.adapter_name or type(self).__name__
-
-    def unsupported(self, capability: str) -> NoReturn:
-        """Skip a scenario that has nothing to assert without ``capability``."""
-        pytest.skip(f"{self.adapter} declares no {capability}")
-
     @staticmethod
     def sub_name(label: str) -> str:
         """A unique subscription name (a durable queue / consumer group on brokers)."""

@@ -73,6 +73,7 @@ from hexbus.domain.ports import (
     Stats,
     StatsReporter,
 )
+from hexbus.testing.declared import DeclaredSuite
 from hexbus.testing.processes import ConsumerProcess, ConsumerProcesses
 from hexbus.testing.waiting import eventually
 
@@ -370,7 +371,7 @@ if importlib.util.find_spec("pytest_asyncio") is not None:
     _SUITE_MARKS.append(pytest.mark.asyncio)
 
 
-class EventBusFaultSuite:
+class EventBusFaultSuite(DeclaredSuite[FaultCapabilities]):
     """Subclass as ``Test<Adapter>Faults``; set ``capabilities``; provide the hooks.
 
     Tunables (class attributes): ``timeout`` bounds waits for normal deliveries,
@@ -382,7 +383,7 @@ class EventBusFaultSuite:
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = _SUITE_MARKS
 
     capabilities: ClassVar[FaultCapabilities]
-    adapter_name: ClassVar[str | None] = None
+    capabilities_type = FaultCapabilities
     timeout: ClassVar[float] = 30.0
     recovery_timeout: ClassVar[float] = 120.0
     restart_events: ClassVar[int] = 10_000
@@ -442,24 +443,6 @@ class EventBusFaultSuite:
         return event.model_dump_json(exclude=own, by_alias=True, round_trip=True).encode()
 
     # -- helpers -------------------------------------------------------------------------
-    @property
-    def caps(self) -> FaultCapabilities:
-        caps = getattr(type(self), "capabilities", None)
-        if not isinstance(caps, FaultCapabilities):
-            pytest.fail(
-                f"{type(self).__qualname__}.capabilities must be a hexbus.testing."
-                "FaultCapabilities(...) declaring what the adapter promises under faults",
-                pytrace=False,
-            )
-        return caps
-
-    @property
-    def adapter(self) -> str:
-        return self.adapter_name or type(self).__name__
-
-    def unsupported(self, capability: str) -> NoReturn:
-        pytest.skip(f"{self.adapter} declares no {capability}")
-
     def missing_port(self, bus: EventBus, port: str, capability: str) -> NoReturn:
         """Fail: ``capability`` is declared but ``bus`` lacks the protocol behind it."""
         pytest.fail(

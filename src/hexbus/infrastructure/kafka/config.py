@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from hexbus.application.consuming import RetryPolicy
+from hexbus.infrastructure.settings import RetryDelays
 
 __all__ = ["KafkaConfig"]
 
@@ -36,7 +37,7 @@ class KafkaConfig(BaseModel):
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     max_attempts: int = Field(default=5, ge=1)
-    retry_delays: tuple[float, ...] = (1.0, 5.0, 25.0)
+    retry_delays: RetryDelays = (1.0, 5.0, 25.0)
     handler_timeout: float | None = Field(default=30.0, gt=0)
     publish_timeout: float = Field(default=10.0, gt=0)
     #: How long ``stop()`` / a partition revocation waits for in-flight handlers.
@@ -51,13 +52,6 @@ class KafkaConfig(BaseModel):
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     #: Records fetched per ``getmany`` call (per consumer group).
     max_poll_records: int = Field(default=500, ge=1)
-
-    @field_validator("retry_delays")
-    @classmethod
-    def _delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value or any(delay < 0 for delay in value):
-            raise ValueError("needs one or more delays in seconds (>= 0), e.g. (1, 5, 25)")
-        return value
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 from hexbus.application.bus import BusState, EventBusBase, merged_config
-from hexbus.application.consuming import ConsumePipeline, RetryPolicy
+from hexbus.application.consuming import ConsumePipeline
 from hexbus.application.dispatch import Dispatcher, DispatchStats
 from hexbus.application.publishing import stamp_causation, validate_metadata
 from hexbus.domain.context import DeliveryContext, delivery_context
@@ -62,7 +62,7 @@ class InMemoryEventBus(EventBusBase):
         self.dispatcher = Dispatcher(handler_timeout=cfg.handler_timeout)
         self.pipeline = ConsumePipeline(
             self.subscriptions,
-            policy=RetryPolicy(cfg.max_attempts, cfg.retry_delays),
+            policy=cfg.retry_policy,
             handler_timeout=cfg.handler_timeout,
             stats=self.dispatcher.stats,
             adapter="memory",

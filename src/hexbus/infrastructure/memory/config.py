@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
+
+from hexbus.application.consuming import RetryPolicy
+from hexbus.infrastructure.settings import RetryDelays
 
 __all__ = ["MemoryConfig"]
 
@@ -28,15 +31,13 @@ class MemoryConfig(BaseModel):
     handler_timeout: float | None = Field(default=30.0, gt=0)
     drain_timeout: float = Field(default=30.0, gt=0)
     max_attempts: int = Field(default=1, ge=1)
-    retry_delays: tuple[float, ...] = (1.0, 5.0, 25.0)
+    retry_delays: RetryDelays = (1.0, 5.0, 25.0)
     dead_letter_limit: int = Field(default=0, ge=0)
 
-    @field_validator("retry_delays")
-    @classmethod
-    def _delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value or any(delay < 0 for delay in value):
-            raise ValueError("needs one or more delays in seconds (>= 0), e.g. (1, 5, 25)")
-        return value
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """What the consume pipeline decides retries with."""
+        return RetryPolicy(self.max_attempts, self.retry_delays)
 
     @property
     def redelivers(self) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hexbus.application.consuming import RetryPolicy
-from hexbus.infrastructure.settings import redact_url
+from hexbus.infrastructure.settings import RetryDelays, redact_url
 
 __all__ = ["RabbitMQConfig"]
 
@@ -36,7 +36,7 @@ class RabbitMQConfig(BaseModel):
     service_name: str = Field(default="hexbus", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     prefetch: int = Field(default=64, ge=1, le=65535)
     max_attempts: int = Field(default=5, ge=1)
-    retry_delays: tuple[float, ...] = (1.0, 5.0, 25.0)
+    retry_delays: RetryDelays = (1.0, 5.0, 25.0)
     handler_timeout: float | None = Field(default=30.0, gt=0)
     publish_timeout: float = Field(default=10.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
@@ -49,15 +49,6 @@ class RabbitMQConfig(BaseModel):
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in ("amqp", "amqps"):
             raise ValueError(f"must be an amqp:// or amqps:// URL, got {redact_url(value)!r}")
-        return value
-
-    @field_validator("retry_delays")
-    @classmethod
-    def _positive_delays(cls, value: tuple[float, ...]) -> tuple[float, ...]:
-        if not value:
-            raise ValueError("needs at least one delay tier (seconds), e.g. (1, 5, 25)")
-        if any(delay <= 0 for delay in value):
-            raise ValueError("every retry delay must be a positive number of seconds")
         return value
 
     @property
