@@ -125,7 +125,7 @@ class InMemoryEventBus(EventBusBase):
             if changed.__class__ is not cls:
                 subs = self.subscriptions.for_event(changed.__class__)
             event = changed
-        if event.causation_id is None and _current().event is not None:
+        if _current().event is not None and event.causation_id is None:  # in a handler
             event = stamp_causation(event)
         dispatcher = self.dispatcher
         dispatcher.stats.published += 1
