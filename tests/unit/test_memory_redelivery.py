@@ -116,10 +116,10 @@ async def test_replay_redelivers_to_that_subscription_only_from_attempt_one() ->
         await eventually(lambda: bus.stats.dead_lettered == 1, timeout=5)
         healthy.set()
         seen.clear()
-        assert await bus.replay_dead_letters("fragile") == 1
+        assert (await bus.replay_dead_letters("fragile")).count == 1
         await eventually(lambda: seen == [("fragile", 1)], timeout=5)
         assert await bus.dead_letters("fragile") == []
-        assert await bus.replay_dead_letters("fragile") == 0
+        assert (await bus.replay_dead_letters("fragile")).count == 0
 
 
 async def test_stop_cuts_back_offs_short_so_retries_finish_inside_the_drain() -> None:
@@ -182,3 +182,37 @@ def test_from_settings_applies_retries_only_when_asked(monkeypatch: pytest.Monke
 def test_memory_config_rejects_negative_delays() -> None:
     with pytest.raises(ValueError, match="delays"):
         MemoryConfig(retry_delays=(-1.0,))
+
+
+class Other(DomainEvent, event_type="memory.redelivery.other"):
+    n: int
+
+
+async def test_replay_filters_by_type_limits_and_dry_runs() -> None:
+    healthy = asyncio.Event()
+    handled: list[str] = []
+
+    async def fragile(event: DomainEvent) -> None:
+        if not healthy.is_set():
+            raise RuntimeError("down")
+        handled.append(event.event_type)
+
+    async with retrying(max_attempts=1) as bus:
+        bus.subscribe("memory.redelivery.#", fragile, name="fragile")
+        for n in range(3):
+            await bus.publish(Flaky(n=n))
+        await bus.publish(Other(n=9))
+        healthy.set()
+        preview = await bus.replay_dead_letters(
+            "fragile", event_type="memory.redelivery.flaky", dry_run=True
+        )
+        assert preview.dry_run and preview.count == 3
+        assert len(await bus.dead_letters("fragile")) == 4  # a dry run changes nothing
+        report = await bus.replay_dead_letters("fragile", 2, event_type="memory.redelivery.flaky")
+        assert [d.event.n for d in report.replayed if d.event is not None] == [0, 1]  # type: ignore[attr-defined]
+        await eventually(lambda: len(handled) == 2, timeout=5)
+        left = await bus.dead_letters("fragile")
+        assert sorted(d.event_type or "" for d in left) == [
+            "memory.redelivery.flaky", "memory.redelivery.other",
+        ]
+    assert handled == ["memory.redelivery.flaky"] * 2

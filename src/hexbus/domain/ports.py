@@ -22,10 +22,13 @@ __all__ = [
     "EventPattern",
     "Handler",
     "Middleware",
+    "LagReporter",
     "Readiness",
+    "ReplayReport",
     "Stats",
     "StatsReporter",
     "SubscriptionAdmin",
+    "SubscriptionLag",
     "SubscriptionTarget",
 ]
 
@@ -199,14 +202,45 @@ class DeadLetterReader(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What ``replay_dead_letters`` did (or, with ``dry_run``, would do).
+
+    ``replayed``: the dead letters sent back to their subscription (with ``dry_run``:
+    those that would be). ``refused``: dead letters left in the store, each with the
+    reason (e.g. its event type is no longer registered in this process, so replaying
+    it could only dead-letter it again).
+    """
+
+    replayed: list[DeadLetter]
+    refused: list[tuple[DeadLetter, str]] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.replayed)
+
+
 @runtime_checkable
 class DeadLetterReplayer(Protocol):
     """The adapter can send dead letters back to the one subscription that failed."""
 
-    async def replay_dead_letters(self, subscription: str, limit: int | None = None) -> int:
-        """Redeliver up to ``limit`` (default all) dead letters of ``subscription`` to that
-        subscription only, from attempt 1; each leaves the store only once it is safely
-        back in the subscription's queue. Returns how many were replayed."""
+    async def replay_dead_letters(
+        self,
+        subscription: str,
+        limit: int | None = None,
+        *,
+        event_type: str | None = None,
+        dry_run: bool = False,
+    ) -> ReplayReport:
+        """Redeliver dead letters of ``subscription`` to that subscription only, from
+        attempt 1, oldest first; each leaves the store only once it is safely back in
+        the subscription's queue.
+
+        ``limit``: at most this many (default all); ``event_type``: only dead letters of
+        this wire type; ``dry_run``: change nothing, report what would be replayed. A
+        dead letter whose type is not registered in this process is refused and kept.
+        """
         ...
 
 
@@ -254,3 +288,32 @@ class StatsReporter(Protocol):
 
     @property
     def stats(self) -> Stats: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionLag:
+    """How far one subscription's consumers are behind.
+
+    ``waiting``: events stored for the subscription and not yet handled (Kafka: the sum
+    over partitions of end offset minus committed offset; RabbitMQ: the queue's ready
+    messages). ``in_flight``: delivered and not yet acknowledged (RabbitMQ unacked;
+    ``None`` where the broker does not say). ``detail``: per-partition waiting counts
+    (Kafka ``topic[p]``), or per-queue counts (retry tiers, dead letters).
+    """
+
+    subscription: str
+    address: str
+    waiting: int | None
+    in_flight: int | None = None
+    detail: Mapping[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class LagReporter(Protocol):
+    """The adapter can say how far behind each subscription is."""
+
+    async def lag(self, subscriptions: Iterable[str] | None = None) -> list[SubscriptionLag]:
+        """Lag of ``subscriptions`` (default: this bus's own subscription names), as the
+        broker sees it now; works on a started bus, also for subscriptions this process
+        does not consume."""
+        ...

@@ -723,7 +723,7 @@ class EventBusFaultSuite(DeclaredSuite[FaultCapabilities]):
                 self.missing_port(bus, "DeadLetterReplayer", "replay")
             fixed = True
             poison_calls.clear()
-            assert await bus.replay_dead_letters("poison") == len(faults)
+            assert (await bus.replay_dead_letters("poison")).count == len(faults)
             await eventually(
                 lambda: set(poison_calls) == fault_ids,
                 timeout=self.timeout,

@@ -21,7 +21,7 @@ from hexbus.application.dispatch import Dispatcher, DispatchStats
 from hexbus.application.publishing import stamp_causation, validate_metadata
 from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
-from hexbus.domain.ports import DeadLetter
+from hexbus.domain.ports import DeadLetter, ReplayReport
 from hexbus.infrastructure.memory.config import MemoryConfig
 from hexbus.infrastructure.memory.consumer import Redelivery
 from hexbus.infrastructure.memory.dead_letters import DeadLetterStore
@@ -188,11 +188,24 @@ class InMemoryEventBus(EventBusBase):
         """The dead letters of ``subscription`` kept in process (``dead_letter_limit``)."""
         return self.dead_letter_store.peek(subscription, limit)
 
-    async def replay_dead_letters(self, subscription: str, limit: int | None = None) -> int:
+    async def replay_dead_letters(
+        self,
+        subscription: str,
+        limit: int | None = None,
+        *,
+        event_type: str | None = None,
+        dry_run: bool = False,
+    ) -> ReplayReport:
         """Deliver ``subscription``'s dead letters to it again (attempt 1, in background)."""
         if self.state is not _RUNNING:
             self._raise_not_running()
-        return self._redelivery.replay(self.dead_letter_store.take(subscription, limit))
+        store = self.dead_letter_store
+        chosen = store.select(subscription, limit, event_type)
+        if dry_run:
+            return ReplayReport(chosen, dry_run=True)
+        store.remove(subscription, chosen)
+        self._redelivery.replay(chosen)
+        return ReplayReport(chosen)
 
     def subscription_address(self, name: str) -> str:
         return f"subscription {name!r} in process (memory)"

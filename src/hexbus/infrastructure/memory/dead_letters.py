@@ -66,13 +66,21 @@ class DeadLetterStore:
     def peek(self, subscription: str, limit: int) -> list[DeadLetter]:
         return list(self._by_subscription.get(subscription, ()))[:limit]
 
-    def take(self, subscription: str, limit: int | None) -> list[DeadLetter]:
-        """Remove and return up to ``limit`` (all when ``None``), oldest first."""
+    def select(
+        self, subscription: str, limit: int | None, event_type: str | None = None
+    ) -> list[DeadLetter]:
+        """Up to ``limit`` (all when ``None``) of ``event_type`` (any when ``None``), oldest
+        first, left in place."""
+        kept = self._by_subscription.get(subscription, ())
+        chosen = [d for d in kept if event_type is None or d.event_type == event_type]
+        return chosen if limit is None else chosen[:limit]
+
+    def remove(self, subscription: str, letters: list[DeadLetter]) -> None:
         kept = self._by_subscription.get(subscription)
-        if not kept:
-            return []
-        count = len(kept) if limit is None else min(limit, len(kept))
-        return [kept.popleft() for _ in range(count)]
+        if kept is None:
+            return
+        gone = {id(letter) for letter in letters}
+        self._by_subscription[subscription] = deque(d for d in kept if id(d) not in gone)
 
     def discard(self, subscription: str) -> None:
         self._by_subscription.pop(subscription, None)
