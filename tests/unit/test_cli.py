@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,7 +86,7 @@ def test_publish_a_demo_event_prints_its_id() -> None:
     result = runner.invoke(
         app,
         ["publish", "user.created", json.dumps(data), "-m", "ip_address=10.0.0.1"],
-        env={"HEXBUS_ADAPTER": "memory"},
+        env={"HEXBUS_ADAPTER": "memory", "HEXBUS_APP": "hexbus.demo:DemoContainer"},
     )
 
     assert result.exit_code == 0, result.output
@@ -94,24 +95,30 @@ def test_publish_a_demo_event_prints_its_id() -> None:
 
 
 @pytest.mark.parametrize(
-    ("event_type", "data", "expected"),
+    ("event_type", "data", "expected", "code"),
     [
-        ("user.nope", "{}", "no event class is registered for event_type 'user.nope'"),
-        ("user.created", '{"email": "a@b.io"}', "user_id: Field required"),
-        ("user.created", "{oops", "not valid JSON"),
-        ("user.created", "[1, 2]", "must be a JSON object"),
+        ("user.nope", "{}", "unknown event type 'user.nope' for --app", 2),
+        ("user.created", '{"email": "a@b.io"}', "user_id: Field required", 1),
+        ("user.created", "{oops", "not valid JSON", 1),
+        ("user.created", "[1, 2]", "must be a JSON object", 1),
     ],
 )
-def test_publish_rejects_bad_input_clearly(event_type: str, data: str, expected: str) -> None:
-    result = runner.invoke(app, ["publish", event_type, data], env={"HEXBUS_ADAPTER": "memory"})
+def test_publish_rejects_bad_input_clearly(
+    event_type: str, data: str, expected: str, code: int
+) -> None:
+    result = runner.invoke(
+        app,
+        ["publish", event_type, data, "--app", "hexbus.demo:DemoContainer"],
+        env={"HEXBUS_ADAPTER": "memory"},
+    )
 
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert "error:" in result.output
     assert expected in " ".join(result.output.split())
 
 
 def test_asyncapi_document_has_a_channel_per_event_type() -> None:
-    result = runner.invoke(app, ["asyncapi"])
+    result = runner.invoke(app, ["asyncapi", "--app", "hexbus.demo:DemoContainer"])
 
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
@@ -160,3 +167,57 @@ def test_check_reports_the_registrys_description_of_the_adapter() -> None:
         "available": True,
         "detail": availability("memory")[1],
     }
+
+
+def test_unknown_event_type_lists_the_apps_event_types() -> None:
+    result = runner.invoke(
+        app, ["publish", "user.nope", "{}", "--app", "hexbus.demo:DemoContainer"]
+    )
+
+    text = " ".join(result.output.split())
+    assert "user.created" in text and "item.created" in text
+    assert "contract." not in text  # hexbus's own test events are no part of any app
+
+
+@pytest.mark.parametrize("command", [["publish", "user.created", "{}"], ["asyncapi"]])
+def test_commands_that_need_the_catalogue_say_how_to_name_the_app(command: list[str]) -> None:
+    result = runner.invoke(app, command, env={"HEXBUS_APP": ""})
+
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())
+    assert "--app module:attribute" in text and "HEXBUS_APP" in text
+    assert "hexbus.demo:DemoContainer" in text
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("nodots", "is not module:attribute"),
+        ("no_such_module_xyz:container", "no module named 'no_such_module_xyz'"),
+        ("hexbus.demo:nothing_here", "has no attribute 'nothing_here'; expected your hexbus"),
+        ("hexbus:__version__", "is a str, not a hexbus Container"),
+    ],
+)
+def test_a_wrong_app_path_names_what_was_not_found(path: str, expected: str) -> None:
+    result = runner.invoke(app, ["asyncapi", "--app", path])
+
+    assert result.exit_code == 2
+    assert expected in " ".join(result.output.split())
+
+
+def test_app_may_be_a_container_class_or_a_factory(tmp_path: Path, monkeypatch: Any) -> None:
+    (tmp_path / "cli_app_sample.py").write_text(
+        "from hexbus import Container\n"
+        "class MyContainer(Container):\n    pass\n"
+        "def make():\n    c = MyContainer()\n    c.config.from_dict({'service_name': 'mine'})\n"
+        "    return c\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for path in ("cli_app_sample:MyContainer", "cli_app_sample:make"):
+        result = runner.invoke(
+            app, ["check", "--json", "--app", path], env={"HEXBUS_ADAPTER": "memory"}
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        expected = "mine" if path.endswith("make") else "hexbus"
+        assert report["config"]["service_name"] == expected

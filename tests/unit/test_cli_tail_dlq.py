@@ -232,7 +232,7 @@ async def test_dlq_list_then_replay_on_the_memory_adapter(
         assert json.loads(capsys.readouterr().out) == rows
 
         poison.fixed = True
-        assert await bus.replay_dead_letters("poison") == 1
+        assert (await bus.replay_dead_letters("poison")).count == 1
         await eventually(lambda: [e.event_id for e in poison.handled] == [event.event_id])
         assert await list_dead_letters(bus, "poison") == []
 

@@ -72,17 +72,18 @@ def redact(settings: HexbusSettings, text: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-def broker_settings(memory_message: str) -> HexbusSettings:
+def broker_settings(memory_message: str, settings: HexbusSettings | None = None) -> HexbusSettings:
     """Settings of a broker adapter, or exit: 1 for bad config, 2 for the memory adapter.
 
     Why the memory adapter is refused by name: its events and dead letters live only in
     the process that published / handled them, and a CLI command is always a process of
     its own, so it would see nothing; ``memory_message`` says so and what to do instead.
     """
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        fail(str(exc))
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigurationError as exc:
+            fail(str(exc))
     if settings.adapter == "memory":
         fail(memory_message, EXIT_UNAVAILABLE)
     return settings

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from hexbus import __version__
-from hexbus.cli.publish import load_catalogue
+from hexbus.cli.app import AppOption, load_app
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.infrastructure.codec import ENVELOPE_FIELDS
 
@@ -97,7 +97,8 @@ def asyncapi_document(
 
 def asyncapi_command(
     indent: Annotated[int, typer.Option(help="JSON indentation.")] = 2,
+    app: AppOption = None,
 ) -> None:
     """Print the AsyncAPI 3.0 JSON document of the registered event catalogue."""
-    load_catalogue()
+    load_app(app)  # imports the app's event catalogue
     print(json.dumps(asyncapi_document(), indent=indent or None))

@@ -39,6 +39,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hexbus.cli._common import EXIT_UNAVAILABLE, fail, out_console, redact
+from hexbus.cli.app import AppOption, settings_of
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.adapters import ADAPTERS, AdapterInfo, availability, missing_extra
@@ -303,12 +304,17 @@ async def _run_broker_bench(
     return result
 
 
-def _broker_bench(info: AdapterInfo, events: int, as_json: bool) -> None:
-    """hexbus against the raw client on the configured broker (``HEXBUS_*`` settings)."""
-    try:
-        settings = load_settings()
-    except ConfigurationError as exc:
-        fail(str(exc))
+def _broker_bench(
+    info: AdapterInfo, events: int, as_json: bool, app_settings: HexbusSettings | None = None
+) -> None:
+    """hexbus against the raw client on the configured broker (``HEXBUS_*`` settings, or
+    the ``--app`` container's)."""
+    settings = app_settings
+    if settings is None:
+        try:
+            settings = load_settings()
+        except ConfigurationError as exc:
+            fail(str(exc))
     adapter = info.name
     bench = _bench_module(info)  # no benchmark / no extra: say so before the spinner
     prefix = f"hexbus-bench-{uuid.uuid4().hex[:8]}"
@@ -367,6 +373,7 @@ def bench_command(
     handlers: Annotated[str, typer.Option(help="Comma-separated handler counts.")] = "1,4,16",
     repeats: Annotated[int, typer.Option(min=1, max=20, help="Interleaved repeats.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results.")] = False,
+    app: AppOption = None,
 ) -> None:
     """Throughput and latency: memory against gather and a plain loop; brokers against
     their raw client doing the same work with the same durability."""
@@ -374,7 +381,7 @@ def bench_command(
     if info is None:
         fail(f"unknown adapter {adapter!r}; choose one of: {', '.join(ADAPTERS)}", EXIT_UNAVAILABLE)
     if info.name != "memory":
-        _broker_bench(info, events or 5_000, as_json)
+        _broker_bench(info, events or 5_000, as_json, settings_of(app))
         return
     events = events or 20_000
     counts = _parse_counts(handlers)

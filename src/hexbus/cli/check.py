@@ -23,6 +23,7 @@ from rich.text import Text
 
 from hexbus.application.wiring import handler_name, is_async_handler
 from hexbus.cli._common import EXIT_ERROR, err_console, fail, out_console, redact
+from hexbus.cli.app import AppOption, load_app
 from hexbus.demo.container import DemoContainer
 from hexbus.domain.errors import ConfigurationError
 from hexbus.infrastructure.adapters import availability, build_bus
@@ -130,10 +131,11 @@ def check_command(
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait for each broker TCP connect.")
     ] = PROBE_TIMEOUT,
+    app: AppOption = None,
 ) -> None:
     """Show the effective configuration, the adapter, broker reachability and wiring."""
     try:
-        settings = load_settings()
+        settings = load_app(app).settings() if app else load_settings()
     except ConfigurationError as exc:
         if as_json:
             print(json.dumps({"ok": False, "error": str(exc)}))

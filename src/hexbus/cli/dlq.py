@@ -39,6 +39,7 @@ from hexbus.cli._common import (
     out_console,
     run_on_bus,
 )
+from hexbus.cli.app import AppOption, settings_of
 from hexbus.domain.ports import (
     DeadLetter,
     DeadLetterReader,
@@ -202,9 +203,10 @@ def list_command(
     ],
     limit: Annotated[int, typer.Option(min=1, help="Show at most this many.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON array on stdout.")] = False,
+    app: AppOption = None,
 ) -> None:
     """Show the dead letters of SUBSCRIPTION (left in place): type, id, error, attempts."""
-    settings = broker_settings(MEMORY_DLQ)
+    settings = broker_settings(MEMORY_DLQ, settings_of(app))
     bus = build_bus_or_fail(settings)
     reader = reader_or_fail(bus, settings.adapter)  # before connecting
     location = where(bus, subscription)
@@ -224,15 +226,16 @@ def replay_command(
     limit: Annotated[
         int | None, typer.Option(min=1, help="Replay at most this many (default: all).")
     ] = None,
+    app: AppOption = None,
 ) -> None:
     """Send SUBSCRIPTION's dead letters back to it (only it) and print how many."""
-    settings = broker_settings(MEMORY_DLQ)
+    settings = broker_settings(MEMORY_DLQ, settings_of(app))
     bus = build_bus_or_fail(settings)
     replayer = replayer_or_fail(bus, settings.adapter)  # before connecting
     location = where(bus, subscription)
 
     async def replay(_: EventBus) -> int:
-        return await replayer.replay_dead_letters(subscription, limit)
+        return (await replayer.replay_dead_letters(subscription, limit)).count
 
     count = run_on_bus(settings, replay, bus=bus)
     out_console().print(

@@ -1,7 +1,9 @@
-"""``hexbus publish TYPE JSON``: send one event, built from its wire name, on the configured bus.
+"""``hexbus publish TYPE JSON --app ...``: send one event of the app's catalogue.
 
-Why through ``event_from_dict``: the CLI validates exactly as a consuming service would
-(the registered class's pydantic schema), so a typo fails here, not in a consumer.
+Why through ``event_from_dict`` and the app's catalogue: the CLI validates exactly as a
+consuming service would (the registered class's pydantic schema), so a typo fails here,
+not in a consumer; and it only offers the app's own event types, listing them when the
+name is wrong.
 """
 
 from __future__ import annotations
@@ -12,20 +14,13 @@ from typing import Annotated, Any
 
 import typer
 
-import hexbus.demo.events  # noqa: F401 - registers user.*, item.*, system.* by name
-from hexbus.cli._common import fail, out_console
-from hexbus.domain.errors import ConfigurationError, EventSchemaError, UnknownEventTypeError
+from hexbus.cli._common import EXIT_UNAVAILABLE, build_bus_or_fail, fail, out_console, redact
+from hexbus.cli.app import AppOption, load_app
+from hexbus.domain.errors import ConfigurationError, EventSchemaError, PublishError
 from hexbus.domain.events import DomainEvent, event_from_dict
-from hexbus.infrastructure.container import Container
+from hexbus.domain.ports import EventBus
 
 __all__ = ["parse_metadata", "publish_command"]
-
-
-def load_catalogue() -> None:
-    """The events the CLI knows by name: the demo's, registered by the import above.
-
-    A hook for later (entry points of installed services); today a no-op.
-    """
 
 
 def parse_metadata(pairs: list[str]) -> dict[str, str]:
@@ -38,13 +33,12 @@ def parse_metadata(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-async def _publish(event: DomainEvent, metadata: dict[str, str], key: str | None) -> None:
-    container = Container()
-    await container.init_resources()  # type: ignore[misc]
-    try:
-        await container.event_bus().publish(event, metadata=metadata or None, key=key)
-    finally:
-        await container.shutdown_resources()  # type: ignore[misc]
+async def _publish(
+    bus: EventBus, event: DomainEvent, metadata: dict[str, str], key: str | None
+) -> None:
+    """A bare bus of the app's adapter (none of its handlers: this process only sends)."""
+    async with bus:
+        await bus.publish(event, metadata=metadata or None, key=key)
 
 
 def publish_command(
@@ -54,22 +48,33 @@ def publish_command(
         list[str] | None, typer.Option("--metadata", "-m", help="key=value, repeatable.")
     ] = None,
     key: Annotated[str | None, typer.Option(help="Ordering key (Kafka partition key).")] = None,
+    app: AppOption = None,
 ) -> None:
-    """Validate DATA against TYPE's schema and publish it; prints the event id."""
-    load_catalogue()
+    """Validate DATA against TYPE's schema and publish it on the app's bus; prints the id."""
+    loaded = load_app(app)
     meta = parse_metadata(metadata or [])
+    known = {cls.event_type: cls for cls in loaded.catalogue()}
+    if event_type not in known:
+        listed = ", ".join(sorted(known)) or "none"
+        fail(
+            f"unknown event type {event_type!r} for --app {loaded.path}; its event types: "
+            f"{listed}",
+            EXIT_UNAVAILABLE,
+        )
     try:
         fields: Any = json.loads(data)
     except json.JSONDecodeError as exc:
         fail(f"DATA is not valid JSON: {exc}")
     if not isinstance(fields, dict):
-        fail(f"DATA must be a JSON object, got {type(fields).__name__}")
+        fail(f"DATA must be a JSON object of {event_type}'s fields, got {type(fields).__name__}")
     try:
         event = event_from_dict(event_type, fields)
-    except (UnknownEventTypeError, EventSchemaError) as exc:
+    except EventSchemaError as exc:
         fail(str(exc))
+    settings = loaded.settings()
+    bus = build_bus_or_fail(settings)
     try:
-        asyncio.run(_publish(event, meta, key))
-    except ConfigurationError as exc:
-        fail(str(exc))
+        asyncio.run(_publish(bus, event, meta, key))
+    except (ConfigurationError, PublishError) as exc:
+        fail(redact(settings, str(exc)))
     out_console().print(str(event.event_id), soft_wrap=True)

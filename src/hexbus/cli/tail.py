@@ -40,7 +40,6 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-import hexbus.demo.events  # noqa: F401 - registers user.*, item.*, system.* by name
 from hexbus.cli._common import (
     START_TIMEOUT,
     broker_settings,
@@ -50,6 +49,7 @@ from hexbus.cli._common import (
     out_console,
     redact,
 )
+from hexbus.cli.app import AppOption, load_app_or_none
 from hexbus.domain.context import current_context
 from hexbus.domain.errors import ConfigurationError, HexbusError
 from hexbus.domain.events import DomainEvent
@@ -109,6 +109,7 @@ def tail_command(
         float | None, typer.Option(min=0.0, help="Stop after this many seconds.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    app: AppOption = None,
 ) -> None:
     """Print events as they are published (broker adapters; only events from now on).
 
@@ -116,7 +117,8 @@ def tail_command(
 
     The temporary subscription (queue / consumer group) is removed on exit.
     """
-    settings = broker_settings(MEMORY_TAIL)
+    loaded = load_app_or_none(app)  # imports the app's events: tail can decode them
+    settings = broker_settings(MEMORY_TAIL, loaded.settings() if loaded else None)
     # live_only: what a throw-away subscription needs to see only events from now on.
     bus = build_bus_or_fail(settings, **adapter_info(settings.adapter).live_only)
     name = f"tail.{uuid.uuid4().hex[:12]}"
