@@ -46,6 +46,21 @@ def test_check_opens_a_real_session(
     assert all(b["reachable"] for b in report["brokers"])
 
 
+def test_check_of_an_app_reports_its_session_and_its_wiring(
+    rabbitmq_url: str, kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    env = _env("rabbitmq", rabbitmq_url, kafka_bootstrap_servers, unique_name)
+    args = ["check", "--json", "--app", "hexbus.demo:DemoContainer"]
+    result = runner.invoke(app, args, env=env)
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["session"].startswith("ok") and report["brokers_skipped"] is False
+    assert report["wiring"]["ok"] is True
+    assert all(s["ok"] for s in report["subscriptions"])
+    assert "demo.event_tap" in {s["name"] for s in report["subscriptions"]}
+
+
 def test_check_with_wrong_credentials_fails_without_the_password(
     rabbitmq_url: str, kafka_bootstrap_servers: str, unique_name: str
 ) -> None:

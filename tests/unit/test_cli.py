@@ -39,7 +39,7 @@ def test_help_lists_every_command() -> None:
 
 def test_check_prints_adapter_and_masks_the_password() -> None:
     env = {"HEXBUS_ADAPTER": "memory", "HEXBUS_RABBITMQ_URL": SECRET_URL.format(port=5672)}
-    result = runner.invoke(app, ["check"], env=env)
+    result = runner.invoke(app, ["check", "--app", "hexbus.demo:DemoContainer"], env=env)
 
     assert result.exit_code == 0, result.output
     assert "adapter: memory" in result.output
@@ -54,7 +54,8 @@ def test_check_json_reports_unreachable_broker_and_fails() -> None:
         "HEXBUS_ADAPTER": "rabbitmq",
         "HEXBUS_RABBITMQ_URL": SECRET_URL.format(port=_closed_port()),
     }
-    result = runner.invoke(app, ["check", "--json", "--timeout", "0.5"], env=env)
+    args = ["check", "--json", "--timeout", "0.5", "--app", "hexbus.demo:DemoContainer"]
+    result = runner.invoke(app, args, env=env)
 
     assert result.exit_code == 1
     assert "s3cr3t" not in result.output
