@@ -1,0 +1,1 @@
+"""Runnable examples of services built on hexbus (``uvicorn examples.fastapi_service.app:app``)."""
