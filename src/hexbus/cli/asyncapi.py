@@ -1,104 +1,113 @@
-"""``hexbus asyncapi``: the event catalogue as an AsyncAPI 3.0 document.
+"""``hexbus asyncapi --app ...``: the app's events and topology as an AsyncAPI 3.0 document.
 
-Why generate it: the pydantic classes are the source of truth for every event's
-schema; a document derived from them cannot drift, and non-Python teams read it with
-standard AsyncAPI tooling. One channel per ``event_type`` (the routing key / topic).
+Why from the app: its container knows the settings (which broker, which names), its
+catalogue (the events it publishes) and its subscriptions (what it consumes), so the
+document shows the real servers, topics, queues and consumer groups of that service,
+not a generic catalogue. The document itself is built by
+``hexbus.infrastructure.asyncapi``; this module only picks the app, the transport and
+the output.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from importlib.metadata import PackageNotFoundError, packages_distributions, version
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from hexbus import __version__
-from hexbus.cli.app import AppOption, load_app
-from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
-from hexbus.infrastructure.codec import ENVELOPE_FIELDS
+from hexbus.cli._common import EXIT_UNAVAILABLE, fail
+from hexbus.cli.app import AppOption, LoadedApp, load_app
+from hexbus.domain.errors import HexbusError
+from hexbus.domain.events import DomainEvent
+from hexbus.infrastructure.asyncapi import FORMATS, TRANSPORTS, asyncapi_document, render
 
-__all__ = ["asyncapi_command", "asyncapi_document"]
+__all__ = ["asyncapi_command"]
 
-_REF = "#/components/schemas/{model}"
-
-
-def _payload_schema(cls: type[DomainEvent], schemas: dict[str, Any]) -> dict[str, Any]:
-    """The event's own fields: the envelope (id, time, correlation ...) travels as
-    CloudEvents attributes, not in the data (design §5)."""
-    schema = cls.model_json_schema(ref_template=_REF)
-    schemas.update(schema.pop("$defs", {}))
-    schema["properties"] = {
-        k: v for k, v in schema.get("properties", {}).items() if k not in ENVELOPE_FIELDS
-    }
-    required = [k for k in schema.get("required", []) if k not in ENVELOPE_FIELDS]
-    if required:
-        schema["required"] = required
-    else:
-        schema.pop("required", None)
-    return schema
+_SUFFIX_FORMATS = {".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 
 
-def _message(cls: type[DomainEvent], schemas: dict[str, Any]) -> dict[str, Any]:
-    schemas[cls.__name__] = _payload_schema(cls, schemas)
-    doc = (cls.__doc__ or "").strip()
-    return {
-        "name": cls.event_type,
-        "title": cls.__name__,
-        "summary": doc.splitlines()[0] if doc else f"The {cls.event_type} domain event.",
-        "contentType": "application/json",
-        "payload": {"$ref": _REF.format(model=cls.__name__)},
-        "correlationId": {
-            "description": "CloudEvents extension 'correlationid' (Kafka header "
-            "ce_correlationid, AMQP property cloudEvents:correlationid)",
-            "location": "$message.header#/ce_correlationid",
-        },
-        "x-cloudevents": {
-            "specversion": "1.0",
-            "type": cls.event_type,
-            "eventversion": cls.event_version,
-        },
-    }
+def _app_version(loaded: LoadedApp) -> str:
+    """The version of the distribution the app's package comes from (else hexbus's)."""
+    root = loaded.module.split(".", 1)[0]
+    for dist in packages_distributions().get(root, []):
+        try:
+            return version(dist)
+        except PackageNotFoundError:  # pragma: no cover - listed but without metadata
+            continue
+    return __version__
 
 
-def asyncapi_document(
-    registry: EventRegistry = event_registry, *, title: str = "hexbus event catalogue"
-) -> dict[str, Any]:
-    """An AsyncAPI 3.0.0 document for every registered event class."""
-    channels: dict[str, Any] = {}
-    operations: dict[str, Any] = {}
-    messages: dict[str, Any] = {}
-    schemas: dict[str, Any] = {}
-    for cls in sorted(registry, key=lambda c: c.event_type):
-        name = cls.__name__
-        messages[name] = _message(cls, schemas)
-        channels[cls.event_type] = {
-            "address": cls.event_type,
-            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
-        }
-        operations[f"{cls.event_type}.publish"] = {
-            "action": "send",
-            "channel": {"$ref": f"#/channels/{cls.event_type}"},
-            "messages": [{"$ref": f"#/channels/{cls.event_type}/messages/{name}"}],
-        }
-    return {
-        "asyncapi": "3.0.0",
-        "info": {
-            "title": title,
-            "version": __version__,
-            "description": "Domain events published through hexbus (CloudEvents 1.0, "
-            "binary content mode; data = the payload below).",
-        },
-        "defaultContentType": "application/json",
-        "channels": channels,
-        "operations": operations,
-        "components": {"messages": messages, "schemas": schemas},
-    }
+def _published(loaded: LoadedApp, catalogue: list[type[DomainEvent]]) -> list[type[DomainEvent]]:
+    """The catalogue events the app's own package defines (the others it only consumes)."""
+    root = loaded.module.split(".", 1)[0]
+    return [
+        cls for cls in catalogue if cls.__module__ == root or cls.__module__.startswith(root + ".")
+    ]
+
+
+def _format(fmt: str | None, output: Path | None) -> str:
+    if fmt is not None:
+        if fmt not in FORMATS:
+            fail(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}", EXIT_UNAVAILABLE)
+        return fmt
+    if output is not None:
+        return _SUFFIX_FORMATS.get(output.suffix.lower(), "json")
+    return "json"
 
 
 def asyncapi_command(
-    indent: Annotated[int, typer.Option(help="JSON indentation.")] = 2,
     app: AppOption = None,
+    adapter: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Document the topology of this transport ({'|'.join(TRANSPORTS)}) instead "
+            "of the app's configured adapter (HEXBUS_ADAPTER).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help=f"Output format ({'|'.join(FORMATS)}). Default: from the --output file's "
+            "suffix (.yaml/.yml/.json), else json.",
+            show_default=False,
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the document to this file instead of stdout."),
+    ] = None,
+    indent: Annotated[int, typer.Option(help="JSON indentation (0: one line).")] = 2,
 ) -> None:
-    """Print the AsyncAPI 3.0 JSON document of the registered event catalogue."""
-    load_app(app)  # imports the app's event catalogue
-    print(json.dumps(asyncapi_document(), indent=indent or None))
+    """Print the app's AsyncAPI 3.0 document: servers, channels, operations, messages.
+
+    Send operations are the events the app defines, receive operations its
+    subscriptions; broker passwords are never written.
+    """
+    loaded = load_app(app)
+    if adapter is not None and adapter not in TRANSPORTS:
+        fail(f"--adapter {adapter!r}: choose one of {', '.join(TRANSPORTS)}", EXIT_UNAVAILABLE)
+    chosen = _format(fmt, output)
+    try:
+        catalogue = loaded.catalogue()
+        document = asyncapi_document(
+            catalogue,
+            loaded.subscriptions(),
+            loaded.settings(),
+            transport=adapter,
+            published=_published(loaded, catalogue),
+            version=_app_version(loaded),
+        )
+    except HexbusError as exc:
+        fail(f"cannot document --app {loaded.path}: {exc}")
+    text = render(document, chosen, indent=indent)
+    if output is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {output}: {exc.strerror or exc}; choose a writable --output path")
