@@ -1,7 +1,9 @@
 """``hexbus tail`` and ``hexbus dlq`` against the real brokers.
 
 dlq: a poison handler (max_attempts=1) dead-letters an event; ``dlq list`` shows it with
-the error; the handler is fixed; ``dlq replay`` (RabbitMQ) brings it back to that handler.
+the error; the handler is fixed; ``dlq replay`` brings it back to that handler (RabbitMQ:
+its queue; Kafka: its replay topic). Filters, dry runs, refusals and ``hexbus lag``:
+``test_replay_lag.py``.
 tail: the real console script in a subprocess; the test publishes once tail printed its
 ``tailing`` line on stderr, and reads the JSON line tail printed.
 """
@@ -169,9 +171,7 @@ async def test_rabbitmq_dlq_unknown_subscription_and_bad_password(
 
 
 # -- dlq on Kafka ------------------------------------------------------------------------
-async def test_kafka_dlq_list_shows_the_dead_letter_and_replay_explains(
-    kafka: KafkaBusMaker,
-) -> None:
+async def test_kafka_dlq_list_then_replay_after_the_fix(kafka: KafkaBusMaker) -> None:
     env = _kafka_env(kafka)
     poison = _Poison()
     bus = kafka(max_attempts=1, retry_delays=(0.01,))
@@ -185,9 +185,21 @@ async def test_kafka_dlq_list_shows_the_dead_letter_and_replay_explains(
     row = await _single_dead_letter(env, event)
     assert row["origin"].startswith(f"{kafka.prefix}user.created[")
 
-    replay = await _cli(["dlq", "replay", "poison"], env)
-    assert replay.exit_code == 2
-    assert "RabbitMQ-only" in " ".join(replay.output.split())
+    poison.fixed = True
+    replayed = await _cli(["dlq", "replay", "poison"], env)
+    assert replayed.exit_code == 0, replayed.output
+    flat = " ".join(replayed.stdout.split())
+    assert "replayed 1 dead letter(s) of poison to consumer group" in flat
+    await eventually(lambda: [e.event_id for e in poison.handled] == [event.event_id], timeout=30)
+
+    # Marked as replayed: no longer listed, and a second replay sends nothing.
+    empty = await _cli(["dlq", "list", "poison", "--json"], env)
+    assert empty.exit_code == 0, empty.output
+    assert json.loads(empty.stdout) == []
+    again = await _cli(["dlq", "replay", "poison", "--json"], env)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["replayed"] == []
+    assert [e.event_id for e in poison.handled] == [event.event_id]
 
 
 # -- tail ----------------------------------------------------------------------------------

@@ -262,9 +262,8 @@ class TestKafkaFaults(_Hooks):
         consumer_processes=True,
         undecodable=True,
         dead_letter=True,
-        # A dead-letter topic is append-only: a replayed record could not leave it, so a
-        # second replay would send it again (see `hexbus dlq replay`).
-        replay=False,
+        # Through the subscription's replay topic (its group only), marked as replayed.
+        replay=True,
         concurrent_deliveries=False,
         max_attempts=3,
     )

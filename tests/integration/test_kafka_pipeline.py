@@ -6,9 +6,12 @@
 - a dead letter after ``max_attempts`` failures: every field of the record, the retry
   delays (``retry_delays[n - 1]`` after attempt ``n``, the last repeating) and stale
   failure headers replaced;
-- capabilities (``DeadLetterReader``, ``SubscriptionAdmin``, ``Readiness``; not
-  ``DeadLetterReplayer``), ``delete_subscription`` and ``wait_ready`` with
-  ``auto_offset_reset="latest"``.
+- capabilities (``DeadLetterReader``, ``DeadLetterReplayer``, ``LagReporter``,
+  ``SubscriptionAdmin``, ``Readiness``), ``delete_subscription`` (dead-letter, replay
+  and marker topics) and ``wait_ready`` with ``auto_offset_reset="latest"``;
+- pattern subscriptions read their own replay topic, never hexbus's topics of others.
+
+Replay and lag end to end (with the CLI): ``test_replay_lag.py``.
 
 Each test has its own topic prefix and service name; waits are deadlines.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -28,12 +32,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from bus_makers import KafkaBusMaker
 
-from hexbus import DomainEvent, EventBus
+from hexbus import DomainEvent, EventBus, current_context
+from hexbus.application.handlers import SubscriptionTable
 from hexbus.domain.errors import InvalidMetadataError
+from hexbus.domain.events import EventRegistry
 from hexbus.domain.ports import (
     DeadLetter,
     DeadLetterReader,
     DeadLetterReplayer,
+    LagReporter,
     Readiness,
     SubscriptionAdmin,
 )
@@ -41,6 +48,7 @@ from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.dead_letters import FAILURE_HEADERS
 from hexbus.infrastructure.kafka import KafkaEventBus
 from hexbus.infrastructure.kafka.marshal import encode_record
+from hexbus.infrastructure.kafka.topology import subscription_topics
 from hexbus.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -281,6 +289,52 @@ async def test_dead_letter_after_max_attempts_carries_the_failure_record(
     assert (stats.failed, stats.retried, stats.dead_lettered, stats.handled) == (4, 3, 1, 0)
 
 
+# -- replay ------------------------------------------------------------------------------------
+@pytest.mark.timeout(90)
+async def test_a_replay_that_fails_again_keeps_key_headers_and_first_origin(
+    buses: Buses, kafka_bootstrap_servers: str
+) -> None:
+    """Replayed while the handler still fails: the copy in the replay topic has the
+    original key, value and headers (no failure record but the origin), runs from attempt
+    1, and its new dead letter names the first origin; the old one is marked, so exactly
+    one dead letter is listed."""
+    attempts: list[int] = []
+
+    async def fail(event: PipeEvent) -> None:
+        attempts.append(current_context().attempt)
+        raise RuntimeError(f"still broken {event.seq}")
+
+    bus = buses(partitions=1, max_attempts=2, retry_delays=(0.01,))
+    bus.subscribe(PipeEvent, fail, name="stubborn")
+    event = PipeEvent(seq=3)
+    async with bus:
+        await bus.wait_ready(30)
+        await bus.publish(event, key="order-9", metadata={"tenant": "acme"})
+        (first,) = await wait_dead_letters(bus, "stubborn", 1)
+        assert attempts == [1, 2]
+        attempts.clear()
+
+        report = await bus.replay_dead_letters("stubborn")
+        assert [d.position for d in report.replayed] == [first.position]
+
+        async def failed_again() -> bool:
+            return (await bus.dead_letters("stubborn"))[0].position != first.position
+
+        await eventually(failed_again, timeout=30, interval=0.2)
+        (again,) = await bus.dead_letters("stubborn")
+    assert attempts == [1, 2], "a replay must start again at attempt 1"
+    assert again.origin == first.origin, "the replay lost the origin"
+    assert again.position == f"{bus.dlq_topic('stubborn')}[0]@1"
+    assert (again.event_id, again.attempts, again.body) == (first.event_id, 2, first.body)
+    (copy,) = await read_all(kafka_bootstrap_servers, bus.replay_topic("stubborn"), 1)
+    assert copy.key == b"order-9"
+    assert copy.value == first.body
+    assert dict(copy.headers)["ce_tenant"] == b"acme"
+    failure = [name for name, _ in copy.headers if name in FAILURE_HEADERS]
+    assert failure == ["x-hexbus-origin"]
+    assert dict(copy.headers)["x-hexbus-origin"] == (first.origin or "").encode()
+
+
 # -- capabilities ----------------------------------------------------------------------------
 async def test_capabilities_are_public_protocols(buses: Buses) -> None:
     bus = buses()
@@ -288,14 +342,42 @@ async def test_capabilities_are_public_protocols(buses: Buses) -> None:
     assert isinstance(bus, DeadLetterReader)
     assert isinstance(bus, SubscriptionAdmin)
     assert isinstance(bus, Readiness)
-    # A Kafka dead-letter topic cannot hand records back to one group (no replay).
-    assert not isinstance(bus, DeadLetterReplayer)
+    # Replays go through a replay topic that only the subscription's own group reads.
+    assert isinstance(bus, DeadLetterReplayer)
+    assert isinstance(bus, LagReporter)
     assert bus.subscription_address("orders") == f"consumer group '{buses.service}.orders'"
     assert bus.group_id("orders") == f"{buses.service}.orders"
+    assert bus.dlq_topic("orders") == f"{buses.prefix}{buses.service}.orders.dlq"
+    assert bus.replay_topic("orders") == f"{buses.prefix}{buses.service}.orders.replay"
+
+
+def test_a_pattern_reads_its_own_replay_topic_and_no_internal_topic_of_others() -> None:
+    """``#`` matches every topic of the prefix, except hexbus's dead-letter, replay and
+    marker topics, of which it reads only its own replay topic."""
+
+    async def handle(event: Any) -> None:
+        return None
+
+    table = SubscriptionTable()
+    table.add("#", handle, "all")
+    own = "p.svc.all.replay"
+    topics, pattern = subscription_topics("p.", list(table), EventRegistry(), own=[own])
+    assert topics == set() and pattern is not None
+    regex = re.compile(pattern)
+    for topic in ("p.user.created", "p.orders", own):
+        assert regex.fullmatch(topic), topic
+    for topic in (
+        "p.svc.all.dlq",
+        "p.svc.other.replay",
+        "p.svc.other.dlq",
+        "p.svc.all.dlq.replayed",
+        "q.user.created",
+    ):
+        assert not regex.fullmatch(topic), topic
 
 
 @pytest.mark.timeout(90)
-async def test_delete_subscription_stops_the_group_and_deletes_its_dlq_topic(
+async def test_delete_subscription_stops_the_group_and_deletes_its_own_topics(
     buses: Buses, kafka_bootstrap_servers: str
 ) -> None:
     seen: list[int] = []
@@ -311,9 +393,10 @@ async def test_delete_subscription_stops_the_group_and_deletes_its_dlq_topic(
     bus.subscribe(PipeEvent, doomed, name="doomed")
     bus.subscribe(PipeEvent, keeper, name="keeper")
     dlq = bus.dlq_topic("doomed")
+    replay = bus.replay_topic("doomed")
     async with bus:
         await bus.wait_ready(30)
-        assert dlq in await list_topics(kafka_bootstrap_servers)
+        assert {dlq, replay} <= await list_topics(kafka_bootstrap_servers)
         await bus.publish(PipeEvent(seq=1))
         await eventually(lambda: seen == [1] and kept == [1], timeout=20)
 
@@ -323,7 +406,7 @@ async def test_delete_subscription_stops_the_group_and_deletes_its_dlq_topic(
         assert bus.subscriptions.names() == ["keeper"]
         # Kafka deletes topics asynchronously: poll the broker's list.
         async def gone() -> bool:
-            return dlq not in await list_topics(kafka_bootstrap_servers)
+            return not {dlq, replay} & await list_topics(kafka_bootstrap_servers)
 
         await eventually(gone, timeout=30, interval=0.2)
         # The group: deleted where aiokafka can, else named as left behind.

@@ -22,6 +22,7 @@ from hexbus.domain.errors import InvalidMetadataError, NotStartedError
 from hexbus.domain.ports import (
     DeadLetterReader,
     DeadLetterReplayer,
+    LagReporter,
     Readiness,
     StatsReporter,
     SubscriptionAdmin,
@@ -92,13 +93,23 @@ async def test_bad_metadata_raises_even_when_a_middleware_drops_the_event(
 async def test_the_bus_implements_every_capability_port(buses: Buses) -> None:
     bus = buses()
     ports = (
-        EventBus, DeadLetterReader, DeadLetterReplayer, SubscriptionAdmin, Readiness, StatsReporter
+        EventBus,
+        DeadLetterReader,
+        DeadLetterReplayer,
+        LagReporter,
+        SubscriptionAdmin,
+        Readiness,
+        StatsReporter,
     )
     for port in ports:
         assert isinstance(bus, port), port.__name__
     assert bus.subscription_address("mail") == f"queue '{buses.service}.mail'"
     with pytest.raises(NotStartedError):
         await bus.delete_subscription("mail")
+    with pytest.raises(NotStartedError):
+        await bus.lag(["mail"])
+    with pytest.raises(NotStartedError):
+        await bus.replay_dead_letters("mail", dry_run=True)
 
 
 async def test_wait_ready_returns_once_a_late_subscription_is_consuming(buses: Buses) -> None:
@@ -153,7 +164,7 @@ async def test_delete_subscription_deletes_its_queues_and_dead_letters(buses: Bu
             assert not await _queue_exists(buses.url, name), f"{name} is still there"
         assert not set(queues) & bus.declared_queues
         assert await bus.dead_letters("doomed") == []
-        assert await bus.replay_dead_letters("doomed") == 0
+        assert (await bus.replay_dead_letters("doomed")).count == 0
         await bus.publish(PipelineEvent(seq=2))  # nothing bound any more: confirmed, dropped
     assert bus.stats.failed == 1
 
@@ -198,7 +209,9 @@ async def test_dead_letter_record_after_max_attempts_then_replay(buses: Buses) -
         assert (bus.stats.failed, bus.stats.retried, bus.stats.dead_lettered) == (3, 2, 1)
 
         attempts.clear()
-        assert await bus.replay_dead_letters("poison") == 1
+        report = await bus.replay_dead_letters("poison")
+        assert [d.event_id for d in report.replayed] == [str(event.event_id)]
+        assert report.refused == [] and not report.dry_run
         await eventually(dead_lettered, timeout=TIMEOUT, message=lambda: repr(letters))
         assert attempts == [1, 2, 3], "a replay must start again at attempt 1"
         again = letters[0]

@@ -1,5 +1,6 @@
-"""``hexbus tail`` / ``hexbus dlq`` without a broker: exit codes, messages, formatting, and
-the commands' work on the memory adapter and on a bus that lacks a capability."""
+"""``hexbus tail`` / ``hexbus dlq`` / ``hexbus lag`` without a broker: exit codes, messages,
+formatting, and the commands' work on the memory adapter and on a bus that lacks (or
+has) a capability."""
 
 from __future__ import annotations
 
@@ -16,12 +17,29 @@ from typer.testing import CliRunner
 import hexbus.cli._common
 from hexbus.application.bus import EventBusBase
 from hexbus.cli import app
-from hexbus.cli.dlq import describe_dead_letter, list_dead_letters, print_dead_letters, where
+from hexbus.cli.dlq import (
+    describe_dead_letter,
+    list_dead_letters,
+    print_dead_letters,
+    print_replay,
+    where,
+)
+from hexbus.cli.lag import print_lag
 from hexbus.cli.tail import Tail, event_line, event_record
 from hexbus.demo.events import UserCreated
 from hexbus.domain.events import DomainEvent
-from hexbus.domain.ports import DeadLetter, DeadLetterReader, DeadLetterReplayer, EventBus
+from hexbus.domain.ports import (
+    DeadLetter,
+    DeadLetterReader,
+    DeadLetterReplayer,
+    EventBus,
+    LagReporter,
+    ReplayReport,
+    SubscriptionLag,
+)
+from hexbus.infrastructure.kafka import KafkaEventBus
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
+from hexbus.infrastructure.rabbitmq import RabbitMQEventBus
 from hexbus.infrastructure.settings import load_settings
 from hexbus.testing import eventually
 
@@ -33,6 +51,7 @@ COMMANDS = [
     ["tail", "user.*", "--count", "1"],
     ["dlq", "list", "x"],
     ["dlq", "replay", "x"],
+    ["lag", "x"],
 ]
 
 
@@ -55,6 +74,9 @@ def test_memory_adapter_exits_2_with_an_explanation(args: list[str]) -> None:
     flat = _flat(result.output)
     if args[0] == "tail":
         assert "only inside the process that publishes them" in flat
+    elif args[0] == "lag":
+        assert "nothing waits anywhere a `hexbus lag` process could look" in flat
+        assert "HEXBUS_ADAPTER=rabbitmq or kafka" in flat
     else:
         assert "keeps dead letters only inside the process whose handlers failed" in flat
         assert "HEXBUS_ADAPTER=rabbitmq or kafka" in flat
@@ -81,15 +103,11 @@ def test_unreachable_rabbitmq_exits_1_without_the_password(args: list[str]) -> N
     assert "Traceback" not in result.output
 
 
-def test_kafka_replay_is_refused_with_the_reason_before_connecting() -> None:
-    servers = f"127.0.0.1:{_closed_port()}"
-    env = {"HEXBUS_ADAPTER": "kafka", "HEXBUS_KAFKA_BOOTSTRAP_SERVERS": servers}
-    result = runner.invoke(app, ["dlq", "replay", "x"], env=env)
-
-    assert result.exit_code == 2
-    flat = _flat(result.output)
-    assert "RabbitMQ-only" in flat
-    assert "every consumer group" in flat
+def test_every_broker_adapter_replays_and_reports_lag() -> None:
+    """Kafka replays too now (through its replay topic): nothing to refuse by adapter."""
+    for bus in (KafkaEventBus(), RabbitMQEventBus(), _memory_bus()):
+        assert isinstance(bus, DeadLetterReplayer), type(bus).__name__
+        assert isinstance(bus, LagReporter), type(bus).__name__
 
 
 def test_an_invalid_pattern_is_a_usage_error() -> None:
@@ -106,6 +124,20 @@ def test_dlq_help_lists_list_and_replay() -> None:
     assert result.exit_code == 0
     assert "list" in result.output
     assert "replay" in result.output
+    replay = runner.invoke(app, ["dlq", "replay", "--help"])
+    assert replay.exit_code == 0
+    for option in ("--limit", "--event-type", "--dry-run", "--json", "--app"):
+        assert option in replay.output, option
+
+
+def test_lag_needs_subscription_names_or_an_app() -> None:
+    env = {"HEXBUS_ADAPTER": "rabbitmq", "HEXBUS_RABBITMQ_URL": "amqp://g:g@127.0.0.1:1/"}
+    result = runner.invoke(app, ["lag"], env={**env, "HEXBUS_APP": ""})
+
+    assert result.exit_code == 2, result.output
+    flat = _flat(result.output)
+    assert "name the subscriptions to report" in flat
+    assert "--app" in flat
 
 
 def test_event_record_separates_envelope_metadata_and_fields() -> None:
@@ -314,7 +346,6 @@ def test_replay_on_an_adapter_without_the_capability_exits_2_before_starting(
     assert "DeadLetterReplayer" in flat
     assert "`hexbus dlq list --json` shows them" in flat  # it can list them
     assert "hexbus publish" in flat
-    assert "RabbitMQ-only" not in flat  # the Kafka text only where it is the reason
     assert not bus.started
 
 
@@ -353,6 +384,192 @@ def test_list_runs_on_any_dead_letter_reader(fake_bus: list[EventBus]) -> None:
     flat = _flat(table.stdout)
     assert "subscription 'mail'" in flat  # no SubscriptionAdmin: the plain name
     assert "1 dead letter(s)" in flat
+
+
+# -- replay and lag on any adapter that has the capability (tiny fake buses) ---------------
+def _letter(event_id: str, event_type: str | None = "user.created") -> DeadLetter:
+    return DeadLetter(
+        subscription="mail",
+        event_id=event_id,
+        event_type=event_type,
+        error="RuntimeError: boom",
+        reason="handler_failed" if event_type else "malformed",
+        attempts=3,
+        handler="mail",
+        failed_at="2024-01-01T00:00:00+00:00",
+        body=b"{}",
+    )
+
+
+class _ReplayBus(_ListOnlyBus):
+    """A ``DeadLetterReplayer`` that reports one replayed and one refused dead letter and
+    remembers how it was asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, int | None, str | None, bool]] = []
+
+    async def replay_dead_letters(
+        self,
+        subscription: str,
+        limit: int | None = None,
+        *,
+        event_type: str | None = None,
+        dry_run: bool = False,
+    ) -> ReplayReport:
+        self.asked.append((subscription, limit, event_type, dry_run))
+        refused = [] if event_type == "user.created" else [(_letter("e2", "gone.type"), "gone")]
+        return ReplayReport([_letter("e1")], refused, dry_run)
+
+
+class _LagBus(_ListOnlyBus):
+    """A ``LagReporter``: 3 waiting for every name, none for ``nosuch``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[list[str]] = []
+
+    async def lag(self, subscriptions: Any = None) -> list[SubscriptionLag]:
+        names = list(subscriptions or [])
+        self.asked.append(names)
+        return [
+            SubscriptionLag(n, f"queue 'svc.{n}'", None if n == "nosuch" else 3, None, {"q": 1})
+            for n in names
+        ]
+
+
+def test_replay_passes_the_options_and_exits_1_when_something_was_refused(
+    fake_bus: list[EventBus],
+) -> None:
+    bus = _ReplayBus()
+    fake_bus.append(bus)
+    args = ["dlq", "replay", "mail", "--limit", "5", "--event-type", "order.paid", "--dry-run"]
+
+    result = runner.invoke(app, args, env={**FAKE_ENV, "HEXBUS_APP": ""})
+
+    assert result.exit_code == 1, result.output
+    assert bus.asked == [("mail", 5, "order.paid", True)]
+    flat = _flat(result.stdout)
+    assert "Would be replayed to subscription 'mail'" in flat
+    assert "Refused (kept in the dead letters): 1. gone.type e2: gone" in flat
+    assert "would replay 1 dead letter(s) of mail" in flat
+    assert "refused 1 (kept); dry run: nothing was changed" in flat
+    assert "hint: without --app" in flat
+
+
+def test_replay_json_and_exit_0_when_nothing_was_refused(fake_bus: list[EventBus]) -> None:
+    bus = _ReplayBus()
+    fake_bus.append(bus)
+
+    result = runner.invoke(
+        app, ["dlq", "replay", "mail", "--event-type", "user.created", "--json"], env=FAKE_ENV
+    )
+
+    assert result.exit_code == 0, result.output
+    assert bus.asked == [("mail", None, "user.created", False)]
+    report = json.loads(result.stdout)
+    assert report["subscription"] == "mail"
+    assert report["dry_run"] is False
+    assert [r["event_id"] for r in report["replayed"]] == ["e1"]
+    assert report["refused"] == []
+
+
+def test_print_replay_names_undecodable_letters(capsys: pytest.CaptureFixture[str]) -> None:
+    report = ReplayReport([], [(_letter("e3", None), "it names no event type")])
+    print_replay("mail", "queue 'svc.mail'", report)
+    out = _flat(capsys.readouterr().out)
+    assert "1. ? (undecodable) e3: it names no event type" in out
+    assert "replayed 0 dead letter(s) of mail to queue 'svc.mail'; refused 1 (kept)" in out
+    assert "hint" not in out  # an app was given (the default)
+
+
+def test_lag_reports_the_named_subscriptions(fake_bus: list[EventBus]) -> None:
+    bus = _LagBus()
+    fake_bus.append(bus)
+
+    result = runner.invoke(app, ["lag", "mail", "nosuch", "--json"], env=FAKE_ENV)
+
+    assert result.exit_code == 0, result.output
+    assert bus.asked == [["mail", "nosuch"]]
+    rows = json.loads(result.stdout)
+    assert rows == [
+        {
+            "subscription": "mail",
+            "address": "queue 'svc.mail'",
+            "waiting": 3,
+            "in_flight": None,
+            "detail": {"q": 1},
+        },
+        {
+            "subscription": "nosuch",
+            "address": "queue 'svc.nosuch'",
+            "waiting": None,
+            "in_flight": None,
+            "detail": {"q": 1},
+        },
+    ]
+    assert bus.state.value == "closed"
+
+
+def test_lag_defaults_to_the_subscriptions_of_the_app(fake_bus: list[EventBus]) -> None:
+    bus = _LagBus()
+    fake_bus.append(bus)
+
+    result = runner.invoke(app, ["lag", "--app", "hexbus.demo:DemoContainer"], env=FAKE_ENV)
+
+    assert result.exit_code == 0, result.output
+    (names,) = bus.asked
+    assert "hexbus.demo.handlers.WelcomeMailHandler" in names
+    assert "demo.event_tap" in names
+    flat = _flat(result.stdout)
+    assert f"{3 * len(names)} event(s) waiting in {len(names)} subscription(s)" in flat
+
+
+def test_lag_on_an_adapter_without_the_capability_exits_2(fake_bus: list[EventBus]) -> None:
+    bus = _ListOnlyBus()
+    fake_bus.append(bus)
+    assert not isinstance(bus, LagReporter)
+
+    result = runner.invoke(app, ["lag", "mail"], env=FAKE_ENV)
+
+    assert result.exit_code == 2, result.output
+    flat = _flat(result.output)
+    assert "the rabbitmq adapter (_ListOnlyBus) cannot report consumer lag" in flat
+    assert "LagReporter" in flat
+    assert not bus.started
+
+
+def test_print_lag_shows_in_flight_only_where_a_broker_says(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows = [SubscriptionLag("a", "x", 1, None), SubscriptionLag("b", "y", 2, None)]
+    print_lag(rows)
+    assert "in flight" not in capsys.readouterr().out
+    print_lag([*rows, SubscriptionLag("c", "z", 3, 7)])
+    out = _flat(capsys.readouterr().out)
+    assert "in flight" in out
+    assert "c z 3 7" in out
+    assert "6 event(s) waiting in 3 subscription(s)" in out
+
+
+async def test_memory_lag_counts_nothing_waiting_and_the_dead_letters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    bus = _memory_bus()
+    bus.subscribe(UserCreated, _Poison(), name="poison")
+    async with bus:
+        await bus.publish(UserCreated(user_id=uuid.uuid4(), email="a@example.org", name="A"))
+        await eventually(lambda: bus.stats.dead_lettered == 1)
+        (lag,) = await bus.lag()
+        assert (lag.subscription, lag.waiting, lag.in_flight) == ("poison", 0, None)
+        assert lag.detail == {"dead_letters": 1}
+        assert lag.address == "subscription 'poison' in process (memory)"
+        assert [x.waiting for x in await bus.lag(["other"])] == [0]
+    print_lag([lag])
+    out = _flat(capsys.readouterr().out)
+    assert "dead_letters=1" in out
+    assert "0 event(s) waiting in 1 subscription(s)" in out
+    assert "unknown" not in out
 
 
 # -- tail on the memory adapter (the session the command runs) -----------------------------

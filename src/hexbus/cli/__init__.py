@@ -13,6 +13,7 @@ from hexbus.cli.bench import bench_command
 from hexbus.cli.check import check_command
 from hexbus.cli.demo import demo_command
 from hexbus.cli.dlq import dlq_app
+from hexbus.cli.lag import lag_command
 from hexbus.cli.publish import publish_command
 from hexbus.cli.tail import tail_command
 
@@ -31,6 +32,7 @@ app.command("bench")(bench_command)
 app.command("publish")(publish_command)
 app.command("asyncapi")(asyncapi_command)
 app.command("tail")(tail_command)
+app.command("lag")(lag_command)
 app.add_typer(dlq_app, name="dlq")
 
 

@@ -1,21 +1,26 @@
 """``hexbus dlq list|replay SUBSCRIPTION``: inspect and replay a subscription's dead letters.
 
+``replay`` sends dead letters back to the one subscription that failed (the others of
+the same event do not run again), from attempt 1: ``--limit N`` at most N,
+``--event-type T`` only dead letters of wire type T, ``--dry-run`` changes nothing and
+prints what would be replayed. A dead letter whose event type is not registered in the
+CLI's process is refused and kept (a replay could only dead-letter it again); the CLI
+knows your event classes through ``--app``. Exit status: 0 when nothing was refused,
+1 when some dead letter was refused (with ``--dry-run`` too: it would be), so a script
+notices what is left.
+
 SUBSCRIPTION is the durable subscription name (what ``hexbus check`` lists, by default the
 handler's ``module.qualname``); the service part comes from ``HEXBUS_SERVICE_NAME``. The
 adapter says where that is (``SubscriptionAdmin.subscription_address``): on RabbitMQ the
 queue ``{service}.{SUBSCRIPTION}`` (dead letters in its ``.dlq`` queue), on Kafka the
-consumer group ``{service}.{SUBSCRIPTION}`` (dead letters in its ``.dlq`` topic).
+consumer group ``{service}.{SUBSCRIPTION}`` (dead letters in its ``.dlq`` topic, replayed
+through its ``.replay`` topic, which only that group reads).
 
 Why the capability protocols: an adapter that keeps dead letters implements
 ``DeadLetterReader`` (``list``), one that can send them back to the one subscription
 that failed implements ``DeadLetterReplayer`` (``replay``); the command asks
 ``isinstance`` and otherwise exits 2 saying what the adapter cannot do and what to do
 instead. The CLI never imports a broker client nor looks inside an adapter.
-
-Why Kafka cannot replay: a topic is shared by every consumer group that reads it and is
-append-only, so re-publishing a dead letter to its original topic would re-run *every*
-subscription of that topic (against "one failing handler never re-runs the others"), and
-the record would stay in the dead-letter topic, so a second replay would send it again.
 
 The memory adapter keeps dead letters too (opt-in), but only in the process whose
 handlers failed; a ``hexbus dlq`` process would always find none, so it exits 2 and says
@@ -32,6 +37,7 @@ import typer
 from rich.table import Table
 
 from hexbus.cli._common import (
+    EXIT_ERROR,
     EXIT_UNAVAILABLE,
     broker_settings,
     build_bus_or_fail,
@@ -45,16 +51,18 @@ from hexbus.domain.ports import (
     DeadLetterReader,
     DeadLetterReplayer,
     EventBus,
+    ReplayReport,
     SubscriptionAdmin,
 )
 
 __all__ = [
-    "KAFKA_REPLAY",
     "MEMORY_DLQ",
     "describe_dead_letter",
+    "describe_replay",
     "dlq_app",
     "list_dead_letters",
     "print_dead_letters",
+    "print_replay",
     "reader_or_fail",
     "replayer_or_fail",
     "where",
@@ -67,17 +75,10 @@ MEMORY_DLQ = (
     "bus.dead_letters(name)`, `await bus.replay_dead_letters(name)`), or use a broker "
     "adapter (HEXBUS_ADAPTER=rabbitmq or kafka), whose dead letters outlive the process"
 )
-KAFKA_REPLAY = (
-    "`hexbus dlq replay` is RabbitMQ-only among the broker adapters. A Kafka dead letter "
-    "cannot be sent back to one subscription: re-publishing it to its original topic would "
-    "re-run every consumer group of that topic, and the dead-letter topic is append-only (a "
-    "second replay would send it again). Use `hexbus dlq list --json` to see the records "
-    "(original topic, partition, offset) and re-publish the events you want with "
-    "`hexbus publish`."
-)
 #: Why an adapter that lacks ``DeadLetterReplayer`` lacks it, where there is more to say
-#: than "it cannot" (consulted only once the capability was found missing).
-_NO_REPLAY_REASONS: Mapping[str, str] = {"kafka": KAFKA_REPLAY}
+#: than "it cannot" (consulted only once the capability was found missing). Every
+#: adapter hexbus ships can replay; a third-party one may add its reason here.
+_NO_REPLAY_REASONS: Mapping[str, str] = {}
 
 dlq_app = typer.Typer(
     name="dlq",
@@ -218,6 +219,64 @@ def list_command(
     print_dead_letters(subscription, location, rows, as_json=as_json, service=settings.service_name)
 
 
+def describe_replay(report: ReplayReport) -> dict[str, Any]:
+    """A ``ReplayReport`` as JSON-ready data: what was (would be) replayed, what was
+    refused and why."""
+    return {
+        "dry_run": report.dry_run,
+        "replayed": [describe_dead_letter(d) for d in report.replayed],
+        "refused": [{**describe_dead_letter(d), "why": why} for d, why in report.refused],
+    }
+
+
+def print_replay(
+    subscription: str,
+    location: str,
+    report: ReplayReport,
+    *,
+    as_json: bool = False,
+    app_given: bool = True,
+) -> None:
+    """The replay's outcome: the dead letters replayed (or, dry run, that would be), the
+    refused ones with the reason, and a one-line summary."""
+    if as_json:
+        print(json.dumps({"subscription": subscription, **describe_replay(report)}, indent=2))
+        return
+    console = out_console()
+    if report.replayed:
+        title = f"{'Would be replayed' if report.dry_run else 'Replayed'} to {location}"
+        table = Table(title=title, title_justify="left")
+        for column in ("#", "event type", "event id", "error", "dead-lettered"):
+            table.add_column(column, overflow="fold")
+        for number, dead in enumerate(report.replayed, 1):
+            table.add_row(
+                str(number),
+                dead.event_type or "?",
+                dead.event_id or "?",
+                dead.error or dead.reason or "",
+                dead.failed_at or dead.position or "",
+            )
+        console.print(table)
+    if report.refused:  # a list, not a table: the reasons are sentences
+        console.print("Refused (kept in the dead letters):", soft_wrap=True)
+        for number, (dead, why) in enumerate(report.refused, 1):
+            what = f"{dead.event_type or '? (undecodable)'} {dead.event_id or '?'}"
+            console.print(f"  {number}. {what}: {why}", soft_wrap=True)
+    verb = "would replay" if report.dry_run else "replayed"
+    summary = f"{verb} {report.count} dead letter(s) of {subscription} to {location}"
+    if report.refused:
+        summary += f"; refused {len(report.refused)} (kept)"
+    if report.dry_run:
+        summary += "; dry run: nothing was changed"
+    console.print(summary, soft_wrap=True)
+    if report.refused and not app_given:
+        console.print(
+            "hint: without --app this process may not know your event classes; name your "
+            "service's container (--app module:attribute) so that they are imported",
+            soft_wrap=True,
+        )
+
+
 @dlq_app.command("replay")
 def replay_command(
     subscription: Annotated[
@@ -226,18 +285,38 @@ def replay_command(
     limit: Annotated[
         int | None, typer.Option(min=1, help="Replay at most this many (default: all).")
     ] = None,
+    event_type: Annotated[
+        str | None,
+        typer.Option(
+            "--event-type",
+            help="Only dead letters of this event type (wire name, e.g. user.created).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Change nothing; print what would be replayed."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON object on stdout.")] = False,
     app: AppOption = None,
 ) -> None:
-    """Send SUBSCRIPTION's dead letters back to it (only it) and print how many."""
+    """Send SUBSCRIPTION's dead letters back to it (only it), from attempt 1.
+
+    Prints what was replayed and what was refused (kept) and why, e.g. a dead letter
+    whose event type is not registered (pass --app so the CLI knows your event
+    classes). Exit 0 when nothing was refused, 1 when some dead letter was.
+    """
     settings = broker_settings(MEMORY_DLQ, settings_of(app))
     bus = build_bus_or_fail(settings)
     replayer = replayer_or_fail(bus, settings.adapter)  # before connecting
     location = where(bus, subscription)
 
-    async def replay(_: EventBus) -> int:
-        return (await replayer.replay_dead_letters(subscription, limit)).count
+    async def replay(_: EventBus) -> ReplayReport:
+        return await replayer.replay_dead_letters(
+            subscription, limit, event_type=event_type, dry_run=dry_run
+        )
 
-    count = run_on_bus(settings, replay, bus=bus)
-    out_console().print(
-        f"replayed {count} dead letter(s) of {subscription} to {location}", soft_wrap=True
-    )
+    report = run_on_bus(settings, replay, bus=bus)
+    print_replay(subscription, location, report, as_json=as_json, app_given=bool(app))
+    if report.refused:
+        raise typer.Exit(EXIT_ERROR)

@@ -6,8 +6,9 @@ This module wires the parts and keeps the lifecycle; the work is elsewhere:
 - sending (records, acks, oversize refusal, producer replacement): ``publisher.py``;
 - receiving (partition workers, outcomes, dead-letter records): ``consumer.py``, on the
   shared ``ConsumePipeline`` (lookup, handler, retry/dead-letter decision);
-- names, topic creation and deletion: ``topology.py``; reading dead letters:
-  ``dead_letters.py``; the CloudEvents Kafka binding: ``marshal.py``.
+- names, topic creation and deletion, offsets and lag: ``topology.py``; reading and
+  replaying dead letters: ``dead_letters.py``; the CloudEvents Kafka binding:
+  ``marshal.py``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,11 @@ from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import Subscription
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
-from hexbus.domain.ports import DeadLetter
+from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
 from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.kafka.config import KafkaConfig
 from hexbus.infrastructure.kafka.consumer import GroupConsumer
-from hexbus.infrastructure.kafka.dead_letters import read_dead_letters
+from hexbus.infrastructure.kafka.dead_letters import read_dead_letters, replay_dead_letters
 from hexbus.infrastructure.kafka.publisher import KafkaPublisher
 from hexbus.infrastructure.kafka.topology import TopicNames, Topology, subscription_topics
 from hexbus.infrastructure.settings import HexbusSettings
@@ -43,8 +44,9 @@ _RUNNING = BusState.RUNNING
 class KafkaEventBus(EventBusBase):
     """``EventBus`` over Apache Kafka (aiokafka).
 
-    Capabilities: ``DeadLetterReader``, ``SubscriptionAdmin``, ``Readiness`` (not
-    ``DeadLetterReplayer``: see ``dead_letters.py``).
+    Capabilities: ``DeadLetterReader``, ``DeadLetterReplayer`` (through a replay topic
+    per subscription, see ``dead_letters.py``), ``LagReporter``, ``SubscriptionAdmin``,
+    ``Readiness``.
     """
 
     adapter_name = "kafka"
@@ -107,8 +109,17 @@ class KafkaEventBus(EventBusBase):
     def dlq_topic(self, subscription_name: str) -> str:
         return self.names.dlq_topic(subscription_name)
 
+    def replay_topic(self, subscription_name: str) -> str:
+        return self.names.replay_topic(subscription_name)
+
     def group_id(self, subscription_name: str) -> str:
         return self.names.group_id(subscription_name)
+
+    def _topics_of(self, name: str, subs: list[Subscription]) -> tuple[set[str], str | None]:
+        """The event topics subscription ``name`` reads, and its regex (patterns)."""
+        return subscription_topics(
+            self.config.topic_prefix, subs, self.registry, own=[self.replay_topic(name)]
+        )
 
     # -- lifecycle -------------------------------------------------------------------
     async def _start(self) -> None:
@@ -128,9 +139,10 @@ class KafkaEventBus(EventBusBase):
 
     async def _start_group(self, name: str, subs: list[Subscription]) -> None:
         cfg = self.config
-        topics, pattern = subscription_topics(cfg.topic_prefix, subs, self.registry)
+        topics, pattern = self._topics_of(name, subs)
         dlq = self.dlq_topic(name)
-        await self.topology.ensure([*topics, dlq])
+        replay = self.replay_topic(name)
+        await self.topology.ensure([*topics, dlq, replay])
         group = GroupConsumer(
             name,
             pipeline=self.pipeline,
@@ -142,6 +154,7 @@ class KafkaEventBus(EventBusBase):
             topics=topics,
             pattern=pattern,
             dlq_topic=dlq,
+            replay_topic=replay,
         )
         self.groups[name] = group
         await group.start()
@@ -223,20 +236,69 @@ class KafkaEventBus(EventBusBase):
             publisher = self.publisher
             await publisher.send([publisher.record(item) for item in admitted])
 
-    # -- capabilities: DeadLetterReader, SubscriptionAdmin, Readiness --------------------
+    # -- capabilities: DeadLetterReader/Replayer, LagReporter, SubscriptionAdmin, Readiness
     async def dead_letters(self, subscription: str, limit: int = 100) -> list[DeadLetter]:
         """Read (without consuming or committing) up to ``limit`` dead letters of
-        ``subscription`` from its dead-letter topic, oldest first; works on a stopped bus."""
+        ``subscription`` not replayed yet, oldest first; works on a stopped bus."""
         return await read_dead_letters(
-            self.config, self.topology, subscription, self.dlq_topic(subscription), limit=limit
+            self.topology, self.names.own(subscription), limit=limit
         )
+
+    async def replay_dead_letters(
+        self,
+        subscription: str,
+        limit: int | None = None,
+        *,
+        event_type: str | None = None,
+        dry_run: bool = False,
+    ) -> ReplayReport:
+        """Send dead letters of ``subscription`` to its replay topic, which only its own
+        consumer group reads (from attempt 1), and mark them replayed; a dead letter of a
+        type not registered here is refused and kept. Needs a started bus (it writes)."""
+        if self.state is not _RUNNING:
+            self._raise_not_running()
+        return await replay_dead_letters(
+            self.topology,
+            self.publisher.send_raw,
+            self.registry,
+            self.names.own(subscription),
+            limit=limit,
+            event_type=event_type,
+            dry_run=dry_run,
+        )
+
+    async def lag(self, subscriptions: Iterable[str] | None = None) -> list[SubscriptionLag]:
+        """Per subscription: end offsets minus the group's committed offsets, summed over
+        partitions (detail per ``topic[partition]``), its replay topic included.
+
+        Topics are those the group committed in, plus the topics this bus's own
+        subscription of that name reads. ``waiting`` is ``None`` for a group that never
+        committed and that this bus does not subscribe (nothing to measure against).
+        Works on a stopped bus.
+        """
+        by_name = self.subscriptions.by_name()
+        names = list(by_name) if subscriptions is None else list(subscriptions)
+        from_start = self.config.auto_offset_reset == "earliest"
+        found: list[SubscriptionLag] = []
+        for name in names:
+            subs = by_name.get(name)
+            known = set()
+            if subs:  # this bus subscribes it: the topics it reads count even uncommitted
+                known = self._topics_of(name, subs)[0] | {self.replay_topic(name)}
+            waiting, detail = await self.topology.group_lag(
+                self.group_id(name), known, from_start=from_start
+            )
+            found.append(
+                SubscriptionLag(name, self.subscription_address(name), waiting, None, detail)
+            )
+        return found
 
     def subscription_address(self, name: str) -> str:
         return f"consumer group {self.group_id(name)!r}"
 
     async def delete_subscription(self, name: str) -> list[str]:
         """Unsubscribe every handler of ``name``, wait until its group stopped, delete its
-        dead-letter topic and (where the client can) its consumer group.
+        dead-letter, replay and marker topics and (where the client can) its consumer group.
 
         Returns what is left on the broker. The event topics stay: other subscriptions
         and services read them.
@@ -245,7 +307,8 @@ class KafkaEventBus(EventBusBase):
             self.unsubscribe(sub.target, sub.handler)
         if self._regroups:
             await self._settle(self.config.drain_timeout + 30.0)
-        left = await self.topology.delete_topics([self.dlq_topic(name)])
+        own = self.names.own(name)
+        left = await self.topology.delete_topics([own.dlq, own.replay, own.replayed])
         left += await self.topology.delete_group(self.group_id(name))
         return left
 

@@ -13,6 +13,12 @@ consume pipeline, carry out the outcome, and commit the offset after the last
 - ``DEAD_LETTER``: the original value, key and headers plus the failure headers go to
   the subscription's dead-letter topic, retried until Kafka acked them.
 
+The group also reads the subscription's replay topic (``dead_letters.py`` writes
+replayed dead letters there, for this group only). A replayed record runs from attempt
+1 like any other; it is never skipped as "another subscription's type" (it was sent to
+this subscription: if it no longer wants the type, the record is dead-lettered again as
+``no_handler``, not lost), and a second failure keeps the origin of the first.
+
 On revocation and on ``stop()`` the workers finish the record in hand (or are abandoned
 after ``drain_timeout``; a back-off in progress is cut short), drop what they had not
 started, and commit what finished; the next owner of the partition resumes from there.
@@ -38,7 +44,7 @@ from hexbus.application.consuming import Action, ConsumePipeline, Decoded, Outco
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import EventRegistry
 from hexbus.infrastructure.codec import CloudEventCodec
-from hexbus.infrastructure.dead_letters import FAILURE_HEADERS, failure_headers
+from hexbus.infrastructure.dead_letters import FAILURE_HEADERS, ORIGIN_HEADER, failure_headers
 from hexbus.infrastructure.kafka.config import KafkaConfig
 from hexbus.infrastructure.kafka.marshal import TYPE_HEADER, decode_record, header
 
@@ -162,6 +168,7 @@ class GroupConsumer:
         topics: set[str],
         pattern: str | None,
         dlq_topic: str,
+        replay_topic: str,
     ) -> None:
         self.name = name
         self.pipeline = pipeline
@@ -173,6 +180,7 @@ class GroupConsumer:
         self.topics = topics
         self.pattern = pattern
         self.dlq_topic = dlq_topic
+        self.replay_topic = replay_topic
         self.workers: dict[TopicPartition, _PartitionWorker] = {}
         self._committer: asyncio.Task[None] | None = None
         self.assigned: set[TopicPartition] = set()
@@ -203,7 +211,9 @@ class GroupConsumer:
         if self.pattern is not None:
             self._consumer.subscribe(pattern=self.pattern, listener=listener)
         else:
-            self._consumer.subscribe(topics=sorted(self.topics), listener=listener)
+            self._consumer.subscribe(
+                topics=sorted(self.topics | {self.replay_topic}), listener=listener
+            )
         self._fetcher = asyncio.create_task(
             self._fetch_loop(), name=f"hexbus-kafka-{self.group_id}"
         )
@@ -360,8 +370,9 @@ class GroupConsumer:
     async def process(self, record: Any, abandon: asyncio.Event) -> None:
         """Handle one record completely: the pipeline's outcome, carried out."""
         headers = record.headers
+        replayed = record.topic == self.replay_topic
         type_header = header(headers, TYPE_HEADER)
-        if type_header is not None and self._skips(type_header):
+        if not replayed and type_header is not None and self._skips(type_header):
             logger.debug(
                 "hexbus kafka: %s skips %s at %s[%d]@%d (another subscription's type)",
                 self.name, type_header, record.topic, record.partition, record.offset,
@@ -374,6 +385,11 @@ class GroupConsumer:
             decoded = exc
         key = record.key.decode(errors="replace") if record.key is not None else None
         where = f"{record.topic}[{record.partition}]@{record.offset}"
+        origin = where
+        if replayed:  # where the event was first delivered, not the replay topic
+            first = header(headers, ORIGIN_HEADER)
+            if first:
+                origin = first.decode(errors="replace")
         pipeline = self.pipeline
         attempt = 1
         while True:
@@ -388,7 +404,7 @@ class GroupConsumer:
                 pipeline.settled(outcome)
                 attempt = outcome.attempt + 1
                 continue
-            await self.dead_letter(record, outcome, where, abandon)
+            await self.dead_letter(record, outcome, origin, abandon)
             pipeline.settled(outcome)
             return
 

@@ -1,4 +1,5 @@
-"""Names on the broker (topics, dead-letter topics, consumer groups) and their admin.
+"""Names on the broker (topics, dead-letter and replay topics, consumer groups), their admin
+and what the broker says about them (partitions, offsets, lag).
 
 Why one topic per event type: consumers subscribe to exactly what they handle, and
 retention/partitioning can be tuned per event. Events that need one order across
@@ -9,7 +10,21 @@ by their ``ce_type`` header, so a subscription never sees a type it did not ask 
 ``Topology`` is the adapter's one admin client: it creates topics (auto-creation is
 off on production brokers), lists a topic's partitions, and deletes what a
 subscription declared. On a bus that is not started it opens a short-lived client of
-its own, so dead letters can be read and subscriptions deleted from a script.
+its own, so dead letters can be read, lag measured and subscriptions deleted from a script.
+
+Per (service, subscription ``n``), besides the event topics it reads::
+
+    {prefix}{service}.n.dlq            dead letters (original record + failure headers)
+    {prefix}{service}.n.replay         replayed dead letters; read by n's group only
+    {prefix}{service}.n.dlq.replayed   one marker per replayed dead letter (compacted)
+
+Why a replay topic per subscription: an event topic is read by every consumer group of
+it, so writing a dead letter back there would re-run every subscription; the group of
+``n`` also reads ``n.replay`` and nobody else does. Why markers: a Kafka topic is
+append-only, a replayed record cannot leave the dead-letter topic; the marker (keyed by
+the dead letter's partition, offset and timestamp) says it was replayed, so listing
+skips it and a second replay does not send it again. The three are hexbus's own topics:
+pattern subscriptions never match them (``subscription_topics``).
 """
 
 from __future__ import annotations
@@ -18,41 +33,53 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, NamedTuple
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from hexbus.application.handlers import Subscription
 from hexbus.application.patterns import pattern_to_regex
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent, EventRegistry
+from hexbus.infrastructure.names import event_topic, group_id
 
 __all__ = [
+    "COMPACTED",
     "DLQ_SUFFIX",
+    "REPLAYED_SUFFIX",
+    "REPLAY_SUFFIX",
+    "OwnTopics",
     "TopicNames",
     "Topology",
     "dlq_topic",
     "event_topic",
     "group_id",
+    "replay_topic",
+    "replayed_topic",
     "subscription_topics",
 ]
 
 logger = logging.getLogger("hexbus.kafka")
 
 DLQ_SUFFIX = ".dlq"
+REPLAY_SUFFIX = ".replay"
+REPLAYED_SUFFIX = ".dlq.replayed"
+#: Topic settings of the replay markers: kept by key (each unique), never expired by age,
+#: so a marker cannot vanish before the dead letter it marks.
+COMPACTED: Mapping[str, str] = {"cleanup.policy": "compact"}
 _TOPIC_ALREADY_EXISTS = 36
 _UNKNOWN_TOPIC = 3
 _NOT_CONTROLLER = 41
 _RETRIABLE_CREATE = {7, _NOT_CONTROLLER}  # REQUEST_TIMED_OUT, NOT_CONTROLLER
-_NOT_DLQ = r"(?!.*" + re.escape(DLQ_SUFFIX) + r"$)"
-
-
-def event_topic(prefix: str, cls: type[DomainEvent]) -> str:
-    """``prefix`` + the class's ``kafka_topic`` (if it declares one) or its ``event_type``."""
-    override = getattr(cls, "kafka_topic", None)
-    return prefix + (override if isinstance(override, str) and override else cls.event_type)
+#: hexbus's own topics (dead letters, replays, markers): never matched by a pattern.
+_NOT_INTERNAL = (
+    r"(?!.*(?:"
+    + "|".join(re.escape(s) for s in (DLQ_SUFFIX, REPLAY_SUFFIX, REPLAYED_SUFFIX))
+    + r")$)"
+)
 
 
 def dlq_topic(prefix: str, service: str, name: str) -> str:
@@ -60,15 +87,29 @@ def dlq_topic(prefix: str, service: str, name: str) -> str:
     return f"{prefix}{service}.{_topic_safe(name)}{DLQ_SUFFIX}"
 
 
-def group_id(service: str, name: str) -> str:
-    """One consumer group per (service, durable subscription name)."""
-    return f"{service}.{name}"
+def replay_topic(prefix: str, service: str, name: str) -> str:
+    """The topic replayed dead letters of one subscription go to (read by its group only)."""
+    return f"{prefix}{service}.{_topic_safe(name)}{REPLAY_SUFFIX}"
+
+
+def replayed_topic(prefix: str, service: str, name: str) -> str:
+    """The compacted topic marking which dead letters of one subscription were replayed."""
+    return f"{prefix}{service}.{_topic_safe(name)}{REPLAYED_SUFFIX}"
 
 
 def _topic_safe(name: str) -> str:
     # Kafka topic names allow [a-zA-Z0-9._-]; handler names are module.qualname
     # (``<locals>`` and the like must go).
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+class OwnTopics(NamedTuple):
+    """hexbus's own topics of one subscription (dead letters, replays, replay markers)."""
+
+    subscription: str
+    dlq: str
+    replay: str
+    replayed: str
 
 
 class TopicNames:
@@ -90,19 +131,35 @@ class TopicNames:
     def dlq_topic(self, name: str) -> str:
         return dlq_topic(self.prefix, self.service, name)
 
+    def replay_topic(self, name: str) -> str:
+        return replay_topic(self.prefix, self.service, name)
+
+    def replayed_topic(self, name: str) -> str:
+        return replayed_topic(self.prefix, self.service, name)
+
+    def own(self, name: str) -> OwnTopics:
+        return OwnTopics(
+            name, self.dlq_topic(name), self.replay_topic(name), self.replayed_topic(name)
+        )
+
     def group_id(self, name: str) -> str:
         return group_id(self.service, name)
 
 
 def subscription_topics(
-    prefix: str, subs: Iterable[Subscription], registry: EventRegistry
+    prefix: str,
+    subs: Iterable[Subscription],
+    registry: EventRegistry,
+    *,
+    own: Iterable[str] = (),
 ) -> tuple[set[str], str | None]:
     """Topics one subscription group reads now, and a regex for pattern subscriptions.
 
     The set holds the topic of every registered event class any of ``subs`` matches
     (created at start so nothing is missed). The regex is ``None`` when every target is
     an exact class; otherwise it also matches topics of event types that appear later
-    (``prefix`` + the pattern), never dead-letter topics.
+    (``prefix`` + the pattern) and the group's ``own`` topics (its replay topic), never
+    hexbus's own topics of other subscriptions (``.dlq``, ``.replay``, ``.dlq.replayed``).
     """
     topics: set[str] = set()
     alternatives: list[str] = []
@@ -119,7 +176,8 @@ def subscription_topics(
     if not has_pattern:
         return topics, None
     alternatives.extend(re.escape(topic) for topic in sorted(topics))
-    return topics, "^" + _NOT_DLQ + "(?:" + "|".join(alternatives) + ")$"
+    mine = "".join(re.escape(topic) + "|" for topic in sorted(own))
+    return topics, "^(?:" + mine + _NOT_INTERNAL + "(?:" + "|".join(alternatives) + "))$"
 
 
 def _aiokafka_version() -> str:
@@ -184,8 +242,18 @@ class Topology:
             with contextlib.suppress(Exception):
                 await admin.close()
 
-    async def ensure(self, topics: Iterable[str]) -> None:
-        """Create every topic in ``topics`` that this process has not seen yet."""
+    async def ensure(
+        self,
+        topics: Iterable[str],
+        *,
+        partitions: int | None = None,
+        configs: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create every topic in ``topics`` that this process has not seen yet, with
+        ``partitions`` (default: the bus's) and the topic ``configs`` given (an existing
+        topic is left as it is)."""
+        count = partitions or self._partitions
+        settings = dict(configs) if configs else None
         wanted = sorted(set(topics) - self._known)
         if not wanted:
             return
@@ -197,7 +265,10 @@ class Topology:
                 raise ConfigurationError("the Kafka topic manager is not started")
             for attempt in range(5):
                 response = await self._admin.create_topics(
-                    [NewTopic(t, self._partitions, self._replication) for t in wanted],
+                    [
+                        NewTopic(t, count, self._replication, topic_configs=settings)
+                        for t in wanted
+                    ],
                     timeout_ms=int(self._timeout * 1000),
                 )
                 retry: list[str] = []
@@ -210,7 +281,7 @@ class Topology:
                         retry.append(topic)
                     else:
                         raise ConfigurationError(
-                            f"cannot create Kafka topic {topic!r} ({self._partitions} "
+                            f"cannot create Kafka topic {topic!r} ({count} "
                             f"partitions, replication {self._replication}): error {code} "
                             f"{message or ''}".rstrip()
                         )
@@ -250,20 +321,85 @@ class Topology:
 
     async def partitions(self, topic: str) -> list[int]:
         """The partition ids of ``topic``, sorted; ``[]`` when the topic does not exist."""
+        return (await self.partitions_of([topic])).get(topic, [])
+
+    async def partitions_of(self, topics: Iterable[str]) -> dict[str, list[int]]:
+        """The sorted partition ids of each of ``topics`` that exists (absent ones left out)."""
+        wanted = sorted(set(topics))
+        if not wanted:
+            return {}
         async with self._client() as admin:
-            described = await admin.describe_topics([topic])
+            described = await admin.describe_topics(wanted)
+        found: dict[str, list[int]] = {}
         for entry in described:
-            if entry.get("topic") != topic:
+            topic = entry.get("topic")
+            if topic not in wanted:
                 continue
             code = entry.get("error_code", 0)
             if code == _UNKNOWN_TOPIC:
-                return []
+                continue
             if code:
                 raise ConfigurationError(
                     f"cannot describe Kafka topic {topic!r}: broker error code {code}"
                 )
-            return sorted(int(p["partition"]) for p in entry.get("partitions") or ())
-        return []
+            found[topic] = sorted(int(p["partition"]) for p in entry.get("partitions") or ())
+        return found
+
+    @contextlib.asynccontextmanager
+    async def reader(self, role: str) -> AsyncIterator[Any]:
+        """A started consumer without a group: it reads and asks for offsets by hand,
+        never joins a group nor commits, so it moves nothing for anyone."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            client_id=f"{self._client_id}-{role}",
+            request_timeout_ms=int(self._timeout * 1000),
+        )
+        await consumer.start()
+        try:
+            yield consumer
+        finally:
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    async def committed(self, group: str) -> dict[TopicPartition, int]:
+        """The offsets consumer group ``group`` committed (``{}`` for an unknown group)."""
+        async with self._client() as admin:
+            offsets = await admin.list_consumer_group_offsets(group)
+        return {tp: int(meta.offset) for tp, meta in offsets.items() if meta.offset >= 0}
+
+    async def group_lag(
+        self, group: str, topics: Iterable[str], *, from_start: bool
+    ) -> tuple[int | None, dict[str, int]]:
+        """How many records of its topics ``group`` has not committed yet, in total and
+        per ``topic[partition]``.
+
+        The topics are those the group committed offsets in, plus ``topics`` (the ones
+        the subscription reads, when this process knows it). A partition without a
+        committed offset counts from its first retained record when the group would
+        start there (``from_start``, ``auto_offset_reset="earliest"``), else as 0.
+        ``(None, {})``: the group has no committed offsets and no topic is known.
+        """
+        committed = await self.committed(group)
+        existing = await self.partitions_of({tp.topic for tp in committed} | set(topics))
+        tps = sorted(
+            (TopicPartition(t, p) for t, parts in existing.items() for p in parts),
+            key=lambda tp: (tp.topic, tp.partition),
+        )
+        if not tps:
+            return None, {}
+        async with self.reader("lag") as consumer:
+            end = await consumer.end_offsets(tps)
+            start = await consumer.beginning_offsets(tps)
+        detail: dict[str, int] = {}
+        for tp in tps:
+            if tp in committed:
+                base = max(committed[tp], start[tp])  # retention may have passed it
+            else:
+                base = start[tp] if from_start else end[tp]
+            detail[f"{tp.topic}[{tp.partition}]"] = max(0, end[tp] - base)
+        return sum(detail.values()), detail
 
     async def delete_topics(self, topics: list[str]) -> list[str]:
         """Delete ``topics`` (absent ones count as deleted); return what is still there,

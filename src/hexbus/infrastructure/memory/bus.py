@@ -21,7 +21,7 @@ from hexbus.application.dispatch import Dispatcher, DispatchStats
 from hexbus.application.publishing import stamp_causation, validate_metadata
 from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
-from hexbus.domain.ports import DeadLetter, ReplayReport
+from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
 from hexbus.infrastructure.memory.config import MemoryConfig
 from hexbus.infrastructure.memory.consumer import Redelivery
 from hexbus.infrastructure.memory.dead_letters import DeadLetterStore
@@ -206,6 +206,22 @@ class InMemoryEventBus(EventBusBase):
         store.remove(subscription, chosen)
         self._redelivery.replay(chosen)
         return ReplayReport(chosen)
+
+    async def lag(self, subscriptions: Iterable[str] | None = None) -> list[SubscriptionLag]:
+        """Nothing waits in process: an event is handed to its handlers as it is published
+        (``waiting`` 0); ``detail`` counts the dead letters kept (``dead_letters``)."""
+        names = self.subscriptions.names() if subscriptions is None else list(subscriptions)
+        store = self.dead_letter_store
+        return [
+            SubscriptionLag(
+                name,
+                self.subscription_address(name),
+                0,
+                None,
+                {"dead_letters": len(store.peek(name, store.limit))},
+            )
+            for name in names
+        ]
 
     def subscription_address(self, name: str) -> str:
         return f"subscription {name!r} in process (memory)"

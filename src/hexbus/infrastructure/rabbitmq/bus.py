@@ -37,7 +37,7 @@ from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import Subscription
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
-from hexbus.domain.ports import DeadLetter
+from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
 from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.rabbitmq import dead_letters, topology
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
@@ -58,8 +58,8 @@ _AUTH_ERRORS = (
 class RabbitMQEventBus(EventBusBase):
     """``EventBus`` over RabbitMQ (aio-pika, robust connections, publisher confirms).
 
-    Also a ``DeadLetterReader``, ``DeadLetterReplayer``, ``SubscriptionAdmin`` and
-    ``Readiness`` (``hexbus.domain.ports``).
+    Also a ``DeadLetterReader``, ``DeadLetterReplayer``, ``LagReporter``,
+    ``SubscriptionAdmin`` and ``Readiness`` (``hexbus.domain.ports``).
     """
 
     adapter_name = "rabbitmq"
@@ -233,17 +233,47 @@ class RabbitMQEventBus(EventBusBase):
             connection, subscription, self.dlq_name(subscription), limit
         )
 
-    async def replay_dead_letters(self, subscription: str, limit: int | None = None) -> int:
-        """Send up to ``limit`` (default all) dead letters back to the subscription's own
-        queue at attempt 1; each leaves the DLQ once its copy is confirmed."""
+    async def replay_dead_letters(
+        self,
+        subscription: str,
+        limit: int | None = None,
+        *,
+        event_type: str | None = None,
+        dry_run: bool = False,
+    ) -> ReplayReport:
+        """Send up to ``limit`` (default all) dead letters (of ``event_type``) back to the
+        subscription's own queue at attempt 1; each leaves the DLQ once its copy is
+        confirmed. A type not registered here is refused and kept; ``dry_run`` moves
+        nothing."""
         connection = self._require_connection()
         return await dead_letters.replay_dead_letters(
             connection,
             self.publisher,
-            self.dlq_name(subscription),
-            self.queue_name(subscription),
-            limit,
+            self.registry,
+            subscription=subscription,
+            dlq=self.dlq_name(subscription),
+            work_queue=self.queue_name(subscription),
+            limit=limit,
+            event_type=event_type,
+            dry_run=dry_run,
         )
+
+    async def lag(self, subscriptions: Iterable[str] | None = None) -> list[SubscriptionLag]:
+        """Per subscription: the ready messages of its work queue (``waiting``; ``None``
+        when the queue does not exist), and in ``detail`` those of its retry tiers and
+        DLQ. ``in_flight`` is ``None``: AMQP does not report unacknowledged messages."""
+        connection = self._require_connection()
+        names = self.subscriptions.names() if subscriptions is None else list(subscriptions)
+        found: list[SubscriptionLag] = []
+        for name in names:
+            work_queue = self.queue_name(name)
+            queues = topology.subscription_queues(work_queue, self.config.retry_delays)
+            counts = await topology.message_counts(connection, queues)
+            waiting = counts.pop(work_queue)
+            detail = {queue: n for queue, n in counts.items() if n is not None}
+            address = self.subscription_address(name)
+            found.append(SubscriptionLag(name, address, waiting, None, detail))
+        return found
 
     def subscription_address(self, name: str) -> str:
         return f"queue {self.queue_name(name)!r}"

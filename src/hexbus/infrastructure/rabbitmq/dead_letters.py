@@ -3,7 +3,9 @@
 The failure record a dead letter carries is written by the consumer with the shared
 header names (``hexbus.infrastructure.dead_letters``) and read back here into the one
 ``DeadLetter`` record every adapter returns. A subscription without a DLQ (never
-subscribed, or deleted) simply has no dead letters: reading returns ``[]``, a replay 0.
+subscribed, or deleted) simply has no dead letters: reading returns ``[]``, a replay an
+empty report. A dead letter whose event type is not registered in the replaying process
+is refused and stays in the DLQ (see ``refusal``).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import contextlib
 import dataclasses
 import functools
 
+import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
 from aio_pika.abc import AbstractRobustConnection as Connection
 
-from hexbus.domain.ports import DeadLetter
+from hexbus.domain.errors import PublishError
+from hexbus.domain.events import EventRegistry
+from hexbus.domain.ports import DeadLetter, ReplayReport
 from hexbus.infrastructure.dead_letters import (
     ORIGIN_HEADER,
     dead_letter_from_headers,
@@ -27,7 +32,7 @@ from hexbus.infrastructure.rabbitmq.consumer import copy_headers, copy_message
 from hexbus.infrastructure.rabbitmq.marshal import AMQP_PREFIX
 from hexbus.infrastructure.rabbitmq.publisher import Publisher
 
-__all__ = ["dead_letter_of", "read_dead_letters", "replay_dead_letters"]
+__all__ = ["dead_letter_of", "read_dead_letters", "refusal", "replay_dead_letters"]
 
 _TYPE_HEADER = AMQP_PREFIX + "type"
 
@@ -85,48 +90,111 @@ async def read_dead_letters(
     return found
 
 
+def refusal(letter: DeadLetter, registry: EventRegistry) -> str | None:
+    """Why ``letter`` must not be replayed (``None``: it may be).
+
+    A dead letter whose type this process cannot decode would only be dead-lettered
+    again (``unknown_type``), so it stays in the DLQ, for a person.
+    """
+    if letter.event_type is None:
+        return (
+            "it names no event type (it could not be decoded: "
+            f"{letter.reason or 'unknown reason'}), so a replay could only dead-letter it "
+            "again; inspect it with `hexbus dlq list --json`"
+        )
+    if letter.event_type not in registry:
+        return (
+            f"its event type {letter.event_type!r} is not registered in this process (no "
+            "DomainEvent class declares it), so a replay could only dead-letter it again; "
+            "import the module that defines it (--app), or leave it"
+        )
+    return None
+
+
+def _replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """The message at attempt 1, without its failure record, keeping where it came from."""
+    headers = copy_headers(message)
+    origin = headers.get(ORIGIN_HEADER) or headers.get(topology.LEGACY_ORIGIN_HEADER)
+    for name in topology.DEAD_LETTER_HEADERS:
+        headers.pop(name, None)
+    headers[topology.ATTEMPT_HEADER] = 1
+    if origin:  # a later failure still names where the event was first delivered
+        headers[topology.ROUTING_KEY_HEADER] = origin
+    return copy_message(message, headers)
+
+
 async def replay_dead_letters(
     connection: Connection,
     publisher: Publisher,
+    registry: EventRegistry,
+    *,
+    subscription: str,
     dlq: str,
     work_queue: str,
     limit: int | None,
-) -> int:
-    """Send up to ``limit`` messages of ``dlq`` back to ``work_queue`` at attempt 1.
+    event_type: str | None = None,
+    dry_run: bool = False,
+) -> ReplayReport:
+    """Send up to ``limit`` messages of ``dlq`` (of ``event_type``) back to ``work_queue``
+    at attempt 1.
 
     Only that subscription sees them again (they go to its queue, not the exchange);
     the failure headers are removed (the origin is kept for a later failure). Each is
     confirmed before it is acked in the DLQ, so nothing is lost mid-way (a crash in
-    between means one is replayed twice).
+    between means one is replayed twice). What is not replayed (another type, refused,
+    everything with ``dry_run``) is held unacknowledged until the end and then put back
+    (nack + requeue), so it is not met twice; the walk is bounded by the DLQ's message
+    count at the start, so dead letters arriving meanwhile wait for the next replay.
     """
+    replayed: list[DeadLetter] = []
+    refused: list[tuple[DeadLetter, str]] = []
+    if limit is not None and limit <= 0:
+        return ReplayReport(replayed, refused, dry_run)
     channel = await connection.channel(publisher_confirms=True)
-    replayed = 0
+    held: list[AbstractIncomingMessage] = []
     try:
         queue = await _open_dlq(channel, dlq)
         if queue is None:
-            return 0
+            return ReplayReport(replayed, refused, dry_run)
         total = queue.declaration_result.message_count or 0
-        budget = total if limit is None else min(total, limit)
-        while replayed < budget:
+        for _ in range(total):
+            if limit is not None and len(replayed) >= limit:
+                break
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
-            headers = copy_headers(message)
-            origin = headers.get(ORIGIN_HEADER) or headers.get(topology.LEGACY_ORIGIN_HEADER)
-            for name in topology.DEAD_LETTER_HEADERS:
-                headers.pop(name, None)
-            headers[topology.ATTEMPT_HEADER] = 1
-            if origin:  # a later failure still names where the event was first delivered
-                headers[topology.ROUTING_KEY_HEADER] = origin
-            await publisher.send(
-                channel.default_exchange,
-                copy_message(message, headers),
-                work_queue,
-                functools.partial("replay of {} to {}".format, message.message_id, work_queue),
-            )
+            letter = dead_letter_of(subscription, message)
+            if event_type is not None and letter.event_type != event_type:
+                held.append(message)
+                continue
+            why = refusal(letter, registry)
+            if why is not None or dry_run:
+                held.append(message)
+                if why is not None:
+                    refused.append((letter, why))
+                else:
+                    replayed.append(letter)
+                continue
+            try:
+                await publisher.send(
+                    channel.default_exchange,
+                    _replay_copy(message),
+                    work_queue,
+                    functools.partial(
+                        "replay of {} to {}".format, message.message_id, work_queue
+                    ),
+                )
+            except PublishError as exc:  # kept; the rest is not tried (same broker)
+                held.append(message)
+                why = f"sending it back failed ({exc}); it is kept: replay again"
+                refused.append((letter, why))
+                break
             await message.ack()
-            replayed += 1
+            replayed.append(letter)
     finally:
+        for message in held:
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
         with contextlib.suppress(Exception):
             await channel.close()
-    return replayed
+    return ReplayReport(replayed, refused, dry_run)

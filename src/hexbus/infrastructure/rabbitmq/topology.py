@@ -45,6 +45,7 @@ __all__ = [
     "delete_queues",
     "dlq_arguments",
     "dlq_name",
+    "message_counts",
     "retry_arguments",
     "retry_queue_name",
     "subscription_queues",
@@ -187,3 +188,32 @@ async def delete_queues(connection: AbstractConnection, names: Iterable[str]) ->
             with contextlib.suppress(Exception):
                 await channel.close()
     return left
+
+
+async def message_counts(
+    connection: AbstractConnection, names: Iterable[str]
+) -> dict[str, int | None]:
+    """The ready messages of each queue in ``names`` (``None``: no such queue), by passive
+    declares: nothing is created, nothing moves.
+
+    AMQP 0-9-1 reports only ready messages (not those delivered and unacknowledged);
+    that needs the management plugin, which hexbus does not assume.
+    """
+    counts: dict[str, int | None] = {}
+    channel: AbstractChannel | None = None
+    try:
+        for name in names:
+            if channel is None:
+                channel = await connection.channel(publisher_confirms=False)
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                counts[name] = None
+                channel = None  # the broker closed it (404)
+                continue
+            counts[name] = queue.declaration_result.message_count or 0
+    finally:
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await channel.close()
+    return counts
