@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from hexbus.application.consuming import Outcome
+from hexbus.domain.events import EventRegistry
 from hexbus.domain.ports import DeadLetter
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "failure_headers",
     "header_int",
     "header_text",
+    "replay_refusal",
 ]
 
 ERROR_HEADER: Final = "x-hexbus-error"
@@ -104,3 +106,24 @@ def dead_letter_from_headers(
         body=body,
         headers=dict(headers),
     )
+
+
+def replay_refusal(letter: DeadLetter, registry: EventRegistry) -> str | None:
+    """Why ``letter`` must not be replayed (``None``: it may be); the same on every broker.
+
+    A dead letter this process cannot decode into a registered type would only be
+    dead-lettered again (``unknown_type``), so it stays where it is, for a person.
+    """
+    if letter.event_type is None:
+        return (
+            "it names no event type (it could not be decoded: "
+            f"{letter.reason or 'unknown reason'}), so a replay could only dead-letter it "
+            "again; inspect it with `hexbus dlq list --json`"
+        )
+    if letter.event_type not in registry:
+        return (
+            f"its event type {letter.event_type!r} is not registered in this process (no "
+            "DomainEvent class declares it), so a replay could only dead-letter it again; "
+            "import the module that defines it (--app), or leave it"
+        )
+    return None

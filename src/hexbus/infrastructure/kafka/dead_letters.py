@@ -50,6 +50,7 @@ from hexbus.infrastructure.dead_letters import (
     ORIGIN_HEADER,
     dead_letter_from_headers,
     header_text,
+    replay_refusal,
 )
 from hexbus.infrastructure.kafka.consumer import SendRaw
 from hexbus.infrastructure.kafka.marshal import KAFKA_PREFIX, TYPE_HEADER
@@ -58,7 +59,6 @@ from hexbus.infrastructure.kafka.topology import COMPACTED, OwnTopics, Topology
 __all__ = [
     "dead_letter_of",
     "read_dead_letters",
-    "refusal",
     "replay_dead_letters",
 ]
 
@@ -86,27 +86,6 @@ def dead_letter_of(subscription: str, record: Any) -> DeadLetter:
         event_type=header_text(headers.get(TYPE_HEADER)),
         position=f"{record.topic}[{record.partition}]@{record.offset}",
     )
-
-
-def refusal(letter: DeadLetter, registry: EventRegistry) -> str | None:
-    """Why ``letter`` must not be replayed (``None``: it may be).
-
-    A dead letter the consumer could not even decode into a registered type would only
-    be dead-lettered again (``unknown_type``), so it stays where it is, for a person.
-    """
-    if letter.event_type is None:
-        return (
-            "it names no event type (it could not be decoded: "
-            f"{letter.reason or 'unknown reason'}), so a replay could only dead-letter it "
-            "again; inspect it with `hexbus dlq list --json`"
-        )
-    if letter.event_type not in registry:
-        return (
-            f"its event type {letter.event_type!r} is not registered in this process (no "
-            "DomainEvent class declares it), so a replay could only dead-letter it again; "
-            "import the module that defines it (--app), or leave it"
-        )
-    return None
 
 
 def _marker_key(record: Any) -> bytes:
@@ -252,7 +231,7 @@ async def replay_dead_letters(
         letter = dead_letter_of(subscription, record)
         if event_type is not None and letter.event_type != event_type:
             continue
-        why = refusal(letter, registry)
+        why = replay_refusal(letter, registry)
         if why is not None:
             refused.append((letter, why))
             continue

@@ -13,6 +13,7 @@ from typing import Final
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.codec import CloudEventCodec, decode_error
+from hexbus.infrastructure.names import KAFKA_CONTENT_TYPE_HEADER, KAFKA_HEADER_PREFIX
 
 __all__ = [
     "KAFKA_CONTENT_TYPE_HEADER",
@@ -25,8 +26,7 @@ __all__ = [
     "to_kafka_headers",
 ]
 
-KAFKA_PREFIX: Final = "ce_"
-KAFKA_CONTENT_TYPE_HEADER: Final = "content-type"
+KAFKA_PREFIX: Final = KAFKA_HEADER_PREFIX
 #: The header that names the event type (read before decoding, for shared topics).
 TYPE_HEADER: Final = KAFKA_PREFIX + "type"
 _KAFKA_PREFIX_LEN: Final = len(KAFKA_PREFIX)

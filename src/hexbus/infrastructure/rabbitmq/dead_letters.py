@@ -5,7 +5,7 @@ header names (``hexbus.infrastructure.dead_letters``) and read back here into th
 ``DeadLetter`` record every adapter returns. A subscription without a DLQ (never
 subscribed, or deleted) simply has no dead letters: reading returns ``[]``, a replay an
 empty report. A dead letter whose event type is not registered in the replaying process
-is refused and stays in the DLQ (see ``refusal``).
+is refused and stays in the DLQ (see ``hexbus.infrastructure.dead_letters.replay_refusal``).
 """
 
 from __future__ import annotations
@@ -26,13 +26,14 @@ from hexbus.infrastructure.dead_letters import (
     ORIGIN_HEADER,
     dead_letter_from_headers,
     header_text,
+    replay_refusal,
 )
 from hexbus.infrastructure.rabbitmq import topology
 from hexbus.infrastructure.rabbitmq.consumer import copy_headers, copy_message
 from hexbus.infrastructure.rabbitmq.marshal import AMQP_PREFIX
 from hexbus.infrastructure.rabbitmq.publisher import Publisher
 
-__all__ = ["dead_letter_of", "read_dead_letters", "refusal", "replay_dead_letters"]
+__all__ = ["dead_letter_of", "read_dead_letters", "replay_dead_letters"]
 
 _TYPE_HEADER = AMQP_PREFIX + "type"
 
@@ -88,27 +89,6 @@ async def read_dead_letters(
         with contextlib.suppress(Exception):
             await channel.close()
     return found
-
-
-def refusal(letter: DeadLetter, registry: EventRegistry) -> str | None:
-    """Why ``letter`` must not be replayed (``None``: it may be).
-
-    A dead letter whose type this process cannot decode would only be dead-lettered
-    again (``unknown_type``), so it stays in the DLQ, for a person.
-    """
-    if letter.event_type is None:
-        return (
-            "it names no event type (it could not be decoded: "
-            f"{letter.reason or 'unknown reason'}), so a replay could only dead-letter it "
-            "again; inspect it with `hexbus dlq list --json`"
-        )
-    if letter.event_type not in registry:
-        return (
-            f"its event type {letter.event_type!r} is not registered in this process (no "
-            "DomainEvent class declares it), so a replay could only dead-letter it again; "
-            "import the module that defines it (--app), or leave it"
-        )
-    return None
 
 
 def _replay_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
@@ -167,7 +147,7 @@ async def replay_dead_letters(
             if event_type is not None and letter.event_type != event_type:
                 held.append(message)
                 continue
-            why = refusal(letter, registry)
+            why = replay_refusal(letter, registry)
             if why is not None or dry_run:
                 held.append(message)
                 if why is not None:

@@ -14,6 +14,7 @@ from typing import Any, Final
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.codec import CloudEventCodec, decode_error, format_time
+from hexbus.infrastructure.names import AMQP_HEADER_PREFIX
 
 __all__ = [
     "AMQP_PREFIX",
@@ -24,7 +25,7 @@ __all__ = [
     "to_amqp_headers",
 ]
 
-AMQP_PREFIX: Final = "cloudEvents:"
+AMQP_PREFIX: Final = AMQP_HEADER_PREFIX
 #: The AMQP binding's alternative prefix, for JMS / RabbitMQ clients that disallow ':'.
 AMQP_PREFIX_JMS: Final = "cloudEvents_"
 _AMQP_PREFIX_LEN: Final = len(AMQP_PREFIX)  # == len(AMQP_PREFIX_JMS)

@@ -30,6 +30,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from hexbus.domain.errors import ConfigurationError
 from hexbus.infrastructure.dead_letters import FAILURE_HEADERS
+from hexbus.infrastructure.names import work_queue_name
 
 __all__ = [
     "ATTEMPT_HEADER",
@@ -83,10 +84,6 @@ BROKER_HEADERS: Final = frozenset(
 )
 
 _QUORUM: Final = {"x-queue-type": "quorum"}
-
-
-def work_queue_name(service: str, subscription: str) -> str:
-    return f"{service}.{subscription}"
 
 
 def retry_queue_name(work_queue: str, delay: float) -> str:
