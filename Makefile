@@ -32,8 +32,8 @@ test: lint $(NODE_STAMP)
 	$(BROKERS) run -- $(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/mypy --strict src
+	$(BIN)/ruff check src tests benchmarks scripts examples
+	$(BIN)/mypy --strict src examples
 	$(BIN)/lint-imports
 
 unit: $(STAMP) $(NODE_STAMP)
