@@ -9,7 +9,7 @@ BROKERS := $(PYTHON) scripts/brokers.py
 ASYNCAPI_TOOLS := tools/asyncapi
 NODE_STAMP := $(ASYNCAPI_TOOLS)/node_modules/.installed
 
-.PHONY: install demo test lint unit integration bench brokers brokers-down clean
+.PHONY: install demo test test-cluster test-containers test-secure lint unit integration bench brokers brokers-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +27,40 @@ $(NODE_STAMP): $(ASYNCAPI_TOOLS)/package.json $(ASYNCAPI_TOOLS)/package-lock.jso
 demo: $(STAMP)
 	$(BIN)/hexbus demo
 
-## Quality gates, then every test (brokers are provisioned and stopped again).
+## Quality gates, then every test (brokers are provisioned and stopped again); the
+## secured brokers' tests are `make test-secure`, the 3-node ones `make test-cluster`.
 test: lint $(NODE_STAMP)
-	$(BROKERS) run -- $(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BROKERS) run -- $(BIN)/python -m pytest tests --ignore=tests/secure \
+		--ignore=tests/cluster -q -p no:cacheprovider
+
+## Failover on 3-node clusters (RabbitMQ quorum queues, Kafka replication factor 3):
+## a 3-node set of its own (state in .cache/cluster, free ports beside any other
+## brokers), started for the run and stopped after it; the tests stop and start nodes.
+test-cluster: $(STAMP)
+	$(BROKERS) --state-dir .cache/cluster run --nodes 3 -- \
+		$(BIN)/python -m pytest tests/cluster -q -p no:cacheprovider
+
+## TLS and SASL against a secured broker set of its own (RabbitMQ over TLS, Kafka over
+## SASL_SSL with SCRAM, a throw-away CA): tests/secure/conftest.py starts it with
+## `brokers.py --state-dir .cache/brokers-secure up --secure` and stops it again.
+test-secure: $(STAMP)
+	$(BIN)/python -m pytest tests/secure -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts examples
 	$(BIN)/mypy --strict src examples
 	$(BIN)/lint-imports
+
+## The contract, fault and smoke tests against brokers in containers (testcontainers):
+## starts a Docker engine where none answers (installing it as root on Debian), builds
+## hexbus/rabbitmq and hexbus/kafka from docker/, runs, and stops the engine it started.
+CONTAINER_TESTS := tests/integration/test_*_contract.py tests/integration/test_faults.py \
+	tests/integration/test_smoke_*.py
+test-containers: $(STAMP)
+	env -u HEXBUS_RABBITMQ_URL -u HEXBUS_KAFKA_BOOTSTRAP_SERVERS \
+		HEXBUS_TEST_BROKERS=containers TESTCONTAINERS_RYUK_DISABLED=true \
+		$(PYTHON) scripts/containers.py run -- \
+		$(BIN)/python -m pytest $(CONTAINER_TESTS) -q -p no:cacheprovider
 
 unit: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest tests/unit -q -p no:cacheprovider

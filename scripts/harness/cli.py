@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import cluster
+from . import cluster, tls
 from .nodes import Layout, Node
 from .processes import BrokerError, log, port_answers
 from .state import STATE_ENV, State
@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--timeout", type=float, default=DEFAULT_TIMEOUT, help="start-up deadline, seconds"
         )
+        p.add_argument(
+            "--secure",
+            action="store_true",
+            help="RabbitMQ over TLS and Kafka over SASL_SSL (SCRAM), with a throw-away CA; "
+            "the state directory stays secure (use one of its own); `env` prints the "
+            "credentials and the CA file",
+        )
     sub.add_parser("down", parents=[common])
     for name in ("restart", "stop", "start"):
         p = sub.add_parser(name, parents=[common])
@@ -88,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(state: State, args: argparse.Namespace, child: list[str]) -> int:
+    if args.cmd in ("up", "run") and args.secure:
+        with state.lock():
+            tls.enable(state, args.nodes)
     if args.cmd == "up":
         layout, started, secs = cluster.up(state, args.nodes, args.only, args.timeout)
         print_up(layout, started, secs)
@@ -140,7 +150,8 @@ def cmd_status(state: State) -> int:
     if not state.root.exists():
         print("nothing started yet")
         return 0
-    print(f"state {state.root} (RabbitMQ node name {state.name})")
+    secure = "secure set: TLS and SASL, " if tls.load(state) else ""
+    print(f"state {state.root} ({secure}RabbitMQ node name {state.name})")
     for layout in cluster.layouts(state):
         if not layout.dir.exists():
             continue
@@ -174,7 +185,7 @@ def cmd_run(state: State, size: int, only: str | None, timeout: float, child: li
         env = dict(os.environ)
         if not state.is_default:  # so that the child's `brokers.py restart X` finds them
             env[STATE_ENV] = str(state.root)
-        for line in cluster.env_lines(layout):
+        for line in "\n".join(cluster.env_lines(layout)).splitlines():
             key, _, value = line.partition("=")
             env[key] = value
             log(line)

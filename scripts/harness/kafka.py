@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
+from . import tls
 from .install import java_bin
 from .nodes import Layout, Node
 from .processes import BrokerError, log, port_answers, tail, terminate
@@ -45,11 +46,7 @@ def properties(node: Node, peers: Sequence[Node]) -> str:
             "process.roles=broker,controller",
             f"node.id={node.index}",
             f"controller.quorum.voters={voters}",
-            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{controller}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
-            "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            *_listeners(node, controller),
             f"log.dirs={node.dir / 'data'}",
             "auto.create.topics.enable=false",
             "num.partitions=1",
@@ -69,6 +66,56 @@ def properties(node: Node, peers: Sequence[Node]) -> str:
             "",
         ]
     )
+
+
+def _listeners(node: Node, controller: int) -> list[str]:
+    """The listener lines: PLAINTEXT, or for a secure set (``up --secure``, tls.py) one
+    SASL_SSL listener with SCRAM users made at format time; the controller's stays
+    plaintext on 127.0.0.1."""
+    secure = tls.load(node.state)
+    if secure is None:
+        return [
+            f"listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{controller}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        ]
+    files = secure.authority
+    login = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{tls.BROKER_USER}" password="{secure.broker_password}";'
+    )
+    return [
+        f"listeners=SASL_SSL://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{controller}",
+        f"advertised.listeners=SASL_SSL://127.0.0.1:{node.port}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=SASL_SSL",
+        "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256",
+        "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
+        f"listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={login}",
+        f"listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config={login}",
+        "ssl.keystore.type=PEM",
+        f"ssl.keystore.location={files.server_bundle}",
+        "ssl.truststore.type=PEM",
+        f"ssl.truststore.location={files.ca}",
+        "ssl.client.auth=requested",
+    ]
+
+
+def _scram_users(node: Node) -> list[str]:
+    """``kafka-storage format`` arguments creating a secure set's SCRAM users."""
+    secure = tls.load(node.state)
+    if secure is None:
+        return []
+    users = [(tls.CLIENT_USER, secure.kafka_password), (tls.BROKER_USER, secure.broker_password)]
+    return [
+        arg
+        for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256")
+        for name, password in users
+        for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+    ]
 
 
 def java_cmd(node: Node, main: str, *args: str, heap: str = "-Xmx512m") -> list[str]:
@@ -103,6 +150,7 @@ def _format_storage(node: Node) -> None:
         "-c",
         str(props),
         "--ignore-formatted",
+        *_scram_users(node),
         heap="-Xmx256m",
     )
     try:
@@ -181,4 +229,17 @@ def stop(node: Node) -> None:
 
 
 def env_line(nodes: Sequence[Node]) -> str:
-    return "HEXBUS_KAFKA_BOOTSTRAP_SERVERS=" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+    servers = "HEXBUS_KAFKA_BOOTSTRAP_SERVERS=" + ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+    secure = tls.load(nodes[0].state)
+    if secure is None:
+        return servers
+    return "\n".join(  # one line per variable
+        [
+            servers,
+            "HEXBUS_KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+            "HEXBUS_KAFKA_SASL_MECHANISM=SCRAM-SHA-512",
+            f"HEXBUS_KAFKA_SASL_USERNAME={tls.CLIENT_USER}",
+            f"HEXBUS_KAFKA_SASL_PASSWORD={secure.kafka_password}",
+            f"HEXBUS_KAFKA_SSL_CAFILE={secure.authority.ca}",
+        ]
+    )

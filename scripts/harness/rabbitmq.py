@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import tls
 from .install import rabbit_tool
 from .nodes import Layout, Node
 from .processes import (
@@ -59,7 +60,7 @@ def node_env(
 ) -> dict[str, str]:
     """The environment of the node's server and of every rabbitmqctl addressing it."""
     d = node.dir
-    return {
+    env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"),
         "LANG": "C.UTF-8",
         "LC_ALL": "C.UTF-8",
@@ -81,6 +82,9 @@ def node_env(
         "ERL_EPMD_PORT": str(epmd_port or node.ports["epmd_port"]),
         "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
     }
+    if tls.load(node.state) is not None:  # TLS only: the listener is in rabbitmq.conf
+        del env["RABBITMQ_NODE_IP_ADDRESS"], env["RABBITMQ_NODE_PORT"]
+    return env
 
 
 def _prepare(node: Node) -> None:
@@ -99,6 +103,10 @@ def _prepare(node: Node) -> None:
         "log.file.level = info\n"
         "log.console = false\n"
     )
+    secure = tls.load(node.state)
+    if secure is not None:
+        with open(d / "rabbitmq.conf", "a") as conf:
+            conf.write(_tls_conf(node, secure))
     cookie = home / ".erlang.cookie"
     if not cookie.exists():
         # Written here, not by the first node to boot: three nodes booting at once would
@@ -110,6 +118,23 @@ def _prepare(node: Node) -> None:
         for path in [d.parent, d, home, *home.iterdir(), *d.rglob("*")]:
             with contextlib.suppress(OSError):
                 os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def _tls_conf(node: Node, secure: tls.Secure) -> str:
+    """A secure set's node: AMQP over TLS only, on the node's port; one user, ``hexbus``."""
+    files = tls.copy_for(secure, node.dir)
+    return (
+        "# --secure (scripts/harness/tls.py): TLS only, client certificates optional\n"
+        "listeners.tcp = none\n"
+        f"listeners.ssl.default = 127.0.0.1:{node.port}\n"
+        f"ssl_options.cacertfile = {files.ca}\n"
+        f"ssl_options.certfile = {files.server_cert}\n"
+        f"ssl_options.keyfile = {files.server_key}\n"
+        "ssl_options.verify = verify_peer\n"
+        "ssl_options.fail_if_no_peer_cert = false\n"
+        f"default_user = {tls.CLIENT_USER}\n"
+        f"default_pass = {secure.rabbitmq_password}\n"
+    )
 
 
 def rabbitmqctl(
@@ -311,4 +336,11 @@ def join(nodes: Sequence[Node], deadline: float) -> None:
 
 
 def env_line(nodes: Sequence[Node]) -> str:
+    secure = tls.load(nodes[0].state)
+    if secure is not None:  # one line per variable
+        return (
+            f"HEXBUS_RABBITMQ_URL=amqps://{tls.CLIENT_USER}:{secure.rabbitmq_password}"
+            f"@127.0.0.1:{nodes[0].port}/\n"
+            f"HEXBUS_RABBITMQ_SSL_CAFILE={secure.authority.ca}"
+        )
     return f"HEXBUS_RABBITMQ_URL=amqp://guest:guest@127.0.0.1:{nodes[0].port}/"

@@ -40,10 +40,12 @@ from hexbus.testing import (
     FaultEvent,
     Undecodable,
     eventually,
-    require_native_broker,
-    restart_native_broker,
 )
-from hexbus.testing.faults import FAULT_SUBSCRIPTIONS
+from hexbus.testing.faults import (
+    FAULT_SUBSCRIPTIONS,
+    require_restartable_broker,
+    restart_test_broker,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -169,10 +171,10 @@ class TestRabbitMQFaults(_Hooks):
             await channel.exchange_delete(self.exchange)
 
     async def prepare_restart(self) -> None:
-        await require_native_broker("rabbitmq", self.port)
+        await require_restartable_broker("rabbitmq", self.port)
 
     async def restart_broker(self) -> None:
-        await restart_native_broker("rabbitmq", self.port)
+        await restart_test_broker("rabbitmq", self.port)
 
     async def inject_undecodable(self, bus: EventBus, subscription: str) -> Sequence[Undecodable]:
         """Garbage bytes, an unknown type and invalid data, sent with raw aio-pika."""
@@ -300,10 +302,10 @@ class TestKafkaFaults(_Hooks):
         return self.prefix + event_type.event_type
 
     async def prepare_restart(self) -> None:
-        await require_native_broker("kafka", self.port)
+        await require_restartable_broker("kafka", self.port)
 
     async def restart_broker(self) -> None:
-        await restart_native_broker("kafka", self.port)
+        await restart_test_broker("kafka", self.port)
 
     async def _send_raw(self, records: Sequence[tuple[bytes, list[tuple[str, bytes]]]]) -> None:
         """Write ``(value, headers)`` records to FaultEvent's topic, key ``k``, raw aiokafka."""

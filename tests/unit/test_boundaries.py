@@ -33,6 +33,8 @@ ADAPTER_FILES = {
     "topology.py",
 }
 _OWN = {"self", "cls"}
+#: namedtuple's public API is spelled with a leading underscore.
+_NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make", "_field_defaults"}
 #: Variable names that hold a bus or a part of one in cli/ and testing/.
 _ADAPTER_OBJECTS = ("bus", "group", "consumer", "admin")
 
@@ -49,6 +51,8 @@ def _private_accesses(tree: ast.Module) -> Iterator[tuple[int, str]]:
             continue
         name = node.attr
         if not name.startswith("_") or (name.startswith("__") and name.endswith("__")):
+            continue
+        if name in _NAMEDTUPLE_API:
             continue
         base = node.value
         if isinstance(base, ast.Name) and base.id in _OWN:

@@ -8,15 +8,18 @@ worth checking against many inputs, not a handful of examples.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pamqp import decode as pamqp_decode
+from pamqp import encode as pamqp_encode
 from pydantic import BaseModel, Field
 
 from hexbus.domain.context import DeliveryContext, delivery_context
@@ -24,23 +27,30 @@ from hexbus.domain.errors import DecodeError, InvalidMetadataError, UnknownEvent
 from hexbus.domain.events import DomainEvent, EventRegistry
 from hexbus.infrastructure.codec import (
     ENVELOPE_FIELDS,
+    EVENT_ID_NAMESPACE,
     RESERVED_ATTRIBUTES,
     CloudEventCodec,
+    attribute_text,
     decode_error_reason,
+    derived_event_id,
     extension_name,
 )
 from hexbus.infrastructure.kafka.marshal import (
     decode_record,
     encode_record,
     from_kafka_headers,
+    read_record,
     to_kafka_headers,
 )
+from hexbus.infrastructure.kafka.marshal import wire_identity as kafka_wire_identity
 from hexbus.infrastructure.rabbitmq.marshal import (
     decode_message,
     encode_message,
     from_amqp_headers,
+    read_message,
     to_amqp_headers,
 )
+from hexbus.infrastructure.rabbitmq.marshal import wire_identity as amqp_wire_identity
 
 SERVICE = "codec-tests"
 
@@ -389,7 +399,7 @@ def test_missing_required_attribute(codec: CloudEventCodec, missing: str) -> Non
     [
         ("specversion", "0.3", "specversion"),
         ("datacontenttype", "application/xml", "datacontenttype"),
-        ("id", "not-a-uuid", "'id'"),
+        ("id", "", "'id' is empty"),  # an id that is no UUID is derived: test_interop
         ("time", "yesterday", "'time'"),
         ("time", "2024-01-01T00:00:00", "'time'"),  # no offset
         ("eventversion", "two", "eventversion"),
@@ -623,3 +633,489 @@ def test_any_attributes_decode_or_raise_decode_error_with_raw(
             "newer_version",
             "invalid_data",
         }
+
+
+# -- foreign ids (CloudEvents ids that are not hexbus's UUIDs) ----------------------------
+def _foreign_wire(wire_id: str, source: str = "/shop/orders") -> dict[str, str]:
+    return {
+        "specversion": "1.0",
+        "id": wire_id,
+        "type": "codec.test.simple",
+        "source": source,
+        "time": "2024-05-01T10:00:00Z",
+    }
+
+
+@pytest.mark.parametrize("wire_id", ["order-42", "x", "0189abcd-0000-7000-8000-00000000000g", "7"])
+def test_an_id_that_is_no_uuid_gets_a_stable_derived_event_id(
+    codec: CloudEventCodec, wire_id: str
+) -> None:
+    event, metadata, original = codec.decode_delivery(_foreign_wire(wire_id), b'{"n": 1}')
+    assert event.event_id == uuid5(EVENT_ID_NAMESPACE, f"/shop/orders\n{wire_id}")
+    assert event.event_id == derived_event_id("/shop/orders", wire_id)
+    assert event.event_id.version == 5
+    assert original == wire_id
+    assert event.correlation_id == wire_id  # a conversation starts at the id as sent
+    assert metadata == {}
+    # Stable: another consumer (another service name) derives the same id.
+    other, _, _ = CloudEventCodec(source="elsewhere").decode_delivery(
+        _foreign_wire(wire_id), b'{"n": 1}'
+    )
+    assert other.event_id == event.event_id
+    # (source, id) is the identity: another source, another event.
+    third, _, _ = codec.decode_delivery(_foreign_wire(wire_id, "/billing"), b'{"n": 1}')
+    assert third.event_id != event.event_id
+    assert codec.decode(_foreign_wire(wire_id), b'{"n": 1}') == (event, {})
+
+
+def test_derived_event_id_namespace_is_fixed() -> None:
+    # Changing it would give every foreign-id event a new identity: pinned here.
+    assert UUID("103d7606-9cec-546d-9852-1e0eabf03b2d") == EVENT_ID_NAMESPACE
+    assert uuid5(NAMESPACE_URL, "urn:hexbus:cloudevents:id") == EVENT_ID_NAMESPACE
+    assert derived_event_id("/shop/orders", "order-42") == UUID(
+        "ffcf4200-82a1-5488-b08e-6f0c597794e2"
+    )
+
+
+def test_hexbus_uuid_ids_are_kept_and_report_no_original(codec: CloudEventCodec) -> None:
+    event = CodecSimple(n=1)
+    back, _, original = codec.decode_delivery(*codec.encode(event))
+    assert back == event
+    assert original is None
+    digits = UUID("12345678-1234-7234-8234-123456789012")  # no letter: the slow check
+    back, _, original = codec.decode_delivery(
+        *codec.encode(CodecSimple(n=1, event_id=digits))
+    )
+    assert back.event_id == digits
+    assert original is None
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "0189ABCD-0000-7000-8000-0000000000FF",
+        "0189abcd0000700080000000000000ff",
+        "{0189abcd-0000-7000-8000-0000000000ff}",
+        "urn:uuid:0189abcd-0000-7000-8000-0000000000ff",
+    ],
+)
+def test_a_uuid_spelled_otherwise_keeps_its_value_and_its_spelling(
+    codec: CloudEventCodec, spelling: str
+) -> None:
+    event, _, original = codec.decode_delivery(_foreign_wire(spelling), b'{"n": 1}')
+    assert event.event_id == UUID("0189abcd-0000-7000-8000-0000000000ff")
+    assert original == spelling  # re-encoding and the dedup key use the text as sent
+
+
+@pytest.mark.parametrize(
+    ("missing", "match"),
+    [
+        ("id", "'id' is empty"),
+        ("source", "'source' is empty"),
+        ("type", "'type' is empty"),
+        ("specversion", "specversion ''"),
+    ],
+)
+def test_required_attributes_must_not_be_empty(
+    codec: CloudEventCodec, missing: str, match: str
+) -> None:
+    attrs = {**_foreign_wire("order-1"), missing: ""}
+    with pytest.raises(DecodeError, match=match) as exc:
+        codec.decode_delivery(attrs, b'{"n": 1}')
+    assert _reason(exc) == "malformed"
+
+
+def test_a_non_uuid_id_with_a_bad_body_reports_the_body(codec: CloudEventCodec) -> None:
+    wire_id = "order-00000000000000000000000042"  # a UUID's length: tried as one first
+    assert len(wire_id) == 32
+    with pytest.raises(DecodeError, match="n: Input should be a valid integer") as exc:
+        codec.decode_delivery(_foreign_wire(wire_id), b'{"n": "many"}')
+    assert _reason(exc) == "invalid_data"
+    assert "UUID" not in str(exc.value)
+
+
+def _in_context(context: DeliveryContext, fn: Any) -> Any:
+    token = delivery_context.set(context)
+    try:
+        return fn()
+    finally:
+        delivery_context.reset(token)
+
+
+def test_forwarding_the_handled_event_writes_the_original_id_again(
+    codec: CloudEventCodec,
+) -> None:
+    event, metadata, original = codec.decode_delivery(_foreign_wire("order-42"), b'{"n": 1}')
+    context = DeliveryContext(event, metadata, 1, None, None, "sub", original)
+    attrs, body = _in_context(context, lambda: codec.encode(event))
+    assert attrs["id"] == "order-42"
+    assert attrs["source"] == "/shop/orders"
+    # A copy with the same identity (a middleware changed it) is still the same event.
+    copy = event.model_copy(update={"correlation_id": "c"})
+    assert _in_context(context, lambda: codec.encode(copy))[0]["id"] == "order-42"
+    # A new event published by the handler keeps its own id.
+    child = _in_context(context, lambda: CodecSimple(n=2))
+    assert _in_context(context, lambda: codec.encode(child))[0]["id"] == str(child.event_id)
+    # Outside the handler the event has no original id to write: its own.
+    assert codec.encode(event)[0]["id"] == str(event.event_id)
+    # The next consumer derives the same event_id again.
+    again, _, again_original = CloudEventCodec(source="next").decode_delivery(attrs, body)
+    assert again.event_id == event.event_id
+    assert again_original == "order-42"
+
+
+@given(wire_id=st.text(min_size=1, max_size=60).filter(lambda s: "\x00" not in s))
+def test_any_id_decodes_and_survives_forwarding(wire_id: str) -> None:
+    codec = CloudEventCodec(source=SERVICE)
+    event, metadata, original = codec.decode_delivery(_foreign_wire(wire_id), b'{"n": 1}')
+    assert (original is None) == (str(event.event_id) == wire_id)
+    context = DeliveryContext(event, metadata, 1, None, None, "sub", original)
+    assert context.wire_id == wire_id
+    assert context.dedup_key == ("/shop/orders", wire_id)
+    attrs, body = _in_context(context, lambda: codec.encode(event, metadata))
+    assert attrs["id"] == wire_id
+    assert codec.decode_delivery(attrs, body)[0].event_id == event.event_id
+
+
+def test_delivery_context_identity_helpers() -> None:
+    event = CodecSimple(n=1, source="billing")
+    assert DeliveryContext().wire_id is None
+    assert DeliveryContext().dedup_key is None
+    plain = DeliveryContext(event)
+    assert plain.cloudevent_id is None
+    assert plain.wire_id == str(event.event_id)
+    assert plain.dedup_key == ("billing", str(event.event_id))
+    foreign = DeliveryContext(event, cloudevent_id="order-42")
+    assert foreign.wire_id == "order-42"
+    assert foreign.dedup_key == ("billing", "order-42")
+
+
+# -- times -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-05-01T12:00:00.123456789+02:00", datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)),
+        ("2024-05-01T12:00:00.1Z", datetime(2024, 5, 1, 12, 0, 0, 100000, tzinfo=UTC)),
+        ("2024-05-01t12:00:00z", datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
+        ("2024-05-01T07:30:00-04:30", datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
+        ("2024-05-01T12:00:00.000000001+00:00", datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),
+        ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2016-12-31T23:59:60.5+00:00", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ],
+)
+def test_rfc3339_times_decode_to_utc(codec: CloudEventCodec, text: str, expected: datetime) -> None:
+    attrs, body = _simple_wire(codec)
+    attrs["time"] = text
+    event, _ = codec.decode(attrs, body)
+    assert event.occurred_at == expected
+    assert event.occurred_at.tzinfo is UTC
+
+
+def test_a_leap_second_with_a_foreign_id_fixes_both(codec: CloudEventCodec) -> None:
+    attrs = {
+        **_foreign_wire("0189abcd-0000-7000-8000-00000000000g"),
+        "time": "2016-12-31T23:59:60Z",
+    }
+    event, _, original = codec.decode_delivery(attrs, b'{"n": 1}')
+    assert original == attrs["id"]
+    assert event.occurred_at == datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def test_amqp_timestamp_values_become_rfc3339(codec: CloudEventCodec) -> None:
+    headers, content_type, body = encode_message(codec, CodecSimple(n=1))
+    # An AMQP 0-9-1 timestamp (pamqp: an aware datetime; naive means UTC) ...
+    headers_dt: dict[str, Any] = {**headers, "cloudEvents:time": datetime(2024, 5, 1, 12, 0)}
+    event, _ = decode_message(codec, headers_dt, content_type, body)
+    assert event.occurred_at == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    # ... and the AMQP 1.0 binding's integer milliseconds since the epoch.
+    millis = int(datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC).timestamp() * 1000)
+    headers_ms: dict[str, Any] = {**headers, "cloudEvents_time": millis}
+    del headers_ms["cloudEvents:time"]
+    event, _ = decode_message(codec, headers_ms, content_type, body)
+    assert event.occurred_at == datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=UTC)
+
+
+# -- typed attribute values ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "value", "text"),
+    [
+        ("flag", True, "true"),
+        ("flag", False, "false"),
+        ("count", 42, "42"),
+        ("count", -(2**31), "-2147483648"),
+        ("blob", b"\x00\xff", "AP8="),
+        ("blob", bytearray(b"\x00\xff"), "AP8="),
+        ("link", "https://example.com/a?b=c", "https://example.com/a?b=c"),
+        (
+            "when",
+            datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1))),
+            "2024-01-02T02:04:05Z",
+        ),
+        ("id", bytearray(b"order-1"), "order-1"),  # a String attribute: text, not base64
+        ("traceparent", b"00-ab", "00-ab"),
+        ("time", 0, "1970-01-01T00:00:00Z"),
+        ("x", None, None),
+    ],
+)
+def test_attribute_text_gives_the_canonical_string(name: str, value: Any, text: str | None) -> None:
+    assert attribute_text(name, value) == text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("ratio", 1.5, "float"),
+        ("table", {"a": 1}, "dict"),
+        ("items", [1], "list"),
+        ("id", b"\xff", "UTF-8"),
+        ("time", 10**20, "milliseconds"),
+    ],
+)
+def test_attribute_text_refuses_what_no_cloudevents_type_is(
+    name: str, value: Any, match: str
+) -> None:
+    with pytest.raises(TypeError, match=match):
+        attribute_text(name, value)
+
+
+def test_amqp_extensions_of_every_type_become_metadata(codec: CloudEventCodec) -> None:
+    headers, content_type, body = encode_message(codec, CodecSimple(n=1))
+    typed: dict[str, Any] = {
+        **headers,
+        "cloudEvents:flag": True,
+        "cloudEvents:count": 7,
+        "cloudEvents:big": 2**40,
+        "cloudEvents_blob": bytearray(b"\x00\x01\xfe"),
+        "cloudEvents:link": "https://example.com/x",
+        "cloudEvents:seen": datetime(2024, 1, 1, tzinfo=UTC),
+    }
+    # Through pamqp as RabbitMQ carries them: the types a consumer really gets.
+    _, wire = pamqp_decode.field_table(pamqp_encode.field_table(typed))
+    event, metadata = decode_message(codec, wire, content_type, body)
+    assert event.n == 1  # type: ignore[attr-defined]
+    assert metadata == {
+        "flag": "true",
+        "count": "7",
+        "big": "1099511627776",
+        "blob": "AAH+",
+        "link": "https://example.com/x",
+        "seen": "2024-01-01T00:00:00Z",
+    }
+
+
+@pytest.mark.parametrize(("value", "match"), [(1.5, "float"), ({"a": 1}, "dict"), ([1], "list")])
+def test_amqp_header_of_no_cloudevents_type_is_a_decode_error(
+    codec: CloudEventCodec, value: Any, match: str
+) -> None:
+    headers, content_type, body = encode_message(codec, CodecSimple(n=1))
+    with pytest.raises(DecodeError, match=rf"'cloudEvents:odd'.*{match}") as exc:
+        decode_message(codec, {**headers, "cloudEvents:odd": value}, content_type, body)
+    assert exc.value.raw == body
+    assert _reason(exc) == "malformed"
+
+
+# -- RabbitMQ binding: ce- headers ------------------------------------------------------------
+def test_rabbitmq_binding_ce_headers_are_read(codec: CloudEventCodec) -> None:
+    headers = {
+        "ce-specversion": "1.0",
+        "CE-ID": "order-42",
+        "Ce-Type": "codec.test.simple",
+        "ce-source": "/shop",
+        "ce-time": "2024-05-01T12:00:00.123456789+02:00",
+        "ce-tenant": "acme",
+        "x-other": "ignored",
+    }
+    event, metadata, original = read_message(codec, headers, "application/json", b'{"n": 3}')
+    assert isinstance(event, CodecSimple)
+    assert event.n == 3
+    assert event.source == "/shop"
+    assert original == "order-42"
+    assert event.event_id == derived_event_id("/shop", "order-42")
+    assert event.occurred_at == datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    assert metadata == {"tenant": "acme"}
+
+
+def test_the_amqp_binding_wins_over_ce_headers() -> None:
+    headers = {"ce-id": "knative", "cloudEvents:id": "amqp", "ce-tenant": "t"}
+    assert from_amqp_headers(headers, None) == {"id": "amqp", "tenant": "t"}
+    headers = {"cloudEvents_id": "amqp", "ce-id": "knative"}
+    assert from_amqp_headers(headers, None) == {"id": "amqp"}
+
+
+def test_a_content_type_header_stands_in_for_the_property() -> None:
+    headers = {"ce-id": "1", "content-type": "application/json; charset=utf-8"}
+    assert from_amqp_headers(headers, None)["datacontenttype"] == (
+        "application/json; charset=utf-8"
+    )
+    # The property wins.
+    assert from_amqp_headers(headers, "application/vnd.x+json")["datacontenttype"] == (
+        "application/vnd.x+json"
+    )
+
+
+# -- structured content mode --------------------------------------------------------------
+def _structured(**members: Any) -> bytes:
+    document = {
+        "specversion": "1.0",
+        "id": "order-42",
+        "type": "codec.test.simple",
+        "source": "/shop",
+        "time": "2024-05-01T12:00:00.123456789+02:00",
+        **members,
+    }
+    return json.dumps({k: v for k, v in document.items() if v is not ...}).encode()
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/cloudevents+json",
+        "application/cloudevents+json; charset=utf-8",
+        "Application/CloudEvents+JSON",
+    ],
+)
+def test_structured_mode_reads_the_json_event_format(
+    codec: CloudEventCodec, content_type: str
+) -> None:
+    body = _structured(data={"n": 5}, flag=True, count=3, tenant="acme", dataschema=None)
+    event, metadata, original = codec.decode_structured(body, content_type)
+    assert isinstance(event, CodecSimple)
+    assert event.n == 5
+    assert original == "order-42"
+    assert event.source == "/shop"
+    assert event.occurred_at == datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    assert metadata == {"flag": "true", "count": "3", "tenant": "acme"}
+
+
+def test_structured_mode_data_base64_and_no_data(codec: CloudEventCodec) -> None:
+    encoded = base64.b64encode(b'{"n": 9}').decode()
+    event, _, _ = codec.decode_structured(
+        _structured(data_base64=encoded), "application/cloudevents+json"
+    )
+    assert event.n == 9  # type: ignore[attr-defined]
+
+    class CodecNoFields(DomainEvent, event_type="codec.test.no_fields"):
+        pass
+
+    empty, _, _ = codec.decode_structured(
+        _structured(type="codec.test.no_fields"), "application/cloudevents+json"
+    )
+    assert isinstance(empty, CodecNoFields)
+
+
+def test_structured_mode_hexbus_envelope_round_trips(codec: CloudEventCodec) -> None:
+    event = CodecSimple(n=4, causation_id="c1", correlation_id="conv")
+    attrs, body = CloudEventCodec(source="billing").encode(event, {"ip_address": "1.2.3.4"})
+    document = {**attrs, "data": json.loads(body)}
+    back, metadata, original = codec.decode_structured(
+        json.dumps(document).encode(), "application/cloudevents+json"
+    )
+    assert back == event.model_copy(update={"source": "billing"})
+    assert metadata == {"ip_address": "1.2.3.4"}
+    assert original is None
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "match"),
+    [
+        ("application/cloudevents-batch+json", b"[]", "batched content mode"),
+        ("application/cloudevents+avro", b"\x00", "application/cloudevents\\+avro"),
+        ("application/cloudevents+json", b"{not json", "not valid JSON"),
+        ("application/cloudevents+json", b"[1]", "must be a JSON object, got a JSON array"),
+        ("application/cloudevents+json", None, "specversion"),
+        ("application/cloudevents+json", "data", "not a JSON object"),
+        ("application/cloudevents+json", "both", "both 'data' and 'data_base64'"),
+        ("application/cloudevents+json", "b64", "'data_base64' is not valid base64"),
+        ("application/cloudevents+json", "b64num", "'data_base64' is a JSON number"),
+        ("application/cloudevents+json", "listattr", "'subject' is invalid.*list"),
+        ("application/cloudevents+json", "xml", "datacontenttype"),
+    ],
+)
+def test_structured_mode_failures_are_precise(
+    codec: CloudEventCodec, content_type: str, body: Any, match: str
+) -> None:
+    bodies = {
+        None: _structured(specversion=..., data={"n": 1}),
+        "data": _structured(data="n=1"),
+        "both": _structured(data={"n": 1}, data_base64="e30="),
+        "b64": _structured(data_base64="not base64!"),
+        "b64num": _structured(data_base64=5),
+        "listattr": _structured(data={"n": 1}, subject=["a"]),
+        "xml": _structured(data="<n/>", datacontenttype="application/xml"),
+    }
+    raw = body if isinstance(body, bytes) else bodies[body]
+    with pytest.raises(DecodeError, match=match) as exc:
+        codec.decode_structured(raw, content_type)
+    assert exc.value.raw == raw  # the whole message, for the dead letter
+    assert _reason(exc) == "malformed"
+
+
+def test_kafka_structured_records_are_read(codec: CloudEventCodec) -> None:
+    body = _structured(data={"n": 2})
+    headers = [("content-type", b"application/cloudevents+json; charset=utf-8")]
+    event, _, original = read_record(codec, headers, body)
+    assert event.n == 2  # type: ignore[attr-defined]
+    assert original == "order-42"
+    assert decode_record(codec, headers, body)[0] == event
+    # No ce_ header and no content type at all: structured, as the SDKs read it.
+    assert read_record(codec, [("trace", b"x")], body)[0] == event
+    with pytest.raises(DecodeError, match="no ce_ headers and no content-type") as exc:
+        read_record(codec, None, b"plain text")
+    assert exc.value.raw == b"plain text"
+    assert _reason(exc) == "malformed"
+
+
+def test_amqp_structured_messages_are_read(codec: CloudEventCodec) -> None:
+    body = _structured(data={"n": 2})
+    event, _, original = read_message(codec, {}, "application/cloudevents+json", body)
+    assert event.n == 2  # type: ignore[attr-defined]
+    assert original == "order-42"
+    # Structured mode ignores attribute headers (the body is the event).
+    ignored = {"cloudEvents:id": "other", "cloudEvents:odd": 1.5}
+    assert read_message(codec, ignored, "application/cloudevents+json", body)[0] == event
+    # A content-type header instead of the property; and neither at all.
+    header_ct = {"content-type": "application/cloudevents+json"}
+    assert read_message(codec, header_ct, None, body)[0] == event
+    assert read_message(codec, None, None, body)[0] == event
+    with pytest.raises(DecodeError, match="no CloudEvents headers"):
+        read_message(codec, {"x-other": "1"}, None, b"")
+    with pytest.raises(DecodeError, match="batched") as exc:
+        decode_message(codec, {}, "application/cloudevents-batch+json", b"[]")
+    assert exc.value.raw == b"[]"
+
+
+# -- identity of stored messages (dead-letter listings) ------------------------------------
+def test_kafka_wire_identity_in_every_mode(codec: CloudEventCodec) -> None:
+    event = CodecSimple(n=1)
+    headers, value = encode_record(codec, event)
+    assert kafka_wire_identity(headers, value) == (str(event.event_id), "codec.test.simple")
+    structured = _structured(data={"n": 1})
+    ct = [("content-type", b"application/cloudevents+json")]
+    assert kafka_wire_identity(ct, structured) == ("order-42", "codec.test.simple")
+    assert kafka_wire_identity(None, structured) == ("order-42", "codec.test.simple")
+    assert kafka_wire_identity(ct, b"{broken") == (None, None)
+    assert kafka_wire_identity([("content-type", b"application/json")], structured) == (
+        None,
+        None,
+    )
+    assert kafka_wire_identity(None, None) == (None, None)
+
+
+def test_amqp_wire_identity_in_every_binding_and_mode(codec: CloudEventCodec) -> None:
+    event = CodecSimple(n=1)
+    headers, content_type, body = encode_message(codec, event)
+    expected = (str(event.event_id), "codec.test.simple")
+    assert amqp_wire_identity(headers, content_type, body) == expected
+    knative = {"ce-id": "order-42", "ce-type": "codec.test.simple"}
+    assert amqp_wire_identity(knative, "application/json", b"{}") == (
+        "order-42",
+        "codec.test.simple",
+    )
+    structured = _structured(data={"n": 1})
+    assert amqp_wire_identity({}, "application/cloudevents+json", structured) == (
+        "order-42",
+        "codec.test.simple",
+    )
+    assert amqp_wire_identity(None, None, structured) == ("order-42", "codec.test.simple")
+    assert amqp_wire_identity({"cloudEvents:odd": 1.5}, None, b"") == (None, None)
+    assert amqp_wire_identity({}, "application/cloudevents+json", b"[1]") == (None, None)

@@ -244,3 +244,17 @@ def test_subscription_table_answers_by_name_class_and_wire_name() -> None:
     table.remove(PipeA, h1)
     assert table.for_delivery("one", PipeA) == ()  # caches follow changes
     assert not table.accepts("one", "pipeline.test.a")
+
+
+def test_causation_names_a_foreign_cause_by_its_wire_id() -> None:
+    """A child of a foreign event (CloudEvents id ``order-42``) points at ``order-42``,
+    built inside the handler or stamped at publish time."""
+    parent = PipeA(n=1)
+    token = delivery_context.set(DeliveryContext(parent, cloudevent_id="order-42"))
+    try:
+        built_inside = PipeB(n=2)
+        stamped = stamp_causation(PipeB(n=3).model_copy(update={"causation_id": None}))
+    finally:
+        delivery_context.reset(token)
+    assert built_inside.causation_id == "order-42"
+    assert stamped.causation_id == "order-42"

@@ -52,8 +52,14 @@ logger = logging.getLogger("hexbus.consume")
 
 _ERROR_TEXT_LIMIT = 2000
 
-#: What a transport hands the pipeline: the decoded event and its metadata.
-Decoded = tuple[DomainEvent, Mapping[str, str]]
+#: What a transport hands the pipeline: the decoded event and its metadata, optionally
+#: followed by the event's CloudEvents ``id`` as it arrived when that is not
+#: ``str(event.event_id)`` (a foreign producer's ``order-42``; ``None`` otherwise). It
+#: becomes ``DeliveryContext.cloudevent_id``, so handlers can read it and re-publishing
+#: the event keeps it on the wire.
+Decoded = (
+    tuple[DomainEvent, Mapping[str, str]] | tuple[DomainEvent, Mapping[str, str], str | None]
+)
 
 
 def error_text(exc: BaseException) -> str:
@@ -144,7 +150,11 @@ class ConsumePipeline:
         """
         if isinstance(decoded, DecodeError):
             return self.undecodable(subscription, decoded, attempt=attempt, where=where)
-        event, metadata = decoded
+        if len(decoded) == 3:
+            event, metadata, cloudevent_id = decoded
+        else:
+            event, metadata = decoded
+            cloudevent_id = None
         subs = self.subscriptions.for_delivery(subscription, type(event))
         if not subs:
             error = (
@@ -161,7 +171,7 @@ class ConsumePipeline:
             return Outcome(Action.DEAD_LETTER, attempt, 0.0, error, "no_handler", subscription)
         return await self.run(
             subs, event, metadata, subscription=subscription, attempt=attempt, key=key,
-            session=session,
+            session=session, cloudevent_id=cloudevent_id,
         )
 
     def undecodable(
@@ -196,10 +206,11 @@ class ConsumePipeline:
         attempt: int = 1,
         key: str | None = None,
         session: Any = None,
+        cloudevent_id: str | None = None,
     ) -> Outcome:
         """Run ``subs`` (handlers of one subscription) once for ``event``; the outcome."""
         token = delivery_context.set(
-            DeliveryContext(event, metadata, attempt, session, key, subscription)
+            DeliveryContext(event, metadata, attempt, session, key, subscription, cloudevent_id)
         )
         try:
             for sub in subs:

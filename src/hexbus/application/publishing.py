@@ -83,10 +83,11 @@ def stamp_causation(event: DomainEvent) -> DomainEvent:
     same context); this covers one built before and published inside. Its correlation
     id is replaced only when it is the default (its own id): one set on purpose stays.
     """
-    parent = delivery_context.get().event
+    context = delivery_context.get()
+    parent = context.event
     if parent is None or event.causation_id is not None or parent is event:
         return event
-    update: dict[str, Any] = {"causation_id": str(parent.event_id)}
+    update: dict[str, Any] = {"causation_id": context.wire_id}
     if event.correlation_id == str(event.event_id):
         update["correlation_id"] = parent.correlation_id
     return event.model_copy(update=update)

@@ -46,17 +46,26 @@ from hexbus.domain.errors import (
 )
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.adapters import availability, build_bus
+from hexbus.infrastructure.security import (
+    SecurityError,
+    SecurityMode,
+    probe_tls,
+    security_mode,
+    settings_tls,
+)
 from hexbus.infrastructure.settings import HexbusSettings, load_settings
 
 __all__ = [
     "SESSION_OK",
     "BrokerProbe",
+    "SecurityReport",
     "SubscriptionCheck",
     "WiringReport",
     "broker_endpoints",
     "check_command",
     "check_wiring",
     "probe",
+    "security_report",
     "session_probe",
 ]
 
@@ -155,6 +164,11 @@ SESSION_OK = "ok (connected, authenticated, started and stopped the adapter)"
 
 def session_probe(settings: HexbusSettings, *, timeout: float) -> str:
     """Start and stop the adapter the registry builds: ``SESSION_OK`` or the error."""
+    return _session(settings, timeout=timeout)[0]
+
+
+def _session(settings: HexbusSettings, *, timeout: float) -> tuple[str, BaseException | None]:
+    """``session_probe``'s text, and the exception behind it (``None`` when it worked)."""
 
     async def run() -> None:
         bus = build_bus(settings)
@@ -166,11 +180,109 @@ def session_probe(settings: HexbusSettings, *, timeout: float) -> str:
 
     try:
         asyncio.run(run())
-    except TimeoutError:
-        return f"no session within {timeout:.0f}s"
+    except TimeoutError as exc:
+        return f"no session within {timeout:.0f}s", exc
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a diagnosis
-        return redact(settings, f"{type(exc).__name__}: {exc}")
-    return SESSION_OK
+        return redact(settings, f"{type(exc).__name__}: {exc}"), exc
+    return SESSION_OK, None
+
+
+# --------------------------------------------------------------------------- security
+
+
+@dataclass(slots=True)
+class SecurityReport:
+    """How the adapter secures its connections, and what the broker made of it.
+
+    ``chain`` / ``credentials``: ``accepted``, ``rejected``, ``not used`` (plaintext; no
+    SASL) or ``not checked`` (brokers not contacted, or an earlier step failed).
+    """
+
+    mode: SecurityMode
+    chain: str = "not checked"
+    chain_detail: str = ""
+    credentials: str = "not checked"
+    credentials_detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.mode.as_dict(),
+            "summary": self.mode.text,
+            "certificate_chain": {"status": self.chain, "detail": self.chain_detail},
+            "credentials": {"status": self.credentials, "detail": self.credentials_detail},
+        }
+
+
+_CHAIN_PROBLEMS = frozenset({"certificate", "hostname", "client-certificate", "file"})
+_CREDENTIAL_PROBLEMS = frozenset({"credentials", "mechanism"})
+
+
+def _masked(settings: HexbusSettings, text: str) -> str:
+    for secret in settings.secret_values():
+        text = text.replace(secret, "***")
+    return text
+
+
+def security_report(
+    settings: HexbusSettings,
+    *,
+    endpoint: tuple[str, int] | None,
+    session: str | None,
+    error: BaseException | None,
+    timeout: float = PROBE_TIMEOUT,
+) -> SecurityReport | None:
+    """The security mode of ``settings`` and, after a session probe (``session`` and its
+    ``error``), whether the broker accepted the certificate chain and the credentials.
+
+    The chain is judged by one TLS handshake with ``endpoint`` (which also shows the
+    broker's certificate), the credentials by the session: its ``SecurityError`` says
+    which part was refused. ``None`` for the memory adapter.
+    """
+    mode = security_mode(settings)
+    if mode is None:
+        return None
+    report = SecurityReport(mode)
+    if mode.tls is None:
+        report.chain, report.chain_detail = "not used", "plaintext connection"
+    if mode.mechanism is None:
+        report.credentials, report.credentials_detail = "not used", "no SASL authentication"
+    if session is None or endpoint is None:
+        return report
+    problem = error.problem if isinstance(error, SecurityError) else None
+    if mode.tls is not None:
+        if problem in _CHAIN_PROBLEMS:
+            report.chain, report.chain_detail = "rejected", str(error)
+        else:
+            report.chain, report.chain_detail = _handshake(settings, endpoint, timeout)
+    if mode.mechanism is None:
+        return report
+    who = f"{mode.mechanism} as {mode.user!r}" if mode.user else mode.mechanism
+    if session == SESSION_OK:
+        report.credentials, report.credentials_detail = "accepted", who
+    elif problem in _CREDENTIAL_PROBLEMS:
+        report.credentials, report.credentials_detail = "rejected", str(error)
+    elif report.chain == "rejected":
+        report.credentials_detail = "TLS failed first"
+    else:
+        report.credentials_detail = f"the session failed before ({session})"
+    return report
+
+
+def _handshake(
+    settings: HexbusSettings, endpoint: tuple[str, int], timeout: float
+) -> tuple[str, str]:
+    """(``accepted``/``rejected``, detail) of one TLS handshake with ``endpoint``."""
+    try:
+        tls = settings_tls(settings)
+    except SecurityError as exc:
+        return "rejected", str(exc)
+    if tls is None:
+        return "not used", "plaintext connection"
+    host, port = endpoint
+    result = asyncio.run(probe_tls(host, port, tls[1], timeout=max(timeout, 5.0)))
+    if result.ok:
+        return "accepted", result.detail
+    return "rejected", _masked(settings, result.detail)
 
 
 # --------------------------------------------------------------------------- wiring
@@ -457,10 +569,15 @@ def check_command(
     usable, detail = availability(settings.adapter)
     probes: list[BrokerProbe] = []
     session: str | None = None
+    session_error: BaseException | None = None
     if not skip_brokers:
         probes = [probe(h, p, timeout) for h, p in broker_endpoints(settings)]
         if usable and probes and all(p.reachable for p in probes):
-            session = session_probe(settings, timeout=max(timeout, 10.0))
+            session, session_error = _session(settings, timeout=max(timeout, 10.0))
+    endpoint = (probes[0].host, probes[0].port) if probes else None
+    security = security_report(
+        settings, endpoint=endpoint, session=session, error=session_error, timeout=timeout
+    )
     wiring = check_wiring(loaded) if loaded else None
     config_ok = usable and all(p.reachable for p in probes) and session in (None, SESSION_OK)
     ok = config_ok and (wiring is None or wiring.ok)
@@ -473,6 +590,7 @@ def check_command(
             "brokers_skipped": skip_brokers,
             "brokers": [asdict(p) for p in probes],
             "session": session,
+            "security": security.as_dict() if security else None,
             "subscriptions": [s.as_dict() for s in wiring.subscriptions] if wiring else [],
             "wiring": wiring.as_dict() if wiring else _unchecked_wiring(),
         }
@@ -482,6 +600,7 @@ def check_command(
         if session is not None:
             style = "green" if session == SESSION_OK else "red"
             out_console().print(Text.assemble("session: ", (session, style)))
+        _print_security(security)
         _print_wiring(wiring)
     if not ok:
         problems = [] if usable else [detail]
@@ -538,6 +657,25 @@ def _print_report(
     for p in probes:
         status = ("ok", "green") if p.reachable else (f"unreachable: {p.error}", "red")
         console.print(Text.assemble(f"broker {p.host}:{p.port}: ", status))
+
+
+_STATUS_STYLE = {"accepted": "green", "rejected": "red", "not used": "dim", "not checked": "yellow"}
+
+
+def _print_security(report: SecurityReport | None) -> None:
+    """``security: <mode>`` and, under it, the verdicts on the chain and credentials."""
+    if report is None:
+        return
+    console = out_console()
+    console.print(Text.assemble("security: ", (report.mode.text, "bold")))
+    for what, status, detail in (
+        ("certificate chain", report.chain, report.chain_detail),
+        ("credentials", report.credentials, report.credentials_detail),
+    ):
+        tail = f" ({detail})" if detail else ""
+        console.print(
+            Text.assemble(f"  {what}: ", (status, _STATUS_STYLE.get(status, "")), tail)
+        )
 
 
 def _print_wiring(wiring: WiringReport | None) -> None:

@@ -28,6 +28,14 @@ class DeliveryContext(NamedTuple):
     ``session`` is whatever the publisher passed (e.g. an ``AsyncSession``); it only
     exists in process, broker adapters never transport it. A ``NamedTuple`` because one
     is built per publish on the hot path, and it is immutable for free.
+
+    ``cloudevent_id`` is the CloudEvents ``id`` exactly as it arrived, set only when it is
+    not the text of ``event.event_id``: a foreign producer's ``order-42`` (the event then
+    carries a stable ``event_id`` derived from (source, id), see
+    ``docs/architecture/interop.md``) or a UUID spelled differently (``ABCD...``). It is
+    ``None`` for everything hexbus produced itself, so the common case costs nothing.
+    Read ``wire_id`` for the id as it was on the wire either way, and ``dedup_key`` for
+    the identity the CloudEvents spec defines, (source, id).
     """
 
     event: DomainEvent | None = None
@@ -37,6 +45,8 @@ class DeliveryContext(NamedTuple):
     #: The key the publisher passed, or ``None``; read ``key`` for the effective one.
     explicit_key: str | None = None
     subscription: str | None = None
+    #: The CloudEvents ``id`` as received when it is not ``str(event.event_id)``, else ``None``.
+    cloudevent_id: str | None = None
 
     @property
     def key(self) -> str | None:
@@ -48,6 +58,33 @@ class DeliveryContext(NamedTuple):
         if self.explicit_key is not None:
             return self.explicit_key
         return None if self.event is None else str(self.event.event_id)
+
+    @property
+    def wire_id(self) -> str | None:
+        """The event's CloudEvents ``id`` as it was on the wire (``None`` outside handlers).
+
+        ``str(event.event_id)`` for events hexbus produced; the producer's own id (e.g.
+        ``order-42``) for a foreign event whose id is not a UUID. Re-publishing the event
+        being handled writes this id again, so a chain of forwarders keeps one identity.
+        """
+        if self.cloudevent_id is not None:
+            return self.cloudevent_id
+        return None if self.event is None else str(self.event.event_id)
+
+    @property
+    def dedup_key(self) -> tuple[str, str] | None:
+        """``(source, id)``: what the CloudEvents spec says identifies an event.
+
+        For an inbox / idempotency table: two deliveries with the same key are the same
+        event (a redelivery or a replay). ``source`` is ``event.source``, where ``""``
+        stands for this service (as everywhere in hexbus), so keys are stable within one
+        consuming service. ``None`` outside handlers.
+        """
+        event = self.event
+        if event is None:
+            return None
+        wire_id = self.cloudevent_id
+        return (event.source, str(event.event_id) if wire_id is None else wire_id)
 
 
 _NO_CONTEXT = DeliveryContext()

@@ -44,8 +44,9 @@ def _default_correlation_id(data: dict[str, Any]) -> str:
 
 
 def _default_causation_id() -> str | None:
-    parent = delivery_context.get().event
-    return None if parent is None else str(parent.event_id)
+    # The cause as its producer named it: the handled event's id on the wire (a foreign
+    # producer's ``order-42``), which is ``str(event_id)`` for every hexbus event.
+    return delivery_context.get().wire_id
 
 
 def _derive_event_type(class_name: str) -> str:

@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 core (binary content mode), shared by the RabbitMQ and Kafka adapters.
+"""CloudEvents 1.0 core, shared by the RabbitMQ and Kafka adapters.
 
 Why CloudEvents in binary mode: the envelope (id, type, source, time ...) travels as
 message headers and the body is the event's own fields as plain JSON, so a non-Python
@@ -17,39 +17,84 @@ sanitized name and the extension ``hexbusmetakeys`` lists the original spelling 
 key whose name changed; a hexbus decoder restores the exact keys, a foreign consumer
 still sees readable names, and a foreign producer's extensions come back as metadata
 under their own names.
+
+What a foreign producer may send, and how it comes back (``docs/architecture/interop.md``
+has the full wire mapping):
+
+- an ``id`` that is not a UUID (``order-42``): the typed event gets the stable
+  ``event_id`` ``uuid5(EVENT_ID_NAMESPACE, f"{source}\\n{id}")`` and the original id
+  travels next to it (``decode_delivery`` → ``DeliveryContext.cloudevent_id``);
+  re-encoding the event being handled writes the original id again;
+- structured content mode (``application/cloudevents+json``: the whole event as one JSON
+  document, ``decode_structured``);
+- typed attribute values (booleans, integers, binary, AMQP timestamps) and RFC 3339 times
+  with nanoseconds, offsets or a leap second, turned into their canonical strings
+  (``attribute_text``) or the nearest ``datetime``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, Final, Literal
+from uuid import UUID, uuid5
 
+import pydantic_core
 from pydantic import ValidationError
 
+from hexbus.domain.context import delivery_context
 from hexbus.domain.errors import DecodeError, InvalidMetadataError, UnknownEventTypeError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 
 __all__ = [
+    "BATCH_CONTENT_TYPE",
     "CONTENT_TYPE",
     "CloudEventCodec",
     "DecodeReason",
+    "Delivered",
     "ENVELOPE_FIELDS",
+    "EVENT_ID_NAMESPACE",
     "METAKEYS_EXTENSION",
     "RESERVED_ATTRIBUTES",
     "SPECVERSION",
+    "STRUCTURED_CONTENT_TYPE",
+    "attribute_text",
     "decode_error_reason",
     "decode_error",
+    "derived_event_id",
     "extension_name",
     "format_time",
+    "is_structured",
+    "structured_attributes",
+    "structured_identity",
 ]
 
 SPECVERSION: Final = "1.0"
 CONTENT_TYPE: Final = "application/json"
 METAKEYS_EXTENSION: Final = "hexbusmetakeys"
+#: Structured content mode, JSON event format: the whole CloudEvent is the body.
+STRUCTURED_CONTENT_TYPE: Final = "application/cloudevents+json"
+#: Batched content mode (a JSON array of events in one message): not read by hexbus.
+BATCH_CONTENT_TYPE: Final = "application/cloudevents-batch+json"
+_STRUCTURED_PREFIX: Final = "application/cloudevents"
+_STRUCTURED_PREFIX_LEN: Final = len(_STRUCTURED_PREFIX)
+
+#: The namespace of ``event_id``s derived from a CloudEvents ``id`` that is not a UUID:
+#: ``uuid5(NAMESPACE_URL, "urn:hexbus:cloudevents:id")``. Fixed forever: changing it
+#: would give every such event a new identity.
+EVENT_ID_NAMESPACE: Final = UUID("103d7606-9cec-546d-9852-1e0eabf03b2d")
+#: Lengths of the UUID spellings pydantic reads (simple, hyphenated, braced, URN). An id
+#: of any other length is certainly not a UUID: its ``event_id`` is derived up front.
+_UUID_TEXT_LENGTHS: Final = frozenset({32, 36, 38, 45})
+
+#: What a consumer delivers: the event, its metadata, and the CloudEvents ``id`` as it
+#: arrived when that is not ``str(event.event_id)`` (else ``None``).
+Delivered = tuple[DomainEvent, dict[str, str], str | None]
 
 #: The ``DomainEvent`` base fields; they travel as CloudEvents attributes, never in data.
 ENVELOPE_FIELDS: Final[frozenset[str]] = frozenset(DomainEvent.model_fields)
@@ -75,8 +120,13 @@ RESERVED_ATTRIBUTES: Final[frozenset[str]] = frozenset(
     }
 )
 _REQUIRED: Final = ("specversion", "id", "type", "source")
+#: Attributes whose CloudEvents type is String (or a string form): a binary AMQP value
+#: under one of these names is read as UTF-8 text, never as base64 like an extension.
+_TEXT_ATTRIBUTES: Final = RESERVED_ATTRIBUTES | {"traceparent", "tracestate", "partitionkey"}
 _NOT_EXTENSION_NAME = re.compile(r"[^a-z0-9]+")
 _ESCAPED = re.compile(r"%(25|2[Cc])")
+#: An RFC 3339 time in a leap second (``...T23:59:60...``), which ``datetime`` cannot hold.
+_LEAP_SECOND = re.compile(r"(.*[Tt ]\d\d:\d\d:)60(?:\.\d+)?(.*)")
 
 #: Why a message could not be decoded, on ``DecodeError.reason``:
 #: ``malformed`` (not a CloudEvent hexbus can read: missing/invalid attributes, bad body),
@@ -136,6 +186,74 @@ def format_time(value: datetime) -> str:
     # RFC 3339 in UTC with 'Z'; occurred_at is already UTC, so astimezone is a no-op.
     text = value.astimezone(UTC).isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def derived_event_id(source: str, cloudevent_id: str) -> UUID:
+    """The stable ``event_id`` of a CloudEvent whose ``id`` is not a UUID.
+
+    ``uuid5(EVENT_ID_NAMESPACE, f"{source}\\n{id}")``: the CloudEvents spec makes
+    (source, id) unique, so every consumer, every redelivery and every replay of the
+    event derives the same UUID, in any language (the recipe is in the interop docs).
+    """
+    return uuid5(EVENT_ID_NAMESPACE, f"{source}\n{cloudevent_id}")
+
+
+def is_structured(content_type: str) -> bool:
+    """Does ``content_type`` announce structured (or batched) content mode?
+
+    Both bindings say so: a content type that begins with ``application/cloudevents``
+    means the body is the whole event in an event format, not only its data.
+    """
+    return content_type.lstrip()[:_STRUCTURED_PREFIX_LEN].lower() == _STRUCTURED_PREFIX
+
+
+def attribute_text(name: str, value: object) -> str | None:
+    """The canonical CloudEvents string of a typed attribute value (``None``: absent).
+
+    Protocol bindings and the JSON format may carry attribute values in native types;
+    hexbus keeps attributes (and so metadata) as strings, in the spec's canonical string
+    forms: Boolean → ``true``/``false``, Integer → decimal, Binary → base64 (but UTF-8
+    text for attributes whose type is String), Timestamp (a ``datetime``, or for ``time``
+    an integer count of milliseconds since the epoch, the AMQP timestamp) → RFC 3339 in
+    UTC. Raises ``TypeError`` for a value no CloudEvents type has (a float, a table, a
+    list); the caller turns it into a ``DecodeError`` naming the header.
+    """
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        if name == "time":
+            try:
+                return format_time(datetime.fromtimestamp(value / 1000, UTC))
+            except (OverflowError, OSError, ValueError):
+                raise TypeError(
+                    f"{value} is not a timestamp in milliseconds since the epoch"
+                ) from None
+        return str(value)
+    if isinstance(value, datetime):
+        return format_time(value if value.utcoffset() is not None else value.replace(tzinfo=UTC))
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        if name in _TEXT_ATTRIBUTES:
+            try:
+                return raw.decode()
+            except UnicodeDecodeError:
+                raise TypeError("it is binary, not UTF-8 text") from None
+        return base64.b64encode(raw).decode("ascii")
+    kind = type(value).__name__
+    raise TypeError(
+        f"it holds a {kind} ({value!r:.60}); CloudEvents attribute values are strings, "
+        "booleans, integers, binary or timestamps"
+    )
+
+
+def _leap_second(text: str) -> str | None:
+    """``text`` with a leap second (``:60``) clamped to the last microsecond before it."""
+    match = _LEAP_SECOND.fullmatch(text)
+    return None if match is None else f"{match[1]}59.999999{match[2]}"
 
 
 def _metadata_problems(metadata: Mapping[Any, Any]) -> list[str]:
@@ -233,9 +351,12 @@ class CloudEventCodec:
         (nothing is sent half-encoded).
         """
         cls = type(event)
+        event_id = str(event.event_id)
+        if _current_context().cloudevent_id is not None:  # handling a foreign-id event
+            event_id = _forwarded_id(event, event_id)
         attributes = {
             "specversion": SPECVERSION,
-            "id": str(event.event_id),
+            "id": event_id,
             "type": cls.event_type,
             "source": event.source or self._source,
             "time": format_time(event.occurred_at),
@@ -258,11 +379,40 @@ class CloudEventCodec:
     ) -> tuple[DomainEvent, dict[str, str]]:
         """The event and its metadata, or ``DecodeError`` (``raw=body``, a ``reason``).
 
+        Binary content mode: ``attributes`` from the headers, ``body`` the data. See
+        ``decode_delivery`` for the rules; this drops the original id, which only a
+        consumer (for the handler's ``DeliveryContext``) needs.
+        """
+        event, metadata, _ = self.decode_text(_as_text(attributes, body), body, attributes)
+        return event, metadata
+
+    def decode_delivery(self, attributes: Mapping[str, str | bytes], body: bytes) -> Delivered:
+        """The event, its metadata and its original CloudEvents id (``None`` if ordinary).
+
         Attributes win over body keys of the same name. ``time`` is optional in
         CloudEvents; without it ``occurred_at`` is the decode time. Missing
         ``correlationid`` (a foreign producer) starts a conversation at the event's id.
+        An ``id`` that is not a UUID gives the stable ``derived_event_id(source, id)``;
+        the third item is then the id as it arrived. Every failure is a ``DecodeError``
+        (``raw=body``, a ``reason``).
         """
-        attrs = _as_text(attributes, body)
+        return self.decode_text(_as_text(attributes, body), body, attributes)
+
+    def decode_text(
+        self,
+        attrs: Mapping[str, str],
+        body: bytes,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> Delivered:
+        """``decode_delivery`` for attributes that are already ``str`` (no conversion pass).
+
+        What the protocol bindings (``from_kafka_headers``, ``from_amqp_headers``,
+        ``structured_attributes``) produce: the consumer's hot path skips a copy of
+        every attribute. ``attributes`` is what a ``DecodeError`` shows as its headers
+        (``attrs`` if not given).
+        """
+        if attributes is None:
+            attributes = attrs
         for name in _REQUIRED:
             if name not in attrs:
                 raise decode_error(
@@ -272,6 +422,9 @@ class CloudEventCodec:
                     body,
                     attributes,
                 )
+        source = attrs["source"]
+        if not source:
+            raise _empty("source", body, attributes)
         if attrs["specversion"] != SPECVERSION:
             raise decode_error(
                 f"unsupported CloudEvents specversion {attrs['specversion']!r}; "
@@ -293,6 +446,8 @@ class CloudEventCodec:
         try:
             cls = self._registry.get(event_type)
         except UnknownEventTypeError as exc:
+            if not event_type:
+                raise _empty("type", body, attributes) from None
             raise decode_error(str(exc), "unknown_type", body, attributes) from exc
         wire_version = attrs.get("eventversion")
         if wire_version is not None:
@@ -320,8 +475,18 @@ class CloudEventCodec:
         # members: the event's own fields get exactly the rules they were serialized by,
         # the envelope comes from the attributes (a duplicate key in the body loses: the
         # last one wins), and no default factory (a fresh UUIDv7, the clock) runs only to
-        # be overwritten. This is the consumer's hot path.
-        data = _splice(body, self._envelope_json(attrs))
+        # be overwritten. This is the consumer's hot path: an id that may be a UUID is
+        # tried as one, and only when pydantic refuses it is an id derived (``_repair``).
+        wire_id = attrs["id"]
+        size = len(wire_id)
+        derived = None
+        if size != 36 and size not in _UUID_TEXT_LENGTHS:  # "order-42": certainly no UUID
+            if not size:
+                raise _empty("id", body, attributes)
+            derived = str(derived_event_id(source, wire_id))
+        data = _splice(
+            body, self._envelope_json(attrs, derived or wire_id, source, attrs.get("time"))
+        )
         if data is None:  # validating the body alone says precisely what is wrong with it
             try:
                 cls.model_validate_json(body)
@@ -337,25 +502,96 @@ class CloudEventCodec:
         try:
             event = cls.model_validate_json(data)
         except ValidationError as exc:
-            raise _body_error(exc, event_type, cls, body, attributes, attrs=attrs) from exc
-        return event, _metadata_from(attrs)
+            event, derived = self._repair(
+                exc, cls, body, attributes=attributes, attrs=attrs, derived=derived
+            )
+        # 36 characters that pydantic read as a UUID are hyphenated hex; in lower case
+        # that is the canonical text, hexbus's own (``lower()`` is the fast ASCII path).
+        if derived is None and size == 36 and wire_id.lower() == wire_id:
+            return event, _metadata_from(attrs), None
+        if derived is not None:
+            return event, _metadata_from(attrs), wire_id
+        # A UUID spelled otherwise (upper case, no hyphens, braces, URN): its value is
+        # the event_id, the spelling is kept for re-encoding and for the (source, id) key.
+        return event, _metadata_from(attrs), None if str(event.event_id) == wire_id else wire_id
 
-    def _envelope_json(self, attrs: Mapping[str, str]) -> str:
+    def decode_structured(self, body: bytes, content_type: str) -> Delivered:
+        """Structured content mode: ``body`` is the whole event in the JSON event format.
+
+        ``content_type`` is the message's (``application/cloudevents+json``, parameters
+        allowed). The attributes and ``data`` (or ``data_base64``) are taken from the
+        document, then decoded as in binary mode; a ``DecodeError`` keeps the whole body.
+        """
+        attrs, data = structured_attributes(body, content_type)
+        try:
+            return self.decode_text(attrs, data)
+        except DecodeError as exc:
+            exc.raw = body
+            raise
+
+    def _repair(
+        self,
+        exc: ValidationError,
+        cls: type[DomainEvent],
+        body: bytes,
+        *,
+        attributes: Mapping[str, Any],
+        attrs: Mapping[str, str],
+        derived: str | None,
+    ) -> tuple[DomainEvent, str | None]:
+        """Validate again after fixing what a foreign producer may legitimately send.
+
+        An ``id`` pydantic refused as a UUID (``order-42-...`` of a UUID's length) gets
+        its derived ``event_id``; a ``time`` in a leap second (``23:59:60``, valid RFC
+        3339 that ``datetime`` cannot hold) is clamped to the microsecond before. Any
+        other error, or one that remains, is the ``DecodeError`` it always was.
+        """
+        bad = {err["loc"][0] for err in exc.errors(include_url=False) if err["loc"]}
+        time = attrs.get("time")
+        fixed = False
+        if "event_id" in bad and derived is None:
+            derived = str(derived_event_id(attrs["source"], attrs["id"]))
+            fixed = True
+        if "occurred_at" in bad and time is not None and (leap := _leap_second(time)):
+            time = leap
+            fixed = True
+        event_type = attrs["type"]
+        if fixed:
+            data = _splice(
+                body, self._envelope_json(attrs, derived or attrs["id"], attrs["source"], time)
+            )
+            try:
+                return cls.model_validate_json(data or b""), derived
+            except ValidationError as again:
+                exc = again
+        raise _body_error(exc, event_type, cls, body, attributes, attrs=attrs) from exc
+
+    def _envelope_json(
+        self, attrs: Mapping[str, str], event_id: str, source: str, time: str | None
+    ) -> str:
         """The envelope fields as JSON object members, taken from the attributes."""
-        event_id = attrs["id"]
+        wire_id = attrs["id"]
         correlation_id = attrs.get("correlationid")
         causation_id = attrs.get("causationid")
-        source = attrs["source"]
-        time = attrs.get("time")
         members = (
             f'"event_id":{_quote(event_id)}'
-            f',"correlation_id":{_quote(event_id if correlation_id is None else correlation_id)}'
+            f',"correlation_id":{_quote(wire_id if correlation_id is None else correlation_id)}'
             f',"causation_id":{"null" if causation_id is None else _quote(causation_id)}'
             f',"source":{_quote("" if source == self._source else source)}'
         )
         if time is not None:  # optional in CloudEvents: without it, the decode time
             members += f',"occurred_at":{_quote(time)}'
         return members
+
+
+def _empty(name: str, body: bytes, attributes: Mapping[str, Any]) -> DecodeError:
+    return decode_error(
+        f"not a CloudEvent: required attribute {name!r} is empty (CloudEvents requires a "
+        "non-empty string)",
+        "malformed",
+        body,
+        attributes,
+    )
 
 
 def _splice(body: bytes, members: str) -> bytes | None:
@@ -449,7 +685,6 @@ _ENVELOPE_ATTRIBUTE = {
 
 
 _ATTRIBUTE_RULES = {
-    "id": "it must be a UUID",
     "time": "it must be an RFC 3339 timestamp with an offset",
 }
 
@@ -467,3 +702,149 @@ def _metadata_from(attrs: Mapping[str, str]) -> dict[str, str]:
             metadata[key] = extensions.pop(name)
     metadata.update(extensions)
     return metadata
+
+
+# -- structured content mode -------------------------------------------------------------
+def structured_attributes(body: bytes, content_type: str) -> tuple[dict[str, str], bytes]:
+    """A JSON-format CloudEvent as (attributes as canonical strings, data as JSON bytes).
+
+    ``data`` (any JSON value) is written back as compact JSON, so the event's fields then
+    meet exactly the binary-mode rules; ``data_base64`` is base64-decoded; an event
+    without data has the data ``{}`` (an event class without fields of its own). A
+    ``null`` attribute is absent, as the JSON format says. Everything else that is wrong
+    is a ``DecodeError`` (``malformed``) keeping the whole body.
+    """
+    context = {"datacontenttype": content_type}
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == BATCH_CONTENT_TYPE:
+        raise decode_error(
+            f"batched content mode ({BATCH_CONTENT_TYPE}: several events in one message) "
+            "is not supported; hexbus delivers one event per message, so publish each "
+            f"event as its own message (binary mode, or structured {STRUCTURED_CONTENT_TYPE})",
+            "malformed",
+            body,
+            context,
+        )
+    if media != STRUCTURED_CONTENT_TYPE:
+        raise decode_error(
+            f"structured content mode in the event format {media!r} is not supported; "
+            f"hexbus reads the JSON format ({STRUCTURED_CONTENT_TYPE}) or binary mode",
+            "malformed",
+            body,
+            context,
+        )
+    try:
+        document = pydantic_core.from_json(body)
+    except ValueError as exc:
+        raise decode_error(
+            f"structured CloudEvent ({STRUCTURED_CONTENT_TYPE}) is not valid JSON: {exc}",
+            "malformed",
+            body,
+            context,
+        ) from None
+    if not isinstance(document, dict):
+        raise decode_error(
+            f"structured CloudEvent ({STRUCTURED_CONTENT_TYPE}) must be a JSON object, "
+            f"got a JSON {_json_kind(document)}",
+            "malformed",
+            body,
+            context,
+        )
+    attrs: dict[str, str] = {}
+    for name, value in document.items():
+        if name in ("data", "data_base64"):
+            continue
+        try:
+            text = attribute_text(name, value)
+        except TypeError as exc:
+            raise decode_error(
+                f"structured CloudEvent attribute {name!r} is invalid: {exc}",
+                "malformed",
+                body,
+                context,
+            ) from None
+        if text is not None:
+            attrs[name] = text
+    data = document.get("data")
+    encoded = document.get("data_base64")
+    if data is not None and encoded is not None:
+        raise decode_error(
+            "structured CloudEvent has both 'data' and 'data_base64'; the JSON event "
+            "format allows one of them",
+            "malformed",
+            body,
+            attrs,
+        )
+    if encoded is not None:
+        if not isinstance(encoded, str):
+            raise decode_error(
+                f"structured CloudEvent 'data_base64' is a JSON {_json_kind(encoded)}, "
+                "not a base64 string",
+                "malformed",
+                body,
+                attrs,
+            )
+        try:
+            return attrs, base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise decode_error(
+                "structured CloudEvent 'data_base64' is not valid base64",
+                "malformed",
+                body,
+                attrs,
+            ) from None
+    if data is None:
+        return attrs, b"{}"
+    return attrs, pydantic_core.to_json(data)
+
+
+def structured_identity(body: bytes) -> tuple[str | None, str | None]:
+    """``(id, type)`` of a structured-mode body, ``None`` for what it does not say.
+
+    For listings of stored messages (dead letters) that show and filter by id and type
+    without decoding the event: never raises.
+    """
+    try:
+        document = pydantic_core.from_json(body)
+    except ValueError:
+        return None, None
+    if not isinstance(document, dict):
+        return None, None
+    event_id, event_type = document.get("id"), document.get("type")
+    return (
+        event_id if isinstance(event_id, str) and event_id else None,
+        event_type if isinstance(event_type, str) and event_type else None,
+    )
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    if value is None:
+        return "null"
+    return "number"
+
+
+# -- forwarding ----------------------------------------------------------------------------
+_current_context = delivery_context.get
+
+
+def _forwarded_id(event: DomainEvent, event_id: str) -> str:
+    """The id to write for ``event`` while a foreign-id event is being handled.
+
+    Publishing the event being handled (the same object, or a copy with the same
+    ``event_id``, e.g. changed by a middleware) is forwarding it: the original id goes
+    back on the wire, so the next consumer derives the same ``event_id`` and the same
+    (source, id) dedup key. Any other event keeps its own id.
+    """
+    context = _current_context()
+    handled = context.event
+    if handled is not None and (handled is event or handled.event_id == event.event_id):
+        return context.cloudevent_id or event_id
+    return event_id

@@ -7,20 +7,60 @@ first publish. Secrets are ``SecretStr``-backed and masked in reprs and messages
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from hexbus.domain.errors import ConfigurationError
+from hexbus.infrastructure.security import kafka_security_problems, rabbitmq_tls_problems
 
-__all__ = ["ADAPTERS", "HexbusSettings", "RetryDelays", "load_settings", "redact_url"]
+__all__ = [
+    "ADAPTERS",
+    "HexbusSettings",
+    "KafkaSaslMechanism",
+    "KafkaSecurityProtocol",
+    "RetryDelays",
+    "SECRET_FIELDS",
+    "check_amqp_urls",
+    "load_settings",
+    "redact_url",
+    "split_urls",
+]
 
 #: The adapter names (``hexbus.infrastructure.adapters.ADAPTERS`` knows how to build each).
 ADAPTERS = ("memory", "rabbitmq", "kafka")
 ENV_PREFIX = "HEXBUS_"
+
+#: ``HEXBUS_KAFKA_SECURITY_PROTOCOL`` / ``HEXBUS_KAFKA_SASL_MECHANISM`` (Kafka's names).
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+#: Settings whose values are secrets: masked in ``safe_dump`` and in error messages.
+SECRET_FIELDS = frozenset({"kafka_sasl_password", "kafka_ssl_key_password"})
+#: Optional security settings where an empty variable means "not set".
+_OPTIONAL_SECURITY = (
+    "rabbitmq_ssl_cafile",
+    "rabbitmq_ssl_certfile",
+    "rabbitmq_ssl_keyfile",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_sasl_oauth_token_provider",
+    "kafka_ssl_cafile",
+    "kafka_ssl_certfile",
+    "kafka_ssl_keyfile",
+    "kafka_ssl_key_password",
+)
 
 
 def _check_delays(value: tuple[float, ...]) -> tuple[float, ...]:
@@ -37,12 +77,57 @@ RetryDelays = Annotated[tuple[float, ...], AfterValidator(_check_delays)]
 _USERINFO_RE = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?)[^/@]*@")
 
 
+#: Where a URL list (``HEXBUS_RABBITMQ_URL`` of a cluster) has its next entry: a comma
+#: followed by a scheme. Why not every comma: a comma may appear inside one URL (a
+#: password, a query); ``scheme://`` after it cannot.
+_NEXT_URL_RE = re.compile(r"\s*,\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_urls(value: str) -> list[str]:
+    """The entries of a comma-separated URL list (one URL is a list of one).
+
+    ``"amqp://u:p@node1/,amqp://u:p@node2/"`` -> both URLs. Each entry is a whole URL
+    (scheme, credentials, host): nodes of a cluster may differ in more than the host.
+    Surrounding blanks and a trailing comma are dropped.
+    """
+    return [part.strip() for part in _NEXT_URL_RE.split(value.strip().rstrip(",")) if part.strip()]
+
+
+def check_amqp_urls(value: str) -> str:
+    """``value`` if it is one amqp(s) URL or a comma-separated list of them, else
+    ``ValueError`` naming the entry at fault (password masked).
+
+    One rule for ``HEXBUS_RABBITMQ_URL`` and ``RabbitMQConfig.url``; a port that is not
+    a number is left for the connection to report (it names the host then).
+    """
+    urls = split_urls(value)
+    if not urls:
+        raise ValueError("must be an amqp:// or amqps:// URL (or a comma-separated list)")
+    for index, url in enumerate(urls, 1):
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in ("amqp", "amqps"):
+            where = f"entry {index} of the list, " if len(urls) > 1 else ""
+            raise ValueError(
+                f"must be an amqp:// or amqps:// URL, or several separated by commas; "
+                f"{where}{redact_url(url)!r}, is not"
+            )
+    return value
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***`` (for logs, reprs and errors).
 
     Anything that does not parse cleanly loses its whole user-info part: a URL we cannot
-    read is never echoed with a secret in it.
+    read is never echoed with a secret in it. A comma-separated list has every entry
+    masked (``split_urls``).
     """
+    entries = split_urls(url)
+    if len(entries) > 1:
+        return ",".join(_redact_one(entry) for entry in entries)
+    return _redact_one(url)
+
+
+def _redact_one(url: str) -> str:
     try:
         parts = urlsplit(url)
         password, port = parts.password, parts.port
@@ -65,10 +150,13 @@ class HexbusSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        hide_input_in_errors=True,
     )
 
     adapter: Literal["memory", "rabbitmq", "kafka"] = "memory"
     service_name: str = Field(default="hexbus", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    #: One amqp(s) URL, or a cluster's nodes as a comma-separated list: the adapter connects
+    #: to the first that answers and fails over to the others (``split_urls``).
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     rabbitmq_exchange: str = Field(default="hexbus.events", min_length=1)
     rabbitmq_prefetch: int = Field(default=64, ge=1)
@@ -90,6 +178,30 @@ class HexbusSettings(BaseSettings):
     memory_retries: bool = False
     memory_dead_letter_limit: int = Field(default=1000, ge=1)
     audit_log_path: str | None = None
+    # -- TLS and SASL (docs/architecture/security.md); validated for the selected adapter.
+    #: RabbitMQ over TLS (``amqps://`` URLs): the CA that signed the broker's certificate
+    #: (default: the system's CAs), and a client certificate + key if the broker wants one.
+    rabbitmq_ssl_cafile: str | None = None
+    rabbitmq_ssl_certfile: str | None = None
+    rabbitmq_ssl_keyfile: str | None = None
+    #: Verify the broker's certificate chain and host name (off only for experiments).
+    rabbitmq_ssl_verify: bool = True
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    #: OAUTHBEARER: ``module:attribute`` of an aiokafka ``AbstractTokenProvider`` (or of a
+    #: factory returning one), loaded when the bus is built.
+    kafka_sasl_oauth_token_provider: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+    )
+    kafka_ssl_cafile: str | None = None
+    kafka_ssl_certfile: str | None = None
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    #: Check that the broker's certificate names the host connected to (the chain is
+    #: always verified).
+    kafka_ssl_check_hostname: bool = True
 
     @field_validator("retry_delays", mode="before")
     @classmethod
@@ -106,10 +218,62 @@ class HexbusSettings(BaseSettings):
     @field_validator("rabbitmq_url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in ("amqp", "amqps"):
-            raise ValueError("must be an amqp:// or amqps:// URL")
-        return value
+        return check_amqp_urls(value)
+
+    @field_validator(*_OPTIONAL_SECURITY, mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_security_protocol", mode="before")
+    @classmethod
+    def _protocol_name(cls, value: Any) -> Any:
+        """``sasl_ssl`` is ``SASL_SSL``: Kafka's names, whatever the case."""
+        return value.strip().upper().replace("-", "_") if isinstance(value, str) else value
+
+    @field_validator("kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _mechanism_name(cls, value: Any) -> Any:
+        """``scram-sha-512`` (or ``SCRAM_SHA_512``) is ``SCRAM-SHA-512``."""
+        return value.strip().upper().replace("_", "-") if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _security(self) -> HexbusSettings:
+        """TLS/SASL settings of the selected adapter that cannot work together (a SASL
+        password without a SASL protocol, a CA file for an amqp:// URL, a missing file)."""
+        problems: list[str] = []
+        if self.adapter == "kafka":
+            problems = kafka_security_problems(self._section("kafka_"))
+        elif self.adapter == "rabbitmq":
+            problems = rabbitmq_tls_problems(
+                split_urls(self.rabbitmq_url), self._section("rabbitmq_")
+            )
+        if problems:
+            raise ValueError("\n  ".join(problems))
+        return self
+
+    def _section(self, prefix: str) -> dict[str, Any]:
+        """This adapter's settings by their config field names (``kafka_ssl_cafile`` ->
+        ``ssl_cafile``)."""
+        return {
+            name[len(prefix) :]: getattr(self, name)
+            for name in type(self).model_fields
+            if name.startswith(prefix)
+        }
+
+    def secret_values(self) -> list[str]:
+        """Every secret in these settings (the URL passwords, SASL and key passwords), for
+        masking text that may quote one."""
+        found = [
+            value.get_secret_value()
+            for name in sorted(SECRET_FIELDS)
+            if isinstance(value := getattr(self, name), SecretStr) and value.get_secret_value()
+        ]
+        for url in split_urls(self.rabbitmq_url):
+            with contextlib.suppress(ValueError):
+                if password := urlsplit(url).password:
+                    found.append(password)
+        return found
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
@@ -119,6 +283,8 @@ class HexbusSettings(BaseSettings):
         """Settings as a dict with the broker password masked (for ``hexbus check``)."""
         data = self.model_dump()
         data["rabbitmq_url"] = redact_url(self.rabbitmq_url)
+        for name in SECRET_FIELDS:
+            data[name] = None if data[name] is None else "***"
         return data
 
 
@@ -129,11 +295,14 @@ def load_settings(**overrides: Any) -> HexbusSettings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False):
-            field = str(err["loc"][0]) if err["loc"] else "?"
+            if not err["loc"]:  # a rule across settings: its message names the variables
+                lines.append(err["msg"].removeprefix("Value error, "))
+                continue
+            field = str(err["loc"][0])
             variable = ENV_PREFIX + field.upper()
             value = err.get("input")
             secret = field == "rabbitmq_url" and isinstance(value, str)
-            shown = redact_url(value) if secret else value
+            shown = redact_url(value) if secret else "***" if field in SECRET_FIELDS else value
             message = err["msg"]
             if field == "adapter":
                 message = f"unknown adapter; allowed values: {', '.join(ADAPTERS)}"

@@ -18,7 +18,7 @@ only honest check of "every broker" is one set of scenarios run against each::
         def bus_factory(self, namespace) -> FaultBusFactory: ...   # fresh, not started
         @pytest.fixture
         def consumer_process(self, namespace, tmp_path): ...       # a ConsumerProcesses
-        async def restart_broker(self) -> None: ...                  # e.g. restart_native_broker
+        async def restart_broker(self) -> None: ...                  # e.g. restart_test_broker
         async def inject_undecodable(self, bus, subscription): ...  # raw client bytes
 
 Hooks (what an adapter's subclass provides):
@@ -73,6 +73,7 @@ from hexbus.domain.ports import (
     Stats,
     StatsReporter,
 )
+from hexbus.testing.brokers import ContainerStartError, container_broker
 from hexbus.testing.declared import DeclaredSuite
 from hexbus.testing.processes import ConsumerProcess, ConsumerProcesses
 from hexbus.testing.waiting import eventually
@@ -88,7 +89,9 @@ __all__ = [
     "native_broker_running",
     "publish_until_acked",
     "require_native_broker",
+    "require_restartable_broker",
     "restart_native_broker",
+    "restart_test_broker",
 ]
 
 #: Every subscription name the suite's scenarios use (for an adapter's clean-up).
@@ -364,6 +367,45 @@ async def restart_native_broker(
             )
 
 
+async def require_restartable_broker(
+    kind: str, port: int, *, script: Path | None = None
+) -> None:
+    """Return when this run can restart the ``kind`` broker on ``port``; else skip (fail
+    with ``CI=true``).
+
+    Restartable are the container this session's fixture started on that port and the
+    native broker of ``scripts/brokers.py`` (``require_native_broker``); anything else
+    (a broker of someone else's, given by ``HEXBUS_*``) is not ours to restart.
+    """
+    if container_broker(kind, port) is None:
+        await require_native_broker(kind, port, script=script)
+
+
+async def restart_test_broker(
+    kind: str,
+    port: int,
+    *,
+    script: Path | None = None,
+    timeout: float = 240.0,  # noqa: ASYNC109 - the restart's own deadline
+) -> None:
+    """Restart the ``kind`` broker the tests use on ``port``; return once it answers again.
+
+    Why one hook for both paths: the broker under test is a container of this session
+    (``hexbus.testing.brokers``, restarted in place with ``docker restart``: same address,
+    same data) or a native broker (``restart_native_broker``). Restarting the native one
+    while the buses talk to a container would restart nothing they use, and the scenario
+    would prove nothing.
+    """
+    container = container_broker(kind, port)
+    if container is None:
+        await restart_native_broker(kind, port, script=script, timeout=timeout)
+        return
+    try:
+        await asyncio.to_thread(container.restart, timeout)
+    except ContainerStartError as exc:
+        raise AssertionError(f"restarting the {kind} container failed: {exc}") from None
+
+
 #: The suite's scenarios are coroutines; marking them for pytest-asyncio explicitly makes
 #: them run in projects using its ``strict`` mode too (in ``auto`` mode it is a no-op).
 _SUITE_MARKS: list[pytest.MarkDecorator] = []
@@ -421,7 +463,7 @@ class EventBusFaultSuite(DeclaredSuite[FaultCapabilities]):
         """Override me (``broker_restart``): restart the broker; return once it answers."""
         pytest.fail(
             f"{type(self).__qualname__} declares broker_restart but does not override "
-            "restart_broker() (see hexbus.testing.restart_native_broker)",
+            "restart_broker() (see hexbus.testing.faults.restart_test_broker)",
             pytrace=False,
         )
 

@@ -24,11 +24,10 @@ from hexbus.application.bus import BusState, EventBusBase, merged_config
 from hexbus.application.consuming import ConsumePipeline
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import Subscription
-from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
 from hexbus.infrastructure.codec import CloudEventCodec
-from hexbus.infrastructure.kafka.config import KafkaConfig
+from hexbus.infrastructure.kafka.config import KafkaConfig, security_settings
 from hexbus.infrastructure.kafka.consumer import GroupConsumer
 from hexbus.infrastructure.kafka.dead_letters import read_dead_letters, replay_dead_letters
 from hexbus.infrastructure.kafka.publisher import KafkaPublisher
@@ -68,6 +67,7 @@ class KafkaEventBus(EventBusBase):
             partitions=cfg.partitions,
             replication_factor=cfg.replication_factor,
             client_id=f"hexbus-{cfg.service_name}-admin",
+            config=cfg,  # its TLS/SASL settings secure every client of the bus
         )
         self.publisher = KafkaPublisher(
             cfg, codec=self.codec, names=self.names, topology=self.topology, stats=self.stats
@@ -98,6 +98,7 @@ class KafkaEventBus(EventBusBase):
             handler_timeout=settings.handler_timeout,
             publish_timeout=settings.publish_timeout,
             drain_timeout=settings.drain_timeout,
+            **security_settings(settings),
         )
         return cls(config, **overrides)
 
@@ -130,11 +131,8 @@ class KafkaEventBus(EventBusBase):
                 await self._start_group(name, subs)
         except BaseException as exc:
             await self._shutdown(0.0)
-            if isinstance(exc, KafkaError | OSError):
-                raise ConfigurationError(
-                    "cannot start the Kafka event bus at "
-                    f"{self.config.bootstrap_servers!r}: {exc}"
-                ) from exc
+            if isinstance(exc, KafkaError | OSError):  # what is wrong, naming the variable
+                raise await self.topology.start_failure(exc) from exc
             raise
 
     async def _start_group(self, name: str, subs: list[Subscription]) -> None:
@@ -155,6 +153,7 @@ class KafkaEventBus(EventBusBase):
             pattern=pattern,
             dlq_topic=dlq,
             replay_topic=replay,
+            security=self.topology.security,
         )
         self.groups[name] = group
         await group.start()

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from aiokafka.abc import AbstractTokenProvider
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from hexbus.application.consuming import RetryPolicy
-from hexbus.infrastructure.settings import RetryDelays
+from hexbus.domain.errors import ConfigurationError
+from hexbus.infrastructure import security
+from hexbus.infrastructure.settings import (
+    KafkaSaslMechanism,
+    KafkaSecurityProtocol,
+    RetryDelays,
+)
 
-__all__ = ["KafkaConfig"]
+__all__ = ["SECURITY_FIELDS", "KafkaConfig", "security_settings"]
+
+logger = logging.getLogger("hexbus.kafka")
+
+#: The TLS/SASL fields of ``KafkaConfig``; setting ``HEXBUS_KAFKA_<FIELD>`` fills each.
+SECURITY_FIELDS = (
+    "security_protocol",
+    "sasl_mechanism",
+    "sasl_username",
+    "sasl_password",
+    "sasl_oauth_token_provider",
+    "ssl_cafile",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_key_password",
+    "ssl_check_hostname",
+)
+
+
+def security_settings(settings: Any) -> dict[str, Any]:
+    """The ``KafkaConfig`` TLS/SASL fields from ``HexbusSettings`` (``kafka_`` + field)."""
+    return {field: getattr(settings, f"kafka_{field}") for field in SECURITY_FIELDS}
 
 
 class KafkaConfig(BaseModel):
@@ -29,13 +58,17 @@ class KafkaConfig(BaseModel):
     per-key order on Kafka.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = ""
     service_name: str = Field(default="hexbus", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    #: ``min.insync.replicas`` of the replicated topics hexbus creates (ignored when
+    #: ``replication_factor`` is 1); ``None``: a majority of the replicas (2 of 3), so an
+    #: ack means "on a majority of the replicas" (``topology.replicated_topic_configs``).
+    min_insync_replicas: int | None = Field(default=None, ge=1)
     max_attempts: int = Field(default=5, ge=1)
     retry_delays: RetryDelays = (1.0, 5.0, 25.0)
     handler_timeout: float | None = Field(default=30.0, gt=0)
@@ -52,8 +85,109 @@ class KafkaConfig(BaseModel):
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     #: Records fetched per ``getmany`` call (per consumer group).
     max_poll_records: int = Field(default=500, ge=1)
+    # -- TLS and SASL: the HEXBUS_KAFKA_SECURITY_PROTOCOL, _SASL_*, _SSL_* settings
+    # (docs/architecture/security.md); every client of the bus uses them (client_security).
+    security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: KafkaSaslMechanism | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    #: OAUTHBEARER: an aiokafka ``AbstractTokenProvider``, or ``"module:attribute"`` naming
+    #: one or a factory (a class, a function) that returns one.
+    sasl_oauth_token_provider: Any = Field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_key_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _security_settings(self) -> Self:
+        problems = security.kafka_security_problems(
+            {name: getattr(self, name) for name in type(self).model_fields}, name=str
+        )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def tls_files(self) -> security.TlsFiles:
+        return security.TlsFiles(
+            cafile=self.ssl_cafile,
+            certfile=self.ssl_certfile,
+            keyfile=self.ssl_keyfile,
+            key_password=self.ssl_key_password,
+            check_hostname=self.ssl_check_hostname,
+        )
+
+    def client_security(self) -> dict[str, Any]:
+        """The security keyword arguments of every aiokafka client of the bus.
+
+        Builds the SSL context and loads the OAUTHBEARER token provider, so the bus calls
+        it once and shares the result (one context, one provider, for all its clients).
+        ``SecurityError`` / ``ConfigurationError`` name the variable at fault.
+        """
+        protocol = self.security_protocol
+        context = None
+        if protocol in security.TLS_PROTOCOLS:
+            context = security.client_context(self.tls_files)
+            if not self.ssl_check_hostname:
+                logger.warning(
+                    "hexbus kafka: TLS host name verification is OFF "
+                    "(HEXBUS_KAFKA_SSL_CHECK_HOSTNAME=false): any certificate the CA signed "
+                    "is accepted for any broker"
+                )
+        provider = None
+        if protocol in security.SASL_PROTOCOLS and self.sasl_mechanism == "OAUTHBEARER":
+            provider = _token_provider(self.sasl_oauth_token_provider)
+        return security.kafka_client_options(
+            protocol,
+            mechanism=self.sasl_mechanism,
+            username=self.sasl_username,
+            password=self.sasl_password,
+            token_provider=provider,
+            context=context,
+        )
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> Self:
+        wanted = self.min_insync_replicas
+        if wanted is not None and self.replication_factor > 1 and wanted > self.replication_factor:
+            raise ValueError(
+                f"min_insync_replicas={wanted} is more than replication_factor="
+                f"{self.replication_factor}: no write could ever be acknowledged"
+            )
+        return self
 
     @property
     def retry_policy(self) -> RetryPolicy:
         """What the consume pipeline decides retries with."""
         return RetryPolicy(self.max_attempts, self.retry_delays)
+
+
+_PROVIDER_VARIABLE = "HEXBUS_KAFKA_SASL_OAUTH_TOKEN_PROVIDER"
+
+
+def _token_provider(value: Any) -> AbstractTokenProvider:
+    """The OAUTHBEARER token provider ``value`` is or names (``module:attribute`` of an
+    ``AbstractTokenProvider``, or of a factory returning one)."""
+    found = security.load_object(value, _PROVIDER_VARIABLE) if isinstance(value, str) else value
+    if isinstance(found, AbstractTokenProvider):
+        return found
+    what = "sasl_oauth_token_provider"
+    if isinstance(value, str):
+        what = f"{_PROVIDER_VARIABLE}={value!r}"
+    if callable(found):
+        try:
+            made = found()
+        except Exception as exc:  # noqa: BLE001 - the user's factory: reported by name
+            raise ConfigurationError(
+                f"{what}: calling it to make the token provider raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        if isinstance(made, AbstractTokenProvider):
+            return made
+        found = made
+    raise ConfigurationError(
+        f"{what} is a {type(found).__name__}, not an aiokafka.abc.AbstractTokenProvider (nor a "
+        "factory returning one): subclass AbstractTokenProvider and implement async token()"
+    )

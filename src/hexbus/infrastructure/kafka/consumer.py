@@ -34,7 +34,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -46,7 +46,7 @@ from hexbus.domain.events import EventRegistry
 from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.dead_letters import FAILURE_HEADERS, ORIGIN_HEADER, failure_headers
 from hexbus.infrastructure.kafka.config import KafkaConfig
-from hexbus.infrastructure.kafka.marshal import TYPE_HEADER, decode_record, header
+from hexbus.infrastructure.kafka.marshal import TYPE_HEADER, header, read_record
 
 __all__ = ["GroupConsumer", "SendRaw"]
 
@@ -169,8 +169,11 @@ class GroupConsumer:
         pattern: str | None,
         dlq_topic: str,
         replay_topic: str,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
+        #: TLS/SASL keyword arguments of the client (``KafkaConfig.client_security``).
+        self.security = dict(security or {})
         self.pipeline = pipeline
         self.send_raw = send_raw
         self.config = config
@@ -205,6 +208,7 @@ class GroupConsumer:
             heartbeat_interval_ms=cfg.heartbeat_interval_ms,
             max_poll_interval_ms=max(300_000, int((cfg.handler_timeout or 300) * 1000 * 2)),
             fetch_max_wait_ms=100,
+            **self.security,
         )
         await self._consumer.start()
         listener = _Listener(self)
@@ -362,6 +366,9 @@ class GroupConsumer:
             wire_type = type_header.decode()
         except UnicodeDecodeError:
             return False  # decoding explains it in the dead letter
+        return self._skips_type(wire_type)
+
+    def _skips_type(self, wire_type: str) -> bool:
         return (
             not self.pipeline.subscriptions.accepts(self.name, wire_type)
             and wire_type in self.registry
@@ -380,9 +387,12 @@ class GroupConsumer:
             return
         decoded: Decoded | DecodeError
         try:
-            decoded = decode_record(self.codec, headers, record.value or b"")
+            decoded = read_record(self.codec, headers, record.value or b"")
         except DecodeError as exc:
             decoded = exc
+        else:
+            if type_header is None and not replayed and self._skips_type(decoded[0].event_type):
+                return  # structured mode names its type in the value: skipped only now
         key = record.key.decode(errors="replace") if record.key is not None else None
         where = f"{record.topic}[{record.partition}]@{record.offset}"
         origin = where

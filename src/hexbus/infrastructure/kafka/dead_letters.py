@@ -49,11 +49,10 @@ from hexbus.infrastructure.dead_letters import (
     FAILURE_HEADERS,
     ORIGIN_HEADER,
     dead_letter_from_headers,
-    header_text,
     replay_refusal,
 )
 from hexbus.infrastructure.kafka.consumer import SendRaw
-from hexbus.infrastructure.kafka.marshal import KAFKA_PREFIX, TYPE_HEADER
+from hexbus.infrastructure.kafka.marshal import KAFKA_PREFIX, wire_identity
 from hexbus.infrastructure.kafka.topology import COMPACTED, OwnTopics, Topology
 
 __all__ = [
@@ -78,12 +77,14 @@ def dead_letter_of(subscription: str, record: Any) -> DeadLetter:
     headers: dict[str, Any] = {}
     for name, value in record.headers or ():
         headers.setdefault(name, value)  # the first of a repeated header, as ``header()``
+    # Binary mode names id and type in ce_ headers, structured mode in the value.
+    event_id, event_type = wire_identity(record.headers, record.value)
     return dead_letter_from_headers(
         subscription,
         headers,
         record.value or b"",
-        event_id=header_text(headers.get(_ID_HEADER)),
-        event_type=header_text(headers.get(TYPE_HEADER)),
+        event_id=event_id,
+        event_type=event_type,
         position=f"{record.topic}[{record.partition}]@{record.offset}",
     )
 

@@ -1,18 +1,33 @@
-"""The CloudEvents Kafka protocol binding (binary content mode): event ⇄ record.
+"""The CloudEvents Kafka protocol binding: event ⇄ record.
 
 Why a module of its own: ``codec.py`` holds the CloudEvents core shared by every broker;
 how attributes become Kafka headers (``ce_<name>``, ``content-type``) is this adapter's
 business only.
+
+hexbus writes binary content mode (attributes as ``ce_`` headers, the event's fields as
+the value). It reads both modes, as the binding asks of receivers: a ``content-type``
+beginning with ``application/cloudevents`` means structured mode (the value is the
+whole event in the JSON format); so does a record without any ``ce_`` header and
+without a ``content-type`` (what the CloudEvents SDKs' ``from_kafka`` also assume).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import Final, cast
 
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
-from hexbus.infrastructure.codec import CloudEventCodec, decode_error
+from hexbus.infrastructure.codec import (
+    CONTENT_TYPE,
+    STRUCTURED_CONTENT_TYPE,
+    CloudEventCodec,
+    DecodeReason,
+    Delivered,
+    decode_error,
+    is_structured,
+    structured_identity,
+)
 from hexbus.infrastructure.names import KAFKA_CONTENT_TYPE_HEADER, KAFKA_HEADER_PREFIX
 
 __all__ = [
@@ -23,12 +38,15 @@ __all__ = [
     "encode_record",
     "from_kafka_headers",
     "header",
+    "read_record",
     "to_kafka_headers",
+    "wire_identity",
 ]
 
 KAFKA_PREFIX: Final = KAFKA_HEADER_PREFIX
 #: The header that names the event type (read before decoding, for shared topics).
 TYPE_HEADER: Final = KAFKA_PREFIX + "type"
+_ID_HEADER: Final = KAFKA_PREFIX + "id"
 _KAFKA_PREFIX_LEN: Final = len(KAFKA_PREFIX)
 
 
@@ -83,10 +101,68 @@ def encode_record(
 def decode_record(
     codec: CloudEventCodec, headers: Sequence[tuple[str, bytes]] | None, value: bytes
 ) -> tuple[DomainEvent, dict[str, str]]:
-    """``from_kafka_headers`` + ``codec.decode``; every failure is a ``DecodeError``."""
+    """The event and metadata of a record, either content mode; failures: ``DecodeError``."""
+    event, metadata, _ = read_record(codec, headers, value)
+    return event, metadata
+
+
+def read_record(
+    codec: CloudEventCodec, headers: Sequence[tuple[str, bytes]] | None, value: bytes
+) -> Delivered:
+    """What a consumer delivers: event, metadata, original CloudEvents id (or ``None``).
+
+    Binary mode (``ce_`` headers) is the hot path: one look at the content type decides.
+    """
     try:
         attributes = from_kafka_headers(headers)
     except DecodeError as exc:
         exc.raw = value
         raise
-    return codec.decode(attributes, value)
+    content_type = attributes.get("datacontenttype")
+    if content_type is None:
+        if not attributes:  # no ce_ header, no content type: structured, as the SDKs read it
+            return _headerless(codec, value)
+    elif content_type != CONTENT_TYPE and is_structured(content_type):
+        return codec.decode_structured(value, content_type)
+    return codec.decode_text(attributes, value)
+
+
+def _headerless(codec: CloudEventCodec, value: bytes) -> Delivered:
+    try:
+        return codec.decode_structured(value, STRUCTURED_CONTENT_TYPE)
+    except DecodeError as exc:
+        raise decode_error(
+            f"the record has no ce_ headers and no content-type, so it was read as a "
+            f"structured CloudEvent ({STRUCTURED_CONTENT_TYPE}), and that failed: {exc}",
+            cast("DecodeReason", exc.reason),
+            value,
+            exc.headers,
+        ) from exc
+
+
+def wire_identity(
+    headers: Sequence[tuple[str, bytes]] | None, value: bytes | None
+) -> tuple[str | None, str | None]:
+    """``(id, type)`` of a record in either content mode, ``None`` where it says nothing.
+
+    For dead-letter listings and replay filters: a structured-mode record carries its id
+    and type in the value, not in ``ce_`` headers. Never raises.
+    """
+    ce_id, ce_type = header(headers, _ID_HEADER), header(headers, TYPE_HEADER)
+    if ce_id is not None or ce_type is not None:
+        return _text(ce_id), _text(ce_type)
+    content_type = next(
+        (v for k, v in headers or () if k.lower() == KAFKA_CONTENT_TYPE_HEADER), None
+    )
+    text = _text(content_type)
+    if text is None:
+        structured = not any(k.startswith(KAFKA_PREFIX) for k, _ in headers or ())
+    else:
+        structured = is_structured(text)
+    return structured_identity(value or b"") if structured else (None, None)
+
+
+def _text(value: bytes | None) -> str | None:
+    if not value:
+        return None
+    return value.decode(errors="replace")

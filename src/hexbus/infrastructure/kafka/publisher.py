@@ -94,6 +94,7 @@ class KafkaPublisher:
             max_batch_size=cfg.max_batch_size,
             max_request_size=cfg.max_request_size,
             request_timeout_ms=max(1000, int(cfg.publish_timeout * 1000)),
+            **self.topology.security,  # TLS/SASL, shared by the bus's clients
         )
 
     async def start(self) -> None:

@@ -39,11 +39,15 @@ from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
+from aiokafka.protocol.metadata import MetadataRequest
 
 from hexbus.application.handlers import Subscription
 from hexbus.application.patterns import pattern_to_regex
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent, EventRegistry
+from hexbus.infrastructure import security as _security
+from hexbus.infrastructure.kafka.config import KafkaConfig
 from hexbus.infrastructure.names import event_topic, group_id
 
 __all__ = [
@@ -56,8 +60,11 @@ __all__ = [
     "Topology",
     "dlq_topic",
     "event_topic",
+    "explain_start_failure",
     "group_id",
+    "probe_session",
     "replay_topic",
+    "replicated_topic_configs",
     "replayed_topic",
     "subscription_topics",
 ]
@@ -180,6 +187,29 @@ def subscription_topics(
     return topics, "^(?:" + mine + _NOT_INTERNAL + "(?:" + "|".join(alternatives) + "))$"
 
 
+def replicated_topic_configs(
+    replication_factor: int, min_insync_replicas: int | None = None
+) -> dict[str, str]:
+    """The topic settings that make an ``acks=all`` ack mean "stored on several brokers".
+
+    ``acks=all`` waits for the in-sync replicas only, and a broker's default
+    ``min.insync.replicas`` is 1: after two replicas fell out of sync, an ack would mean
+    one copy. So a replicated topic hexbus creates gets ``min.insync.replicas``
+    explicitly: ``min_insync_replicas``, else a majority of ``replication_factor`` (2 of
+    3). With fewer brokers in sync the broker refuses the write (``NotEnoughReplicas``)
+    instead of acknowledging what a single failure could lose. Nothing for one replica.
+    """
+    if replication_factor <= 1:
+        return {}
+    wanted = min_insync_replicas or replication_factor // 2 + 1
+    if not 1 <= wanted <= replication_factor:
+        raise ConfigurationError(
+            f"min_insync_replicas={wanted} must be between 1 and the replication factor "
+            f"({replication_factor}): with more, no write could ever be acknowledged"
+        )
+    return {"min.insync.replicas": str(wanted)}
+
+
 def _aiokafka_version() -> str:
     try:
         return version("aiokafka")
@@ -198,10 +228,20 @@ class Topology:
         replication_factor: int,
         client_id: str,
         request_timeout: float = 30.0,
+        min_insync_replicas: int | None = None,
+        config: KafkaConfig | None = None,
     ) -> None:
         self._bootstrap = bootstrap_servers
+        self._config = config
+        #: TLS/SASL keyword arguments of every client of the bus (admin, producer,
+        #: consumers): built once from ``config`` (one SSL context, one token provider).
+        self.security: dict[str, Any] = config.client_security() if config else {}
         self._partitions = partitions
         self._replication = replication_factor
+        self._replicated = replicated_topic_configs(
+            replication_factor,
+            min_insync_replicas or (config.min_insync_replicas if config else None),
+        )
         self._client_id = client_id
         self._timeout = request_timeout
         self._admin: Any = None
@@ -216,12 +256,23 @@ class Topology:
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
             request_timeout_ms=int(self._timeout * 1000),
+            **self.security,
         )
 
     async def start(self) -> None:
         admin = self._new_admin()
         await admin.start()
         self._admin = admin
+
+    async def start_failure(self, exc: BaseException) -> ConfigurationError:
+        """The error to raise for a bus that could not start with ``exc``: a
+        ``SecurityError`` naming the variable to fix when TLS or SASL is the cause (see
+        ``explain_start_failure``), else what the client said."""
+        if self._config is not None:
+            explained = await explain_start_failure(self._config, self.security)
+            if explained is not None:
+                return explained
+        return ConfigurationError(f"cannot start the Kafka event bus at {self._bootstrap!r}: {exc}")
 
     async def close(self) -> None:
         if self._admin is not None:
@@ -253,7 +304,7 @@ class Topology:
         ``partitions`` (default: the bus's) and the topic ``configs`` given (an existing
         topic is left as it is)."""
         count = partitions or self._partitions
-        settings = dict(configs) if configs else None
+        settings = {**self._replicated, **(configs or {})} or None
         wanted = sorted(set(topics) - self._known)
         if not wanted:
             return
@@ -319,6 +370,52 @@ class Topology:
                 return
             await asyncio.sleep(0.05)
 
+    async def explain(self, topics: Iterable[str], *, within: float = 1.0) -> str:
+        """Why writes to ``topics`` may not be acknowledged now, as the brokers describe
+        the topics: partitions without a leader, or with fewer replicas in sync than
+        ``acks=all`` needs (``min.insync.replicas``). ``""`` when the description shows
+        nothing wrong; a note when the brokers could not be asked within ``within`` s.
+
+        Why: the producer retries ``NotEnoughReplicas`` and leaderless partitions
+        silently until the publish timeout, so a timeout alone does not say whether the
+        brokers are unreachable or the cluster lost the replicas it needs. Never raises.
+        """
+        wanted = sorted(set(topics))
+        last: BaseException | None = None
+        described: list[Any] | None = None
+        try:
+            async with asyncio.timeout(within), self._client() as admin:
+                while described is None:
+                    try:  # the client asks a random known broker: a stopped one fails
+                        described = await admin.describe_topics(wanted)
+                    except Exception as exc:  # noqa: BLE001 - ask another one
+                        last = exc
+                        await asyncio.sleep(0.02)
+        except Exception as exc:  # noqa: BLE001 - an explanation must not fail the caller
+            last = last or exc
+        if described is None:
+            return f"no Kafka broker answered a metadata request within {within}s ({last!r})"
+        needed = self._replicated.get("min.insync.replicas")
+        least = f"min.insync.replicas={needed}" if needed else "min.insync.replicas"
+        problems: dict[str, list[str]] = {}  # what is wrong -> where (grouped)
+        for entry in described:
+            topic = entry.get("topic")
+            if topic not in wanted:
+                continue
+            for p in sorted(entry.get("partitions") or (), key=lambda p: p.get("partition", 0)):
+                replicas, isr = p.get("replicas") or [], p.get("isr") or []
+                if p.get("leader", -1) < 0:
+                    problem = "no leader (the brokers of its replicas are down)"
+                elif len(isr) < len(replicas) and (needed is None or len(isr) < int(needed)):
+                    problem = (
+                        f"{len(isr)} of {len(replicas)} replicas in sync (brokers "
+                        f"{sorted(isr)}), and acks=all needs {least} (NotEnoughReplicas)"
+                    )
+                else:
+                    continue
+                problems.setdefault(problem, []).append(f"{topic}[{p.get('partition')}]")
+        return "; ".join(f"{', '.join(where)}: {problem}" for problem, where in problems.items())
+
     async def partitions(self, topic: str) -> list[int]:
         """The partition ids of ``topic``, sorted; ``[]`` when the topic does not exist."""
         return (await self.partitions_of([topic])).get(topic, [])
@@ -355,6 +452,7 @@ class Topology:
             enable_auto_commit=False,
             client_id=f"{self._client_id}-{role}",
             request_timeout_ms=int(self._timeout * 1000),
+            **self.security,
         )
         await consumer.start()
         try:
@@ -436,3 +534,77 @@ class Topology:
         except Exception as exc:  # noqa: BLE001 - reported to the caller
             return [f"consumer group {group!r} ({type(exc).__name__}: {exc})"]
         return []
+
+
+# -- diagnosing a failed start ---------------------------------------------------------
+
+
+async def probe_session(
+    host: str,
+    port: int,
+    security: Mapping[str, Any],
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> BaseException | None:
+    """Open one connection to ``host:port`` with the bus's TLS/SASL options and ask for
+    metadata; the exception that failed it, or ``None``.
+
+    Why: aiokafka's bootstrap logs why each broker failed and raises only "Unable to
+    bootstrap"; this one connection shows the broker's own answer (e.g. SASL
+    authentication failed, error 58) to ``security.explain_kafka_failure``.
+    """
+    conn: Any = None
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await create_conn(
+                host, port, request_timeout_ms=int(timeout * 1000), **security
+            )
+            await conn.send(MetadataRequest([]))
+    except Exception as exc:  # noqa: BLE001 - the diagnosis is the exception
+        return exc
+    finally:
+        if conn is not None:
+            conn.close()
+    return None
+
+
+async def speaks_plaintext(host: str, port: int, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+    """Whether ``host:port`` answers a Kafka ApiVersions request without TLS."""
+    conn: Any = None
+    try:
+        async with asyncio.timeout(timeout):
+            conn = await create_conn(host, port, request_timeout_ms=int(timeout * 1000))
+    except Exception:  # noqa: BLE001 - any failure: not a plaintext Kafka listener
+        return False
+    finally:
+        if conn is not None:
+            conn.close()
+    return True
+
+
+def _servers(bootstrap_servers: str) -> list[tuple[str, int]]:
+    found = []
+    for server in bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host:  # "localhost" without a port
+            host, port = port, "9092"
+        with contextlib.suppress(ValueError):
+            found.append((host.strip("[]"), int(port)))
+    return found
+
+
+async def explain_start_failure(
+    config: KafkaConfig, security: Mapping[str, Any]
+) -> _security.SecurityError | None:
+    """Why the bus of ``config`` could not start, when it is TLS or
+    SASL: a ``SecurityError`` naming the variable to fix; ``None`` otherwise."""
+    return await _security.explain_kafka_failure(
+        servers=_servers(config.bootstrap_servers),
+        protocol=config.security_protocol,
+        mechanism=config.sasl_mechanism,
+        username=config.sasl_username,
+        tls=config.tls_files,
+        context=security.get("ssl_context"),
+        session=lambda host, port: probe_session(host, port, security),
+        plaintext=speaks_plaintext,
+    )
+

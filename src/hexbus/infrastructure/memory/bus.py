@@ -133,7 +133,7 @@ class InMemoryEventBus(EventBusBase):
             return
         context = _new_context(
             DeliveryContext,
-            (event, metadata or _NO_METADATA, 1, session, key, None),
+            (event, metadata or _NO_METADATA, 1, session, key, None, None),
         )
         if self._background:
             self._track(asyncio.create_task(dispatcher.dispatch(event, subs, context)))

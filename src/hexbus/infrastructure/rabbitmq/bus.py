@@ -25,9 +25,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlsplit
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
 
@@ -40,9 +38,10 @@ from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
 from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.rabbitmq import dead_letters, topology
-from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
+from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig, tls_settings
 from hexbus.infrastructure.rabbitmq.consumer import Consumers
-from hexbus.infrastructure.rabbitmq.publisher import Publisher
+from hexbus.infrastructure.rabbitmq.publisher import Publisher, Unreachable, connect_first, mask
+from hexbus.infrastructure.settings import redact_url
 
 if TYPE_CHECKING:
     from hexbus.infrastructure.settings import HexbusSettings
@@ -85,6 +84,7 @@ class RabbitMQEventBus(EventBusBase):
         self.publisher = Publisher(cfg, self.codec, self.stats)
         self.consumers = Consumers(cfg, self.codec, self.pipeline, self.publisher)
         self._url = cfg.redacted_url
+        self._tls = cfg.tls_context()  # for amqps:// nodes; one context for all connections
         self._connection: AbstractRobustConnection | None = None
         self._consumer_connection: AbstractRobustConnection | None = None
 
@@ -101,6 +101,7 @@ class RabbitMQEventBus(EventBusBase):
             publish_timeout=settings.publish_timeout,
             retry_delays=settings.retry_delays,
             drain_timeout=settings.drain_timeout,
+            **tls_settings(settings),
         )
         return cls(config, **overrides)
 
@@ -129,36 +130,40 @@ class RabbitMQEventBus(EventBusBase):
 
     # -- lifecycle -----------------------------------------------------------------------
     async def _connect(self, role: str) -> AbstractRobustConnection:
+        """A robust connection to the first node of ``config.urls`` that answers (the
+        others are failed over to later, see ``publisher.connect_first``)."""
         config = self.config
         try:
-            async with asyncio.timeout(config.connect_timeout):
-                return await aio_pika.connect_robust(
-                    config.url,
-                    reconnect_interval=config.reconnect_interval,
-                    client_properties={"connection_name": f"hexbus {config.service_name} {role}"},
-                )
-        except TimeoutError:
-            raise ConfigurationError(
-                f"cannot connect to RabbitMQ at {self._url}: no answer within "
-                f"{config.connect_timeout}s (HEXBUS_RABBITMQ_URL)"
-            ) from None
-        except (aiormq.exceptions.AMQPError, OSError, ValueError) as exc:
-            reason = error_text(exc)
-            password = self._password()
-            if password:
-                reason = reason.replace(password, "***")
-            hint = ""
-            if isinstance(exc, _AUTH_ERRORS):
-                hint = "; check the user name and password in HEXBUS_RABBITMQ_URL"
-            raise ConfigurationError(
-                f"cannot connect to RabbitMQ at {self._url}: {reason}{hint}"
-            ) from None
+            return await connect_first(
+                config.urls,
+                connect_timeout=config.connect_timeout,
+                reconnect_interval=config.reconnect_interval,
+                client_properties={"connection_name": f"hexbus {config.service_name} {role}"},
+                ssl_context=self._tls,
+            )
+        except Unreachable as exc:
+            explained = await config.security_failure(exc.failures, self._tls)  # TLS, password
+            raise explained or ConfigurationError(self._unreachable(exc.failures)) from None
 
-    def _password(self) -> str | None:
-        try:
-            return urlsplit(self.config.url).password or None
-        except ValueError:
-            return None
+    def _unreachable(self, failures: list[tuple[str, BaseException]]) -> str:
+        """Why no node could be connected to, node by node, without the passwords."""
+        urls, timeout = self.config.urls, self.config.connect_timeout
+        reasons = []
+        for url, exc in failures:
+            if isinstance(exc, TimeoutError):
+                reason = f"no answer within {timeout}s"
+            else:
+                reason = mask(error_text(exc), urls)
+            if isinstance(exc, _AUTH_ERRORS):
+                reason += "; check the user name and password in HEXBUS_RABBITMQ_URL"
+            reasons.append((redact_url(url), reason))
+        if len(reasons) == 1:
+            where, reason = reasons[0]
+            named = "" if "HEXBUS_RABBITMQ_URL" in reason else " (HEXBUS_RABBITMQ_URL)"
+            return f"cannot connect to RabbitMQ at {where}: {reason}{named}"
+        return f"cannot connect to any of the {len(reasons)} RabbitMQ nodes of " + (
+            "HEXBUS_RABBITMQ_URL: " + "; ".join(f"{where}: {reason}" for where, reason in reasons)
+        )
 
     async def _start(self) -> None:
         self._connection = await self._connect("publisher")

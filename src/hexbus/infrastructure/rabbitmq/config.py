@@ -4,19 +4,39 @@ Why a frozen model of its own (next to ``HexbusSettings``): the adapter can be b
 code (tests, scripts, the benchmark) without environment variables, and options that only
 make sense here (retry delay tiers, drain timeout) stay out of the global settings.
 The URL holds the broker password: it is masked (``redact_url``) in the repr and in every
-message the adapter writes.
+message the adapter writes. It may list a cluster's nodes, comma-separated (``urls``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+import ssl
+from collections.abc import Sequence
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import aiormq
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hexbus.application.consuming import RetryPolicy
-from hexbus.infrastructure.settings import RetryDelays, redact_url
+from hexbus.infrastructure import security
+from hexbus.infrastructure.settings import RetryDelays, check_amqp_urls, redact_url, split_urls
 
-__all__ = ["RabbitMQConfig"]
+__all__ = ["TLS_FIELDS", "RabbitMQConfig", "tls_settings"]
+
+logger = logging.getLogger("hexbus.rabbitmq")
+
+#: The TLS fields of ``RabbitMQConfig``; ``HEXBUS_RABBITMQ_<FIELD>`` fills each.
+TLS_FIELDS = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_verify")
+#: What aiormq raises for refused credentials.
+_AUTH_ERRORS = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.AuthenticationError,
+)
+
+
+def tls_settings(settings: Any) -> dict[str, Any]:
+    """The ``RabbitMQConfig`` TLS fields from ``HexbusSettings`` (``rabbitmq_`` + field)."""
+    return {field: getattr(settings, f"rabbitmq_{field}") for field in TLS_FIELDS}
 
 
 class RabbitMQConfig(BaseModel):
@@ -42,14 +62,79 @@ class RabbitMQConfig(BaseModel):
     connect_timeout: float = Field(default=10.0, gt=0)
     reconnect_interval: float = Field(default=2.0, gt=0)
     drain_timeout: float = Field(default=30.0, gt=0)
+    # -- TLS for amqps:// URLs (HEXBUS_RABBITMQ_SSL_*, docs/architecture/security.md):
+    #: the CA that signed the broker's certificate (default: the system's CAs) ...
+    ssl_cafile: str | None = None
+    #: ... and the client certificate + key, for a broker that asks for one.
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    #: Verify the broker's certificate chain and host name; off only for experiments.
+    ssl_verify: bool = True
 
     @field_validator("url")
     @classmethod
     def _amqp_url(cls, value: str) -> str:
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in ("amqp", "amqps"):
-            raise ValueError(f"must be an amqp:// or amqps:// URL, got {redact_url(value)!r}")
-        return value
+        return check_amqp_urls(value)
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> Self:
+        values = {name: getattr(self, name) for name in TLS_FIELDS}
+        problems = security.rabbitmq_tls_problems(self.urls, {**values, "url": self.url}, str)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def tls_files(self) -> security.TlsFiles:
+        return security.TlsFiles(
+            cafile=self.ssl_cafile,
+            certfile=self.ssl_certfile,
+            keyfile=self.ssl_keyfile,
+            verify=self.ssl_verify,
+            check_hostname=self.ssl_verify,
+            prefix="HEXBUS_RABBITMQ_SSL_",
+            has_key_password=False,
+        )
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client SSL context for ``amqps://`` nodes (``None`` when no URL is amqps).
+
+        Built once per bus; a file that cannot be used is a ``SecurityError`` naming
+        its variable. Verification off is logged: it accepts any broker.
+        """
+        if not any(url.startswith("amqps://") for url in self.urls):
+            return None
+        if not self.ssl_verify:
+            logger.warning(
+                "hexbus rabbitmq: TLS certificate verification is OFF "
+                "(HEXBUS_RABBITMQ_SSL_VERIFY=false): any server can pose as the broker"
+            )
+        return security.client_context(self.tls_files)
+
+    async def security_failure(
+        self, failures: Sequence[tuple[str, BaseException]], context: ssl.SSLContext | None
+    ) -> security.SecurityError | None:
+        """What TLS or credential problem made connecting to the nodes fail (a wrong
+        password, an untrusted certificate, amqp:// on a TLS port ...), naming the
+        variable to fix; ``None`` when the failures are of another kind."""
+        for url, exc in failures:
+            found = await security.explain_rabbitmq_failure(
+                exc,
+                url=url,
+                redacted_url=redact_url(url),
+                tls=self.tls_files,
+                context=context,
+                auth_failed=isinstance(exc, _AUTH_ERRORS),
+            )
+            if found is not None:
+                return found
+        return None
+
+    @property
+    def urls(self) -> list[str]:
+        """The nodes to connect to, in order: ``url`` may list a cluster's nodes,
+        comma-separated; the first that answers is used, the others on failover."""
+        return split_urls(self.url)
 
     @property
     def redacted_url(self) -> str:

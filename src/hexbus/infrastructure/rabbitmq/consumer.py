@@ -46,7 +46,7 @@ from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.dead_letters import failure_headers, header_int, header_text
 from hexbus.infrastructure.rabbitmq import topology
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
-from hexbus.infrastructure.rabbitmq.marshal import decode_message
+from hexbus.infrastructure.rabbitmq.marshal import read_message
 from hexbus.infrastructure.rabbitmq.publisher import TRANSIENT_ERRORS, Publisher
 
 __all__ = ["Consumers", "SubscriptionConsumer", "copy_headers", "copy_message"]
@@ -280,7 +280,7 @@ class Consumers:
         attempt = header_int(headers.get(topology.ATTEMPT_HEADER), 1)
         decoded: Decoded | DecodeError
         try:
-            decoded = decode_message(self.codec, headers, message.content_type, message.body)
+            decoded = read_message(self.codec, headers, message.content_type, message.body)
         except DecodeError as exc:
             decoded = exc
         key = header_text(headers.get(topology.KEY_HEADER)) or message.message_id

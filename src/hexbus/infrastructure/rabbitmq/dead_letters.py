@@ -30,7 +30,7 @@ from hexbus.infrastructure.dead_letters import (
 )
 from hexbus.infrastructure.rabbitmq import topology
 from hexbus.infrastructure.rabbitmq.consumer import copy_headers, copy_message
-from hexbus.infrastructure.rabbitmq.marshal import AMQP_PREFIX
+from hexbus.infrastructure.rabbitmq.marshal import AMQP_PREFIX, wire_identity
 from hexbus.infrastructure.rabbitmq.publisher import Publisher
 
 __all__ = ["dead_letter_of", "read_dead_letters", "replay_dead_letters"]
@@ -41,12 +41,14 @@ _TYPE_HEADER = AMQP_PREFIX + "type"
 def dead_letter_of(subscription: str, message: AbstractIncomingMessage) -> DeadLetter:
     """The ``DeadLetter`` of one DLQ message (its body and headers as they are)."""
     headers = dict(message.headers or {})
+    # cloudEvents:/ce- headers in binary mode, the body in structured mode.
+    wire_id, wire_type = wire_identity(headers, message.content_type, message.body)
     dead = dead_letter_from_headers(
         subscription,
         headers,
         message.body,
-        event_id=message.message_id,
-        event_type=header_text(headers.get(_TYPE_HEADER)) or message.type,
+        event_id=wire_id or message.message_id,
+        event_type=wire_type or message.type,
     )
     if dead.origin is None and topology.LEGACY_ORIGIN_HEADER in headers:
         dead = dataclasses.replace(

@@ -1,34 +1,70 @@
-"""The CloudEvents AMQP protocol binding (binary content mode): event ⇄ message parts.
+"""The CloudEvents AMQP protocol binding: event ⇄ message parts.
 
 Why a module of its own: ``codec.py`` holds the CloudEvents core shared by every broker;
 how attributes become AMQP application properties (``cloudEvents:<name>``, the message's
 ``content_type``) is this adapter's business only.
+
+What hexbus writes: binary content mode of the CloudEvents AMQP binding, attributes as
+``cloudEvents:<name>`` headers (string values), ``datacontenttype`` as the
+``content_type`` property. What it reads, to meet every producer on RabbitMQ:
+
+- the AMQP binding with either prefix, ``cloudEvents:`` or ``cloudEvents_`` (JMS);
+- the RabbitMQ binding of Knative eventing and the Python SDK's ``rabbitmq`` module:
+  ``ce-<name>`` headers, any case (``cloudEvents`` headers win when a message has both);
+- native AMQP values (booleans, integers, byte arrays, timestamps; ``time`` also as
+  milliseconds since the epoch), turned into the CloudEvents canonical strings;
+- structured content mode: ``content_type`` ``application/cloudevents+json``, the body
+  the whole event in the JSON format (or a message with neither attribute headers nor
+  a content type, as for Kafka).
+
+Why hexbus keeps writing ``cloudEvents:`` rather than ``ce-``: the AMQP binding is
+part of the CloudEvents specification and every CloudEvents SDK reads it; ``ce-`` is
+Knative's own RabbitMQ binding. Existing hexbus consumers read ``cloudEvents:``, and
+writing both would double every message's headers. ``docs/architecture/interop.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
-from hexbus.infrastructure.codec import CloudEventCodec, decode_error, format_time
+from hexbus.infrastructure.codec import (
+    CONTENT_TYPE,
+    STRUCTURED_CONTENT_TYPE,
+    CloudEventCodec,
+    DecodeReason,
+    Delivered,
+    attribute_text,
+    decode_error,
+    is_structured,
+    structured_identity,
+)
 from hexbus.infrastructure.names import AMQP_HEADER_PREFIX
 
 __all__ = [
     "AMQP_PREFIX",
     "AMQP_PREFIX_JMS",
+    "RABBITMQ_PREFIX",
     "decode_message",
     "encode_message",
     "from_amqp_headers",
+    "read_message",
     "to_amqp_headers",
+    "wire_identity",
 ]
 
 AMQP_PREFIX: Final = AMQP_HEADER_PREFIX
 #: The AMQP binding's alternative prefix, for JMS / RabbitMQ clients that disallow ':'.
 AMQP_PREFIX_JMS: Final = "cloudEvents_"
 _AMQP_PREFIX_LEN: Final = len(AMQP_PREFIX)  # == len(AMQP_PREFIX_JMS)
+#: The RabbitMQ binding (Knative eventing, the Python SDK's ``rabbitmq``): ``ce-<name>``.
+RABBITMQ_PREFIX: Final = "ce-"
+_RABBITMQ_PREFIXES: Final = ("ce-", "CE-", "Ce-", "cE-")
+_RABBITMQ_PREFIX_LEN: Final = len(RABBITMQ_PREFIX)
+#: Header names under which a content type may come when the property is not set.
+_CONTENT_TYPE_HEADERS: Final = frozenset({"content-type", "content_type"})
 
 
 def to_amqp_headers(attributes: Mapping[str, str]) -> dict[str, str]:
@@ -43,38 +79,66 @@ def to_amqp_headers(attributes: Mapping[str, str]) -> dict[str, str]:
 
 
 def from_amqp_headers(headers: Mapping[str, Any], content_type: str | None) -> dict[str, str]:
-    """Attributes from AMQP headers (``cloudEvents:`` or ``cloudEvents_``) + content type.
+    """Attributes from AMQP headers (``cloudEvents:``, ``cloudEvents_``, ``ce-``) + content type.
 
-    Values may arrive as AMQP types (bytes, int, timestamp) from foreign producers; they
-    are turned back into the CloudEvents string forms. Other headers are ignored.
+    Values may arrive as AMQP types (byte arrays, integers, booleans, timestamps) from
+    foreign producers; they are turned into the CloudEvents canonical strings
+    (``attribute_text``). A string header that is not UTF-8 (pamqp hands it over as
+    ``bytes``), a binary value of a String attribute that is not UTF-8 and a value of no
+    CloudEvents type (a float, a table, a list) are a ``DecodeError`` naming the header.
+    Other headers are ignored. Without a ``content_type`` property, a ``content-type``
+    header is used (some RabbitMQ-binding producers put it there).
     """
     attributes: dict[str, str] = {}
+    knative: dict[str, str] | None = None
     for name, value in headers.items():
         if name.startswith((AMQP_PREFIX, AMQP_PREFIX_JMS)):
             attr = name[_AMQP_PREFIX_LEN:]
-        else:
+            if isinstance(value, str):  # what hexbus writes: the hot path
+                attributes[attr] = value
+                continue
+        elif name.startswith(_RABBITMQ_PREFIXES):
+            attr = name[_RABBITMQ_PREFIX_LEN:].lower()
+            text = _header_text(name, attr, value, headers)
+            if text is not None:
+                if knative is None:
+                    knative = {}
+                knative[attr] = text
             continue
-        if isinstance(value, str):
-            attributes[attr] = value
-        elif value is None:
-            continue
-        elif isinstance(value, bytes):
-            try:
-                attributes[attr] = value.decode()
-            except UnicodeDecodeError:
-                raise decode_error(
-                    f"AMQP header {name!r} is not valid UTF-8", "malformed", b"", headers
-                ) from None
-        elif isinstance(value, bool):
-            attributes[attr] = "true" if value else "false"
-        elif isinstance(value, datetime):
-            aware = value if value.utcoffset() is not None else value.replace(tzinfo=UTC)
-            attributes[attr] = format_time(aware)
         else:
-            attributes[attr] = str(value)
+            if content_type is None and name.lower() in _CONTENT_TYPE_HEADERS:
+                content_type = _header_text(name, "datacontenttype", value, headers)
+            continue
+        text = _header_text(name, attr, value, headers)
+        if text is not None:
+            attributes[attr] = text
+    if knative:
+        for attr, text in knative.items():
+            attributes.setdefault(attr, text)  # the AMQP binding's headers win
     if content_type:
         attributes["datacontenttype"] = content_type
     return attributes
+
+
+def _header_text(name: str, attr: str, value: Any, headers: Mapping[str, Any]) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):  # a string header that is not UTF-8 (pamqp's bytes)
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise decode_error(
+                f"AMQP header {name!r} is not valid UTF-8", "malformed", b"", headers
+            ) from None
+    try:
+        return attribute_text(attr, value)
+    except TypeError as exc:
+        raise decode_error(
+            f"AMQP header {name!r} cannot be a CloudEvents attribute: {exc}",
+            "malformed",
+            b"",
+            headers,
+        ) from None
 
 
 def encode_message(
@@ -91,10 +155,67 @@ def decode_message(
     content_type: str | None,
     body: bytes,
 ) -> tuple[DomainEvent, dict[str, str]]:
-    """``from_amqp_headers`` + ``codec.decode``; every failure is a ``DecodeError``."""
+    """The event and metadata of a message, any binding or mode; failures: ``DecodeError``."""
+    event, metadata, _ = read_message(codec, headers, content_type, body)
+    return event, metadata
+
+
+def read_message(
+    codec: CloudEventCodec,
+    headers: Mapping[str, Any] | None,
+    content_type: str | None,
+    body: bytes,
+) -> Delivered:
+    """What a consumer delivers: event, metadata, original CloudEvents id (or ``None``).
+
+    Binary mode with ``cloudEvents:`` headers is the hot path: one look at the content
+    type decides the mode.
+    """
+    if content_type is not None and content_type != CONTENT_TYPE and is_structured(content_type):
+        return codec.decode_structured(body, content_type)
     try:
         attributes = from_amqp_headers(headers or {}, content_type)
     except DecodeError as exc:
         exc.raw = body
         raise
-    return codec.decode(attributes, body)
+    found = attributes.get("datacontenttype")
+    if found is None:
+        if not attributes:  # no attribute header, no content type: structured
+            return _headerless(codec, body)
+    elif content_type is None and is_structured(found):  # from a content-type header
+        return codec.decode_structured(body, found)
+    return codec.decode_text(attributes, body)
+
+
+def _headerless(codec: CloudEventCodec, body: bytes) -> Delivered:
+    try:
+        return codec.decode_structured(body, STRUCTURED_CONTENT_TYPE)
+    except DecodeError as exc:
+        raise decode_error(
+            "the message has no CloudEvents headers (cloudEvents:, cloudEvents_, ce-) and "
+            f"no content type, so it was read as a structured CloudEvent "
+            f"({STRUCTURED_CONTENT_TYPE}), and that failed: {exc}",
+            cast("DecodeReason", exc.reason),
+            body,
+            exc.headers,
+        ) from exc
+
+
+def wire_identity(
+    headers: Mapping[str, Any] | None, content_type: str | None, body: bytes
+) -> tuple[str | None, str | None]:
+    """``(id, type)`` of a message in any binding or mode, ``None`` where it says nothing.
+
+    For dead-letter listings and replay filters: ``ce-`` headers and structured-mode
+    bodies name the id and type where ``cloudEvents:type`` would. Never raises.
+    """
+    if content_type is not None and is_structured(content_type):
+        return structured_identity(body)
+    try:
+        attributes = from_amqp_headers(headers or {}, content_type)
+    except DecodeError:
+        return None, None
+    found = attributes.get("datacontenttype")
+    if not attributes or (content_type is None and found is not None and is_structured(found)):
+        return structured_identity(body)
+    return attributes.get("id") or None, attributes.get("type") or None

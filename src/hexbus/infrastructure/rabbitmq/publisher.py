@@ -16,21 +16,35 @@ connection loss).
 A nack, or no confirm within ``publish_timeout`` (which also bounds waiting for a lost
 connection to come back), raises ``PublishError`` naming the broker by its redacted URL.
 While the connection is down a publish is resent until the deadline, so a message whose
-confirm was lost with the connection may be stored twice (at-least-once).
+confirm was lost with the connection may be stored twice (at-least-once). The error says
+which of the two it was: no node answered (broker unreachable), or a node took the
+message and did not confirm it (a quorum queue without a majority of its nodes, an alarm).
+
+Reconnection is aio-pika's robust connection; ``connect_first`` adds the cluster to it:
+``HEXBUS_RABBITMQ_URL`` may list several nodes, the bus connects to the first that
+answers, and ``Failover`` moves each later reconnection attempt on to the next node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractConnection,
+    AbstractExchange,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+)
+from yarl import URL
 
 from hexbus.application.consuming import error_text
 from hexbus.application.dispatch import DispatchStats
@@ -40,8 +54,11 @@ from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
 from hexbus.infrastructure.rabbitmq.marshal import encode_message
 from hexbus.infrastructure.rabbitmq.topology import KEY_HEADER
+from hexbus.infrastructure.settings import redact_url
 
-__all__ = ["TRANSIENT_ERRORS", "Publisher"]
+__all__ = ["TRANSIENT_ERRORS", "Failover", "Publisher", "Unreachable", "connect_first", "mask"]
+
+logger = logging.getLogger("hexbus.rabbitmq")
 
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 #: Errors after which a send is worth repeating (the connection or channel went away).
@@ -112,6 +129,8 @@ class Publisher:
         #: The broker's URL with the password masked: the only form in messages.
         self.url = config.redacted_url
         self.channel: AbstractRobustChannel | None = None
+        #: The connection ``open`` was given (says whether a node is connected).
+        self.connection: AbstractRobustConnection | None = None
         self.exchange: AbstractExchange | None = None
         self.default_exchange: AbstractExchange | None = None
         self._deadlines = _Deadlines(config.publish_timeout)
@@ -124,10 +143,12 @@ class Publisher:
         )
         self.default_exchange = channel.default_exchange
         self.channel = channel
+        self.connection = connection
 
     async def close(self) -> None:
         """Stop the deadline watchdog (the connection is closed by the bus)."""
         self.channel = self.exchange = self.default_exchange = None
+        self.connection = None
         await self._deadlines.close()
 
     # -- events ------------------------------------------------------------------------
@@ -281,7 +302,25 @@ class Publisher:
         cause = f" (last error: {error_text(last)})" if last is not None else ""
         return PublishError(
             f"{what()} was not confirmed by RabbitMQ at {self.url} within "
-            f"{self.config.publish_timeout}s{cause}"
+            f"{self.config.publish_timeout}s{cause}{self._why()}"
+        )
+
+    def _why(self) -> str:
+        """What the connection says about a missing confirm (called only on failure)."""
+        connection = self.connection
+        if connection is None:
+            return ""
+        if not connection.connected.is_set():
+            return (
+                ": no RabbitMQ node answered meanwhile (broker down or unreachable; the "
+                "bus keeps reconnecting, to every node of HEXBUS_RABBITMQ_URL in turn)"
+            )
+        node = redact_url(str(URL(str(connection)).with_query(None)))
+        return (
+            f": connected to {node}, which took the message but did not confirm it "
+            "(stored by fewer nodes than needed: a quorum queue whose majority of nodes is "
+            "down has no quorum; or a memory / disk alarm blocks publishing); it may "
+            "still be stored once the nodes are back"
         )
 
     def _not_connected(self) -> PublishError:
@@ -295,3 +334,150 @@ def _really_cancelled() -> bool:
     current task (stop, a caller's timeout) is a real one."""
     task = asyncio.current_task()
     return task is None or task.cancelling() > 0
+
+
+# -- connecting: the first node that answers, the others on failover ---------------------
+
+
+class Unreachable(Exception):
+    """No node of the list could be connected to; ``failures`` says why, node by node
+    (the URLs and errors are raw: mask them before showing them)."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]]) -> None:
+        super().__init__(f"no RabbitMQ node answered ({len(failures)} tried)")
+        self.failures = failures
+
+
+def mask(text: str, urls: Sequence[str]) -> str:
+    """``text`` with the password of every URL in ``urls`` replaced by ``***``.
+
+    Why on the whole text: client libraries quote a password in their own words, not
+    always inside a URL.
+    """
+    for url in urls:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            continue
+        if password:
+            text = text.replace(password, "***")
+    return text
+
+
+#: Errors of a connection attempt that mean "this node, not now" (refused, timed out,
+#: handshake or authentication failed, unreadable URL).
+_CONNECT_ERRORS = (aiormq.exceptions.AMQPError, OSError, ValueError)
+#: Beyond the client's own connect timeout: only a handshake that hangs meets it.
+_CONNECT_GRACE = 5.0
+
+
+async def connect_first(
+    urls: Sequence[str], *, connect_timeout: float, **options: Any
+) -> AbstractRobustConnection:
+    """A robust connection to the first of ``urls`` that answers within
+    ``connect_timeout`` seconds; ``Unreachable`` when none does. ``options`` go to
+    ``aio_pika.connect_robust``.
+
+    Why: a robust connection retries the one address it was opened with, forever; with
+    one cluster node down for good the bus would never come back although the other
+    nodes serve the same (quorum) queues. So each node is tried in turn, the nodes that
+    failed are logged with the reason (passwords masked), and with more than one URL the
+    connection gets a ``Failover``. ``connect_timeout`` also bounds every reconnection
+    attempt, so a node that does not answer at all cannot hold up the failover.
+    """
+    failures: list[tuple[str, BaseException]] = []
+    connection: AbstractRobustConnection
+    for index, url in enumerate(urls):
+        try:
+            async with asyncio.timeout(connect_timeout + _CONNECT_GRACE):
+                connection = await aio_pika.connect_robust(
+                    url, timeout=connect_timeout, **options
+                )
+        except _CONNECT_ERRORS as exc:
+            failures.append((url, exc))
+            continue
+        if failures:
+            logger.warning(
+                "RabbitMQ: connected to %s; could not connect to %s",
+                redact_url(url),
+                "; ".join(
+                    f"{redact_url(bad)} ({mask(_reason(exc, connect_timeout), urls)})"
+                    for bad, exc in failures
+                ),
+            )
+        if len(urls) > 1:
+            connection.close_callbacks.add(Failover(urls, index, connection))
+        return connection
+    raise Unreachable(failures)
+
+
+def _reason(exc: BaseException, connect_timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {connect_timeout}s"
+    return error_text(exc)
+
+
+class Failover:
+    """Close callback of a robust connection to a cluster: when the connection to its
+    node closes (lost, or a reconnection attempt failed), point it at the next node of
+    the list, so aio-pika's next reconnection attempt goes there (round robin).
+
+    The node list keeps the query options ``connect_robust`` added to the first URL
+    (reconnect interval, connection name), so every node is dialled alike. Logged: the
+    loss of the node in use (warning), each round of the list without an answer
+    (warning), the node reconnected to (info); single refused attempts only at debug.
+    """
+
+    def __init__(self, urls: Sequence[str], index: int, connection: Any) -> None:
+        base = URL(urls[index])
+        current: URL = connection.url
+        extra = {k: v for k, v in current.query.items() if k not in base.query}
+        self.urls = list(urls)
+        self.index = index
+        self._targets = [URL(url).update_query(extra) for url in urls]
+        #: Attempts since the connection was last up (0: it is up).
+        self._failed = 0
+        connection.reconnect_callbacks.add(self._reconnected)
+
+    @property
+    def current(self) -> str:
+        """The URL of the node the connection uses (or tries) now."""
+        return self.urls[self.index]
+
+    def __call__(
+        self, connection: AbstractConnection | None, exc: BaseException | None = None, /
+    ) -> None:
+        target: Any = connection
+        if target is None or target.close_called or target.is_closed:
+            return  # closed on purpose: nothing to fail over to
+        failed = self.current
+        self.index = (self.index + 1) % len(self.urls)
+        target.url = self._targets[self.index]
+        reason = mask(error_text(exc) if exc is not None else "closed", self.urls)
+        self._failed += 1
+        if self._failed == 1:
+            logger.warning(
+                "RabbitMQ node %s: connection lost (%s); reconnecting to %s",
+                redact_url(failed),
+                reason,
+                redact_url(self.current),
+            )
+        elif self._failed % len(self.urls) == 1:
+            logger.warning(
+                "RabbitMQ: none of the %d nodes answers (last: %s: %s); still trying",
+                len(self.urls),
+                redact_url(failed),
+                reason,
+            )
+        else:
+            logger.debug(
+                "RabbitMQ node %s refused the connection (%s); trying %s",
+                redact_url(failed),
+                reason,
+                redact_url(self.current),
+            )
+
+    def _reconnected(self, connection: AbstractConnection | None, /) -> None:
+        if self._failed:
+            logger.info("RabbitMQ: reconnected to %s", redact_url(self.current))
+        self._failed = 0
