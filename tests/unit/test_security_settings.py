@@ -627,3 +627,17 @@ def test_a_state_with_plain_brokers_is_not_made_secure(tmp_path: Path) -> None:
     with pytest.raises(processes.BrokerError, match="started without --secure"):
         tls.enable(state, 1)
     assert tls.load(state) is None
+
+
+def test_cli_redact_masks_every_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hexbus.cli._common import redact  # noqa: PLC0415 - the CLI helper under test
+    from hexbus.infrastructure.settings import load_settings  # noqa: PLC0415
+
+    monkeypatch.setenv("HEXBUS_RABBITMQ_URL", "amqp://u:url-secret@127.0.0.1:5672/")
+    monkeypatch.setenv("HEXBUS_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("HEXBUS_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("HEXBUS_KAFKA_SASL_USERNAME", "user")
+    monkeypatch.setenv("HEXBUS_KAFKA_SASL_PASSWORD", "sasl-secret")
+    settings = load_settings(adapter="kafka")
+    text = redact(settings, "auth failed: url-secret / sasl-secret")
+    assert text == "auth failed: *** / ***"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -60,16 +59,15 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 
 def redact(settings: HexbusSettings, text: str) -> str:
-    """``text`` with the broker password (if any) replaced by ``***``.
+    """``text`` with every secret of ``settings`` replaced by ``***``: the URL passwords,
+    the Kafka SASL password, the client key's password.
 
     Why on the whole text and not only on URLs: client libraries quote the password in
     their own words (``authentication failed for ... s3cr3t``), not always inside a URL.
     """
-    try:
-        password = urlsplit(settings.rabbitmq_url).password
-    except ValueError:
-        password = None
-    return text.replace(password, "***") if password else text
+    for secret in sorted(settings.secret_values(), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def broker_settings(memory_message: str, settings: HexbusSettings | None = None) -> HexbusSettings:
