@@ -3,12 +3,12 @@
 
 Stdlib only; runs with any Python >= 3.11 (no venv needed).
 
-    python3 scripts/brokers.py up [--nodes 1|3] [--only rabbitmq|kafka]
+    python3 scripts/brokers.py up [--nodes 1|3] [--only rabbitmq|kafka] [--secure]
     python3 scripts/brokers.py down
     python3 scripts/brokers.py restart NAME      # rabbitmq, kafka, kafka-2, ...
     python3 scripts/brokers.py stop NAME | start NAME
     python3 scripts/brokers.py status | env
-    python3 scripts/brokers.py run [--nodes N] [--only X] -- CMD ARGS...
+    python3 scripts/brokers.py run [--nodes N] [--only X] [--secure] -- CMD ARGS...
 
 Every command also takes ``--state-dir DIR`` (default ``$HEXBUS_BROKERS_STATE_DIR``, else
 ``<repo>/.cache/brokers``) and ``--name NAME`` (the RabbitMQ node name; default
