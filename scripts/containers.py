@@ -379,6 +379,16 @@ def host_network_builds() -> bool:
     return bool(record and _ours(record) and record.get("host_network_builds"))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def remove_stale_containers() -> None:
     """Remove test containers whose test process is gone (a killed pytest leaves them)."""
     result = docker(
@@ -395,7 +405,7 @@ def remove_stale_containers() -> None:
     for line in result.stdout.splitlines():
         cid, _, session = line.partition(" ")
         where, _, pid = session.rpartition(":")
-        if where == host and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        if where == host and pid.isdigit() and not _alive(int(pid)):
             stale.append(cid)
     if stale:
         log(f"removing {len(stale)} test container(s) of finished test runs")
@@ -613,8 +623,10 @@ def _build(kind: str, image: str, ctx: Path, base: str, build_args: dict[str, st
         ).returncode
     if rc != 0:
         raise SetupError(f"building {image} failed; see {build_log}:\n{tail(build_log)}")
-    # the classic builder keeps the image of a multi-stage build's first stage (the jars)
-    docker("image", "prune", "-f", "--filter", "label=org.hexbus.stage", check=False)
+    # the classic builder keeps the image of a multi-stage build's first stage (the jars);
+    # and the image this build replaced is left untagged
+    for label in ("org.hexbus.stage", INPUTS_LABEL):
+        docker("image", "prune", "-f", "--filter", f"label={label}", check=False)
 
 
 def build_images() -> dict[str, str]:
@@ -712,9 +724,9 @@ def run(child: Sequence[str]) -> int:
             if isinstance(stop, Terminated):
                 proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(timeout=60)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                proc.kill()  # what it leaves behind, down() removes (its pid is gone)
                 proc.wait()
             rc = 130 if isinstance(stop, KeyboardInterrupt) else 143
         log(f"command finished (exit {rc}) in {time.monotonic() - began:.1f}s")

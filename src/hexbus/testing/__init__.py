@@ -7,8 +7,8 @@
 - ``EventBusFaultSuite`` + ``FaultCapabilities``: the fault scenarios (broker restart,
   consumer SIGKILL, poison handler, undecodable records, ``stop()`` with handlers in
   flight) every broker adapter passes; ``ConsumerProcesses`` spawns the consumer
-  processes they kill; ``restart_native_broker`` restarts a broker of
-  ``scripts/brokers.py``.
+  processes they kill; ``restart_test_broker`` restarts this session's broker in
+  place (its container, or a native broker of ``scripts/brokers.py``).
 - ``eventually``: wait for an asynchronous condition with a deadline.
 - The pytest plugin (``hexbus.testing.plugin``, loaded automatically) adds the fixtures
   ``event_bus``, ``recording_bus`` and the broker fixtures of ``hexbus.testing.brokers``.
@@ -38,7 +38,9 @@ if TYPE_CHECKING:
         Undecodable,
         publish_until_acked,
         require_native_broker,
+        require_restartable_broker,
         restart_native_broker,
+        restart_test_broker,
     )
     from hexbus.testing.processes import ConsumerProcess, ConsumerProcesses
 
@@ -59,7 +61,9 @@ __all__ = [
     "eventually",
     "publish_until_acked",
     "require_native_broker",
+    "require_restartable_broker",
     "restart_native_broker",
+    "restart_test_broker",
 ]
 
 #: Lazily imported name -> the module defining it.
@@ -76,6 +80,8 @@ _LAZY: dict[str, str] = {
             "Undecodable",
             "publish_until_acked",
             "require_native_broker",
+            "require_restartable_broker",
+            "restart_test_broker",
             "restart_native_broker",
         ),
         "hexbus.testing.faults",
