@@ -103,11 +103,12 @@ async def nodes_back_up(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """After each test, every node of the kinds in use runs again (and the test fails if
     one had to be started here: a test restarts what it stops)."""
     yield
-    if "cluster" not in request.fixturenames:
-        return
+    call_failed: bool | None = getattr(request.node, "rep_call_failed", None)
+    if call_failed is None or "cluster" not in request.fixturenames:
+        return  # the test did not run (set-up failed or skipped): it stopped nothing
     handle: Cluster = request.getfixturevalue("cluster")
     restarted = await asyncio.to_thread(handle.restore)
-    if restarted and not request.node.rep_call_failed:
+    if restarted and not call_failed:
         pytest.fail(f"the test left {', '.join(restarted)} stopped (started again now)")
 
 
@@ -130,8 +131,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """Record on the item whether its call phase failed (for ``nodes_back_up``)."""
+    """Record on the item whether its test ran and failed (for ``nodes_back_up``)."""
     report = yield
-    if report.when == "call" or not hasattr(item, "rep_call_failed"):
+    if report.when == "call":
         item.rep_call_failed = report.failed  # type: ignore[attr-defined]
     return report

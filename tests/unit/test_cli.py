@@ -222,3 +222,13 @@ def test_app_may_be_a_container_class_or_a_factory(tmp_path: Path, monkeypatch: 
         report = json.loads(result.stdout)
         expected = "mine" if path.endswith("make") else "hexbus"
         assert report["config"]["service_name"] == expected
+
+
+def test_broker_endpoints_cover_every_node_of_a_rabbitmq_url_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HEXBUS_ADAPTER", "rabbitmq")
+    monkeypatch.setenv(
+        "HEXBUS_RABBITMQ_URL", "amqp://u:p@n1:5672/,amqps://u:p@n2/,amqp://u:p@n3:25672/"
+    )
+    assert broker_endpoints(load_settings()) == [("n1", 5672), ("n2", 5671), ("n3", 25672)]

@@ -44,7 +44,7 @@ from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.adapters import ADAPTERS, AdapterInfo, availability, missing_extra
 from hexbus.infrastructure.memory import InMemoryEventBus
-from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url
+from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url, split_urls
 
 __all__ = [
     "CONTENDERS",
@@ -295,7 +295,7 @@ async def _run_broker_bench(
     result: dict[str, float]
     if info.name == "rabbitmq":
         result = await bench.run_rabbitmq_bench(
-            settings.rabbitmq_url, events=events, exchange_prefix=prefix
+            split_urls(settings.rabbitmq_url)[0], events=events, exchange_prefix=prefix
         )
     else:
         result = await bench.run_kafka_bench(

@@ -53,7 +53,7 @@ from hexbus.infrastructure.security import (
     security_mode,
     settings_tls,
 )
-from hexbus.infrastructure.settings import HexbusSettings, load_settings
+from hexbus.infrastructure.settings import HexbusSettings, load_settings, split_urls
 
 __all__ = [
     "SESSION_OK",
@@ -135,10 +135,13 @@ class WiringReport:
 
 def broker_endpoints(settings: HexbusSettings) -> list[tuple[str, int]]:
     """host:port pairs the selected adapter would connect to (none for memory)."""
-    if settings.adapter == "rabbitmq":
-        parts = urlsplit(settings.rabbitmq_url)
-        default = 5671 if parts.scheme == "amqps" else 5672
-        return [(parts.hostname or "localhost", parts.port or default)]
+    if settings.adapter == "rabbitmq":  # every node of a cluster URL list
+        out: list[tuple[str, int]] = []
+        for url in split_urls(settings.rabbitmq_url):
+            parts = urlsplit(url)
+            default = 5671 if parts.scheme == "amqps" else 5672
+            out.append((parts.hostname or "localhost", parts.port or default))
+        return out
     if settings.adapter == "kafka":
         out = []
         for server in settings.kafka_bootstrap_servers.split(","):

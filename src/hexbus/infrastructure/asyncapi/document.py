@@ -34,7 +34,7 @@ from hexbus.infrastructure.asyncapi.wire import (
 )
 from hexbus.infrastructure.codec import CONTENT_TYPE
 from hexbus.infrastructure.names import event_topic, group_id, work_queue_name
-from hexbus.infrastructure.settings import HexbusSettings
+from hexbus.infrastructure.settings import HexbusSettings, split_urls
 
 __all__ = [
     "ASYNCAPI_VERSION",
@@ -363,17 +363,19 @@ def asyncapi_document(
     components: dict[str, Any] = {}
     vhost = "/"
     if transport == "rabbitmq":
-        server, vhost, has_credentials = rabbitmq_server(settings.rabbitmq_url)
-        if has_credentials:
-            server["security"] = [{"$ref": "#/components/securitySchemes/rabbitmqUser"}]
-            components["securitySchemes"] = {
-                "rabbitmqUser": {
-                    "type": "userPassword",
-                    "description": "The user and password of HEXBUS_RABBITMQ_URL "
-                    "(never written into this document).",
+        urls = split_urls(settings.rabbitmq_url)  # a cluster: one server per node
+        for number, url in enumerate(urls, 1):
+            server, vhost, has_credentials = rabbitmq_server(url)
+            if has_credentials:
+                server["security"] = [{"$ref": "#/components/securitySchemes/rabbitmqUser"}]
+                components["securitySchemes"] = {
+                    "rabbitmqUser": {
+                        "type": "userPassword",
+                        "description": "The user and password of HEXBUS_RABBITMQ_URL "
+                        "(never written into this document).",
+                    }
                 }
-            }
-        servers["rabbitmq"] = server
+            servers["rabbitmq" if len(urls) == 1 else f"rabbitmq-{number}"] = server
     elif transport == "kafka":
         servers.update(kafka_servers(settings.kafka_bootstrap_servers))
 

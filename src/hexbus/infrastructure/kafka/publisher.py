@@ -222,11 +222,14 @@ class KafkaPublisher:
             if producer is not None:
                 self._failed(producer)
             first = items[0]
+            why = await self.topology.explain({r.topic for r in items}, within=min(1.0, timeout))
             raise PublishError(
                 f"Kafka did not acknowledge {len(items) - acked} of {len(items)} event(s) "
                 f"(first: {first.event.event_type} {first.event.event_id} to topic "
-                f"{first.topic!r}) within publish_timeout={timeout}s; they may or may not "
-                "have been written, publish again to be sure (consumers are at-least-once)"
+                f"{first.topic!r}) within publish_timeout={timeout}s"
+                + (f": {why}" if why else "")
+                + "; they may or may not have been written, publish again to be sure "
+                "(consumers are at-least-once)"
             ) from None
         except (KafkaError, OSError) as exc:
             if producer is not None:

@@ -28,6 +28,7 @@ answers, and ``Failover`` moves each later reconnection attempt on to the next n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -134,22 +135,69 @@ class Publisher:
         self.exchange: AbstractExchange | None = None
         self.default_exchange: AbstractExchange | None = None
         self._deadlines = _Deadlines(config.publish_timeout)
+        #: Replacing the confirm channel after a nack (``_renew_soon``), if under way.
+        self._renewal: asyncio.Task[None] | None = None
 
     async def open(self, connection: AbstractRobustConnection) -> None:
         """Open the confirm channel and declare the durable topic exchange."""
-        channel = await connection.channel(publisher_confirms=True)
-        self.exchange = await channel.declare_exchange(
-            self.config.exchange, aio_pika.ExchangeType.TOPIC, durable=True
-        )
+        channel, self.exchange = await self._open_channel(connection)
         self.default_exchange = channel.default_exchange
         self.channel = channel
         self.connection = connection
+
+    async def _open_channel(
+        self, connection: AbstractRobustConnection
+    ) -> tuple[AbstractRobustChannel, AbstractExchange]:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(
+            self.config.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        return channel, exchange
 
     async def close(self) -> None:
         """Stop the deadline watchdog (the connection is closed by the bus)."""
         self.channel = self.exchange = self.default_exchange = None
         self.connection = None
+        if self._renewal is not None:
+            self._renewal.cancel()
+            await asyncio.wait([self._renewal])
+            self._renewal = None
         await self._deadlines.close()
+
+    def _renew_soon(self) -> None:
+        """After a nack: publish on a new confirm channel from now on (one renewal at a
+        time, so at most one per ``publish_timeout``).
+
+        Why: a channel that published to a quorum queue whose leader's node went away
+        can be left nacking every later publish to that queue (seen on RabbitMQ 3.10
+        after a node stop), while a new channel's publishes are confirmed. For a real
+        refusal (an alarm) the price is a channel now and then.
+        """
+        if self.connection is None or (self._renewal is not None and not self._renewal.done()):
+            return
+        self._renewal = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _renew(self) -> None:
+        old, connection = self.channel, self.connection
+        if old is None or connection is None:
+            return
+        try:
+            async with asyncio.timeout(self.config.publish_timeout):
+                channel, exchange = await self._open_channel(connection)
+        except (TimeoutError, *TRANSIENT_ERRORS) as exc:
+            logger.debug("RabbitMQ: no new channel after a nack (%s)", error_text(exc))
+            return
+        if self.channel is not old:  # closed meanwhile
+            with contextlib.suppress(Exception):
+                await channel.close()
+            return
+        self.channel, self.exchange = channel, exchange
+        self.default_exchange = channel.default_exchange
+        logger.warning("RabbitMQ refused a publish (basic.nack); publishing on a new channel")
+        # Publishes still waiting on the old channel settle (or time out) first.
+        await asyncio.sleep(self.config.publish_timeout)
+        with contextlib.suppress(Exception):
+            await old.close()
 
     # -- events ------------------------------------------------------------------------
     def message(self, admitted: Admitted) -> aio_pika.Message:
@@ -293,9 +341,11 @@ class Publisher:
             raise self._unconfirmed(what, last) from None
 
     def _nacked(self, what: Callable[[], str]) -> PublishError:
+        self._renew_soon()
         return PublishError(
             f"RabbitMQ at {self.url} refused {what()} (basic.nack); the broker could not "
-            "store it (disk or memory alarm, queue length limit?)"
+            "store it (disk or memory alarm, queue length limit, a quorum queue that just "
+            "lost its leader?); publish it again"
         )
 
     def _unconfirmed(self, what: Callable[[], str], last: BaseException | None) -> PublishError:
