@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -52,6 +51,9 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness package beside us
+from harness.processes import BrokerError, file_lock, tail
 
 REPO = Path(__file__).resolve().parent.parent
 STATE = REPO / ".cache" / "containers"
@@ -83,35 +85,14 @@ def log(msg: str) -> None:
     print(f"[containers {time.monotonic() - T0:5.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return ""
-    return "\n".join("    " + line for line in text[-lines:])
-
-
 @contextlib.contextmanager
 def state_lock(timeout: float = 1800.0) -> Iterator[None]:
     """Serialise set-up and tear-down of this checkout (two `make test-containers`)."""
-    STATE.mkdir(parents=True, exist_ok=True)
-    with open(STATE / ".lock", "w") as fh:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise SetupError(
-                        f"another scripts/containers.py has held {STATE / '.lock'} for "
-                        f"{timeout:.0f}s; wait for it to finish (or end it)"
-                    ) from None
-                time.sleep(0.5)
-        try:
+    try:
+        with file_lock(STATE / ".lock", timeout, owner="scripts/containers.py"):
             yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    except BrokerError as exc:
+        raise SetupError(str(exc)) from None
 
 
 # -- versions ------------------------------------------------------------------------------

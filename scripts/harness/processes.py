@@ -162,8 +162,11 @@ def ephemeral_low() -> int:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, timeout: float = 300.0) -> Iterator[None]:
-    """Hold an exclusive flock on *path*: serialises harness commands that change state."""
+def file_lock(path: Path, timeout: float = 300.0, *, owner: str = "brokers.py") -> Iterator[None]:
+    """Hold an exclusive flock on *path*: serialises commands that change state.
+
+    *owner* names the script holding it, for the message when it is held too long.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as fh:
         deadline = time.monotonic() + timeout
@@ -174,7 +177,7 @@ def file_lock(path: Path, timeout: float = 300.0) -> Iterator[None]:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise BrokerError(
-                        f"another brokers.py has held {path} for {timeout:.0f}s; "
+                        f"another {owner} has held {path} for {timeout:.0f}s; "
                         "wait for it to finish (or end it) and try again"
                     ) from None
                 time.sleep(0.5)
