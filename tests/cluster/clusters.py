@@ -34,6 +34,8 @@ from harness import rabbitmq as harness_rabbitmq  # noqa: E402 - scripts/harness
 from harness.nodes import Layout, Node  # noqa: E402
 from harness.state import State  # noqa: E402
 
+from hexbus.testing import ConsumerProcess, eventually  # noqa: E402
+
 SIZE = 3
 KINDS = ("rabbitmq", "kafka")
 #: Start-up deadline of a whole set (a cold start fetches nothing: the harness caches).
@@ -257,3 +259,31 @@ class Cluster:
                     if topic_level and value is not None:
                         found[name] = value
         return found
+
+
+async def all_acknowledged_handled(
+    consumer: ConsumerProcess, acked: set[str], handled_at_stop: int, *, timeout: float
+) -> list[str]:
+    """Wait until the consumer process handled every acknowledged event (it must stay
+    alive), check it went on after the node stop, and return what it handled, in order.
+
+    Both failover tests end this way: "0 acknowledged events lost, the consumer keeps
+    going" is the promise under test.
+    """
+
+    def missing() -> set[str]:
+        return acked - set(consumer.handled())
+
+    def all_handled() -> bool:
+        assert consumer.alive(), f"the consumer died:\n{consumer.output()}"
+        return not missing()
+
+    await eventually(
+        all_handled,
+        timeout=timeout,
+        interval=0.2,
+        message=lambda: f"{len(missing())} of {len(acked)} acknowledged events never handled",
+    )
+    handled = consumer.handled()
+    assert len(set(handled)) > handled_at_stop, "the consumer did not go on after the stop"
+    return handled

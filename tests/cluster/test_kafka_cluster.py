@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
-from clusters import Cluster
+from clusters import Cluster, all_acknowledged_handled
 
 from hexbus import EventBus, load_settings
 from hexbus.domain.errors import PublishError
@@ -185,21 +185,9 @@ async def test_leader_stop_mid_stream_loses_no_acked_event_and_keeps_key_order(
         assert acked_at_stop < len(sent), "the stop did not hit the stream"
         assert moved[0]["leader"] in set(NODES) - {victim}, moved
 
-        def missing() -> set[str]:
-            return acked - set(consumer.handled())
-
-        def all_handled() -> bool:
-            assert consumer.alive(), f"the consumer died:\n{consumer.output()}"
-            return not missing()
-
-        await eventually(
-            all_handled,
-            timeout=RECOVERY_TIMEOUT,
-            interval=0.2,
-            message=lambda: f"{len(missing())} of {len(acked)} acked events never handled",
+        handled = await all_acknowledged_handled(
+            consumer, acked, handled_at_stop, timeout=RECOVERY_TIMEOUT
         )
-        handled = consumer.handled()
-        assert len(set(handled)) > handled_at_stop, "the consumer did not go on after the stop"
         # Per key, the first handling of each event follows the publish order.
         first_seen: dict[str, list[int]] = defaultdict(list)
         seen: set[str] = set()

@@ -26,7 +26,7 @@ from typing import Any
 
 import aio_pika
 import pytest
-from clusters import Cluster
+from clusters import Cluster, all_acknowledged_handled
 
 from hexbus import EventBus, load_settings
 from hexbus.domain.errors import ConfigurationError, PublishError
@@ -200,21 +200,9 @@ async def test_leader_stop_mid_stream_loses_no_confirmed_event(
         assert moved["leader"] in survivors, moved
 
         # Every confirmed event reaches the consumer, which never stopped.
-        def missing() -> set[str]:
-            return acked - set(consumer.handled())
-
-        def all_handled() -> bool:
-            assert consumer.alive(), f"the consumer died:\n{consumer.output()}"
-            return not missing()
-
-        await eventually(
-            all_handled,
-            timeout=RECOVERY_TIMEOUT,
-            interval=0.2,
-            message=lambda: f"{len(missing())} of {len(acked)} confirmed events never handled",
+        handled = await all_acknowledged_handled(
+            consumer, acked, handled_at_stop, timeout=RECOVERY_TIMEOUT
         )
-        handled = consumer.handled()
-        assert len(set(handled)) > handled_at_stop, "the consumer did not go on after the stop"
         if leader == "rabbitmq-1":  # the consumer's own node: it failed over too
             assert "reconnecting to amqp://guest:***@127.0.0.1:" in consumer.output()
         start_took = await cluster.start(leader)
