@@ -50,16 +50,14 @@ class Redelivery:
         else:
             self._dead_letter(outcome, event, ctx)
 
-    def replay(self, dead: list[DeadLetter]) -> int:
-        """Deliver dead letters again, from attempt 1, to their subscription only."""
-        replayed = 0
+    def replay(self, dead: list[DeadLetter]) -> None:
+        """Deliver dead letters again, from attempt 1, to their subscription only
+        (the bus reports which in its ``ReplayReport``; memory letters keep their event)."""
         for letter in dead:
             if letter.event is None:
                 continue
             ctx = DeliveryContext(letter.event, dict(letter.headers), 1)
             self._spawn(self._deliver(letter.subscription, letter.event, ctx))
-            replayed += 1
-        return replayed
 
     def _spawn(self, coro: Any) -> None:
         self._track(asyncio.get_running_loop().create_task(coro))
