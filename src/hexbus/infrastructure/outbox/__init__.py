@@ -1,0 +1,3 @@
+"""The transactional outbox, its relay and the idempotent inbox (SQLAlchemy async).
+
+Requires the ``[outbox]`` extra (``[postgres]`` for PostgreSQL)."""
