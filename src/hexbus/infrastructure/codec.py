@@ -41,7 +41,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _quote
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 from uuid import UUID, uuid5
 
 import pydantic_core
@@ -59,6 +59,7 @@ __all__ = [
     "Delivered",
     "ENVELOPE_FIELDS",
     "EVENT_ID_NAMESPACE",
+    "EncodedEvent",
     "METAKEYS_EXTENSION",
     "RESERVED_ATTRIBUTES",
     "SPECVERSION",
@@ -319,6 +320,22 @@ def _metadata_attributes(metadata: Mapping[str, str]) -> dict[str, str]:
         "metadata cannot travel as CloudEvents extensions: "
         + "; ".join(_metadata_problems(metadata))
     )
+
+
+class EncodedEvent(NamedTuple):
+    """A CloudEvent already encoded: what the outbox stores and its relay sends as is.
+
+    ``attributes`` are the CloudEvents attributes with their plain names and text values
+    (``CloudEventCodec.encode``'s first item: ``id``, ``type``, ``source``, extensions,
+    metadata), ``data`` the JSON body, ``key`` the publish key (``None``: none given).
+    Every adapter's ``send_encoded`` puts these on its wire exactly like ``publish``
+    would have (same binding, same confirms/acks), without decoding the event again:
+    the relay must not change an event (its id, its trace context) on the way out.
+    """
+
+    attributes: Mapping[str, str]
+    data: bytes
+    key: str | None = None
 
 
 class CloudEventCodec:
