@@ -14,14 +14,15 @@ from typing import Any, Protocol, Self, TypeVar
 
 from hexbus.application.handlers import (
     EventRouter,
+    Inbox,
     Subscription,
     SubscriptionTable,
     handler_subscriptions,
 )
 from hexbus.application.lifecycle import BusState
 from hexbus.application.middleware import MiddlewareChain
-from hexbus.application.publishing import Admission, validate_metadata
-from hexbus.domain.errors import BusClosedError, NotStartedError
+from hexbus.application.publishing import Admission, OutboxWriter, validate_metadata
+from hexbus.domain.errors import BusClosedError, ConfigurationError, NotStartedError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import Handler, Middleware, SubscriptionTarget
 
@@ -64,16 +65,26 @@ class EventBusBase:
         self.state = BusState.NEW
         #: The publish pipeline's admission (state, type, metadata, middleware, causation).
         self.admission = Admission(self)
+        #: Where ``publish(..., session=s)`` writes instead of sending (``use_outbox``).
+        self.outbox: OutboxWriter | None = None
         # Handler objects given to register(): the bus calls their stop() after its own,
         # so buffered handlers (the audit log) never lose what they hold.
         self._registered: list[Any] = []
 
     # -- subscriptions ---------------------------------------------------------------
     def subscribe(
-        self, event_type: SubscriptionTarget, handler: Handler, *, name: str | None = None
+        self,
+        event_type: SubscriptionTarget,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        idempotent: bool | None = None,
     ) -> None:
-        """Subscribe ``handler`` to an event class (exact) or an AMQP-style pattern."""
-        sub = self.subscriptions.add(event_type, handler, name)
+        """Subscribe ``handler`` to an event class (exact) or an AMQP-style pattern.
+
+        ``idempotent=True`` (or ``@idempotent`` on the handler) runs it through the inbox.
+        """
+        sub = self.subscriptions.add(event_type, handler, name, idempotent=idempotent)
         if sub is not None:
             self._subscribed(sub)
 
@@ -107,6 +118,17 @@ class EventBusBase:
     def add_middleware(self, middleware: Middleware) -> None:
         self.middleware.add(middleware)
 
+    # -- the outbox and the inbox (set by the container from HEXBUS_OUTBOX_URL) ---------
+    def use_outbox(self, writer: OutboxWriter | None) -> None:
+        """``publish(..., session=s)`` / ``publish_many(..., session=s)`` write the events
+        into ``s``'s transaction through ``writer``; a relay sends them after commit."""
+        self.outbox = writer
+
+    def use_inbox(self, inbox: Inbox | None) -> None:
+        """Idempotent subscriptions record their deliveries in ``inbox`` (see
+        ``hexbus.idempotent``)."""
+        self.subscriptions.use_inbox(inbox)
+
     def _subscribed(self, sub: Subscription) -> None:
         """Hook for adapters that must declare something for a new subscription."""
 
@@ -139,10 +161,10 @@ class EventBusBase:
     ) -> None:
         raise NotImplementedError
 
-    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
+    async def publish_many(self, events: Iterable[DomainEvent], *, session: Any = None) -> None:
         """Publish in order; adapters override this to batch."""
         for event in list(events):
-            await self.publish(event)
+            await self.publish(event, session=session)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -150,6 +172,7 @@ class EventBusBase:
             return
         if self.state is not BusState.NEW:
             self._raise_not_running()
+        self._check_inbox()
         await self._start()
         self.state = BusState.RUNNING
 
@@ -170,6 +193,18 @@ class EventBusBase:
                     result = stop()
                     if inspect.isawaitable(result):
                         await result
+
+    def _check_inbox(self) -> None:
+        """An idempotent subscription without an inbox would run duplicates: refuse."""
+        if self.subscriptions.inbox is not None:
+            return
+        names = self.subscriptions.idempotent_names()
+        if names:
+            raise ConfigurationError(
+                f"subscription(s) {', '.join(names)} are idempotent but this bus has no "
+                "inbox: set HEXBUS_OUTBOX_URL (e.g. sqlite+aiosqlite:///hexbus.db) so the "
+                "container gives it one, or call bus.use_inbox(...) before start()"
+            )
 
     async def _start(self) -> None:
         """Adapter start-up (connect, declare)."""

@@ -12,7 +12,7 @@ import functools
 import inspect
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from hexbus.application.patterns import compile_pattern
 from hexbus.application.wiring import check_handler, handler_name, is_async_handler
@@ -26,11 +26,55 @@ __all__ = [
     "Subscription",
     "SubscriptionTable",
     "default_router",
+    "idempotent",
+    "is_idempotent",
     "on_event",
     "run_in_thread",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: What runs a handler once for an event (``Subscription.call``).
+HandlerCall = Callable[[Any], Coroutine[Any, Any, None]]
+
+#: The attribute ``@idempotent`` sets on a handler function.
+_IDEMPOTENT_ATTR = "__hexbus_idempotent__"
+
+
+def idempotent(handler: F) -> F:
+    """Mark ``handler`` idempotent: each event runs it at most once *in effect*.
+
+    With the inbox (``HEXBUS_OUTBOX_URL``), every delivery opens a database transaction,
+    records ``(subscription, source, event id)`` in the inbox table and runs the handler
+    with that transaction's session in ``current_context().session``; the inbox row and
+    the handler's writes commit together, and a redelivered duplicate is acknowledged
+    without running the handler. Same as ``subscribe(..., idempotent=True)``,
+    ``@on_event(A, idempotent=True)`` or ``idempotent = True`` on an ``EventHandler``.
+    """
+    setattr(handler, _IDEMPOTENT_ATTR, True)
+    return handler
+
+
+def is_idempotent(handler: Any) -> bool:
+    """Was ``handler`` marked idempotent (``@idempotent``, or its ``EventHandler`` class)?"""
+    if getattr(handler, _IDEMPOTENT_ATTR, False) is True:
+        return True
+    owner = getattr(handler, "__self__", None)
+    return owner is not None and getattr(owner, "idempotent", False) is True
+
+
+class Inbox(Protocol):
+    """What makes an idempotent subscription's handler run once in effect.
+
+    Implemented over SQL by ``hexbus.infrastructure.outbox.SqlInbox``; the application
+    layer only knows this seam, so every transport gets the inbox the same way.
+    """
+
+    def guard(self, subscription: str, call: HandlerCall) -> HandlerCall:
+        """``call`` wrapped: record the delivery's ``dedup_key`` for ``subscription`` in
+        a transaction, run ``call`` with the session in the delivery context, commit
+        both; a duplicate returns without running ``call``."""
+        ...
 
 
 async def run_in_thread(handler: Callable[[Any], Any], event: DomainEvent) -> None:
@@ -48,14 +92,29 @@ class Subscription:
     handler: Handler
     name: str
     is_async: bool
+    #: Runs through the inbox (``@idempotent``): at most once in effect per event.
+    idempotent: bool = False
     #: ``call(event)`` returns the coroutine that runs the handler once: the handler
     #: itself for ``async def``, a worker-thread run for plain ``def`` (precomputed so
     #: dispatch does not decide per event).
     call: Callable[[Any], Coroutine[Any, Any, None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        call = self.handler if self.is_async else functools.partial(run_in_thread, self.handler)
-        object.__setattr__(self, "call", call)
+        object.__setattr__(self, "call", self.plain_call())
+
+    def plain_call(self) -> HandlerCall:
+        """The handler run without the inbox."""
+        if self.is_async:
+            return self.handler  # type: ignore[return-value]
+        return functools.partial(run_in_thread, self.handler)
+
+    def use_inbox(self, inbox: Inbox | None) -> None:
+        """Route ``call`` through ``inbox`` (idempotent subscriptions only)."""
+        if self.idempotent:
+            call = self.plain_call()
+            if inbox is not None:
+                call = inbox.guard(self.name, call)
+            object.__setattr__(self, "call", call)
 
     @property
     def routing_key(self) -> str:
@@ -106,9 +165,26 @@ class SubscriptionTable:
         self._named: dict[tuple[str, type[DomainEvent]], tuple[Subscription, ...]] = {}
         #: (subscription name, wire name) → does the subscription want that type?
         self._accepts: dict[tuple[str, str], bool] = {}
+        #: Where idempotent subscriptions record their deliveries (``use_inbox``).
+        self.inbox: Inbox | None = None
+
+    def use_inbox(self, inbox: Inbox | None) -> None:
+        """Run every idempotent subscription, present and future, through ``inbox``."""
+        self.inbox = inbox
+        for sub in self._subs:
+            sub.use_inbox(inbox)
+
+    def idempotent_names(self) -> list[str]:
+        """The subscriptions that need an inbox."""
+        return list(dict.fromkeys(s.name for s in self._subs if s.idempotent))
 
     def add(
-        self, target: Any, handler: Any, name: str | None = None
+        self,
+        target: Any,
+        handler: Any,
+        name: str | None = None,
+        *,
+        idempotent: bool | None = None,
     ) -> Subscription | None:
         """Add a subscription; ``None`` when the same (target, handler) is already there."""
         target = _normalise_target(target)
@@ -124,7 +200,10 @@ class SubscriptionTable:
                     f"({handler_name(sub.handler)}); pass a distinct name= so each handler "
                     "keeps its own durable queue / consumer group"
                 )
-        sub = Subscription(target, handler, resolved, is_async_handler(handler))
+        once = is_idempotent(handler) if idempotent is None else idempotent
+        sub = Subscription(target, handler, resolved, is_async_handler(handler), once)
+        if once and self.inbox is not None:
+            sub.use_inbox(self.inbox)
         self._subs.append(sub)
         self._changed()
         return sub
@@ -205,6 +284,8 @@ class EventHandler:
     event_types: ClassVar[tuple[SubscriptionTarget, ...]] = ()
     #: Durable subscription name; default: ``module.ClassName``.
     subscription_name: ClassVar[str | None] = None
+    #: Run through the inbox: at most once in effect per event (see ``idempotent``).
+    idempotent: ClassVar[bool] = False
 
     async def handle(self, event: Any) -> None:
         raise NotImplementedError(f"{type(self).__qualname__} must implement handle(event)")
@@ -246,13 +327,19 @@ class EventRouter:
     registry: EventRegistry = field(default=event_registry, repr=False)
     entries: list[tuple[SubscriptionTarget, Handler, str | None]] = field(default_factory=list)
 
-    def on(self, *targets: Any, name: str | None = None) -> Callable[[F], F]:
+    def on(
+        self, *targets: Any, name: str | None = None, idempotent: bool = False
+    ) -> Callable[[F], F]:
         if not targets:
             raise InvalidPatternError(
                 "on() needs at least one event class or pattern, e.g. @router.on(UserCreated)"
             )
 
+        once = idempotent
+
         def decorator(handler: F) -> F:
+            if once:
+                setattr(handler, _IDEMPOTENT_ATTR, True)
             for target in targets:
                 self.add(target, handler, name=name)
             return handler
@@ -277,6 +364,11 @@ class EventRouter:
 default_router = EventRouter()
 
 
-def on_event(*targets: Any, name: str | None = None) -> Callable[[F], F]:
-    """Module-level decorator: ``@on_event(UserCreated)`` adds to ``default_router``."""
-    return default_router.on(*targets, name=name)
+def on_event(
+    *targets: Any, name: str | None = None, idempotent: bool = False
+) -> Callable[[F], F]:
+    """Module-level decorator: ``@on_event(UserCreated)`` adds to ``default_router``.
+
+    ``idempotent=True``: the handler runs through the inbox (see ``hexbus.idempotent``).
+    """
+    return default_router.on(*targets, name=name, idempotent=idempotent)

@@ -18,14 +18,17 @@ The steps, in order (the ``EventBus.publish`` docstring is the user-facing contr
 5. causation stamping: an event published inside a handler that carries no
    ``causation_id`` (it was built outside the handler) gets the handled event as its
    cause and joins its conversation (``correlation_id``), exactly like an event built
-   inside the handler.
+   inside the handler;
+6. the outbox: with one configured (``bus.use_outbox``) and a ``session`` given, the
+   admitted events are written into that session's transaction and nothing is left for
+   the transport (the relay sends them after commit; a rollback takes them back).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from hexbus.application.lifecycle import BusState
 from hexbus.domain.context import delivery_context
@@ -35,7 +38,7 @@ from hexbus.domain.events import DomainEvent
 if TYPE_CHECKING:
     from hexbus.application.bus import EventBusBase
 
-__all__ = ["Admission", "Admitted", "stamp_causation", "validate_metadata"]
+__all__ = ["Admission", "Admitted", "OutboxWriter", "stamp_causation", "validate_metadata"]
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
 _RUNNING = BusState.RUNNING
@@ -48,6 +51,19 @@ class Admitted(NamedTuple):
     metadata: Mapping[str, str] = _NO_METADATA
     key: str | None = None
     session: Any = None
+
+
+class OutboxWriter(Protocol):
+    """Step 6: where admitted events go when the publisher hands in a ``session``.
+
+    Implemented over SQL by ``hexbus.infrastructure.outbox.SqlOutboxWriter``; the
+    application layer knows only this seam, so every adapter gets the outbox at once.
+    """
+
+    async def write(self, session: Any, items: Sequence[Admitted]) -> None:
+        """Add ``items`` to the outbox inside ``session``'s transaction (not committed:
+        the caller commits or rolls back)."""
+        ...
 
 
 def validate_metadata(metadata: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -116,7 +132,8 @@ class Admission:
         key: str | None = None,
         session: Any = None,
     ) -> Admitted | None:
-        """Steps 1-5 for one event; ``None`` when a middleware dropped it."""
+        """Steps 1-6 for one event; ``None`` when there is nothing for the transport to
+        send (a middleware dropped it, or it went into the outbox)."""
         self.check(event)
         checked = validate_metadata(metadata)
         middleware = self._bus.middleware
@@ -125,10 +142,18 @@ class Admission:
             if changed is None:
                 return None
             event = changed
-        return Admitted(stamp_causation(event), checked, key, session)
+        admitted = Admitted(stamp_causation(event), checked, key, session)
+        outbox = self._bus.outbox
+        if session is not None and outbox is not None:
+            await outbox.write(session, (admitted,))
+            return None
+        return admitted
 
-    async def admit_many(self, events: Iterable[DomainEvent]) -> list[Admitted]:
-        """Steps 1-5 for each event, in order; dropped ones are left out.
+    async def admit_many(
+        self, events: Iterable[DomainEvent], session: Any = None
+    ) -> list[Admitted]:
+        """Steps 1-6 for each event, in order; dropped ones are left out, and the list is
+        empty when they went into the outbox (``session`` given, an outbox configured).
 
         Every event is checked before any is sent, so a bad item in the middle raises
         before the transport saw the first (nothing half-published by admission).
@@ -137,11 +162,17 @@ class Admission:
         for event in items:
             self.check(event)
         if not self._bus.middleware.items:
-            return [Admitted(stamp_causation(event)) for event in items]
-        admitted: list[Admitted] = []
-        for event in items:
-            ready = await self.admit(event)
-            if ready is not None:
-                admitted.append(ready)
+            admitted = [Admitted(stamp_causation(event), session=session) for event in items]
+        else:
+            admitted = []
+            for event in items:
+                changed = await self._bus.middleware.apply(event)
+                if changed is not None:
+                    admitted.append(Admitted(stamp_causation(changed), session=session))
+        outbox = self._bus.outbox
+        if session is not None and outbox is not None:
+            if admitted:
+                await outbox.write(session, admitted)
+            return []
         return admitted
 

@@ -114,7 +114,10 @@ class EventBus(Protocol):
            middleware then drops the event: the caller's mistake is reported either way);
         4. middleware, in the order added (``None`` drops the event: publish returns);
         5. an event published inside a handler without a ``causation_id`` gets the
-           handled event's id as causation and its correlation id.
+           handled event's id as causation and its correlation id;
+        6. with the outbox configured (``HEXBUS_OUTBOX_URL``) and a ``session`` given, the
+           encoded event is written into that session's transaction and ``publish``
+           returns: the relay sends it after commit, nothing is sent after a rollback.
 
         Returns, per adapter: memory (await mode) when every handler finished, its
         failures logged and counted, never raised (background mode: when scheduled);
@@ -125,16 +128,19 @@ class EventBus(Protocol):
         ``key`` orders events per aggregate: events with the same key keep their order
         (Kafka partition key); default: no key, the transport batches freely.
         ``metadata`` (ip_address, user_agent ...) travels with the event and is read
-        by handlers from ``current_context().metadata``. ``session`` (e.g. an
-        ``AsyncSession``) never leaves the process: the memory adapter hands it to
-        handlers, broker adapters do not transport it.
+        by handlers from ``current_context().metadata``. ``session`` (a SQLAlchemy
+        ``AsyncSession``) never leaves the process: with the outbox it is where the
+        event is written (step 6); without it the memory adapter hands it to handlers
+        and broker adapters ignore it.
         """
         ...
 
-    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
+    async def publish_many(self, events: Iterable[DomainEvent], *, session: Any = None) -> None:
         """Publish several events (each admitted as by ``publish``, without metadata or
         key); return when all are delivered / confirmed. Brokers batch them; a
-        ``PublishError`` names the events that were not confirmed."""
+        ``PublishError`` names the events that were not confirmed. With the outbox and a
+        ``session``, all of them are written into that session's transaction instead
+        (one multi-row INSERT) and sent by the relay after commit."""
         ...
 
     async def start(self) -> None:

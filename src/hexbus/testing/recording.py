@@ -192,8 +192,8 @@ class RecordingEventBus(EventBusBase):
         if admitted is not None:
             await self._record(admitted)
 
-    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
-        for admitted in await self.admission.admit_many(events):
+    async def publish_many(self, events: Iterable[DomainEvent], *, session: Any = None) -> None:
+        for admitted in await self.admission.admit_many(events, session):
             await self._record(admitted)
 
     async def _record(self, admitted: Admitted) -> None:

@@ -228,9 +228,9 @@ class KafkaEventBus(EventBusBase):
             publisher = self.publisher
             await publisher.send([publisher.record(admitted)])
 
-    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
+    async def publish_many(self, events: Iterable[DomainEvent], *, session: Any = None) -> None:
         """Send all events in one go (shared batches), return when all are acked."""
-        admitted = await self.admission.admit_many(events)
+        admitted = await self.admission.admit_many(events, session)
         if admitted:
             publisher = self.publisher
             await publisher.send([publisher.record(item) for item in admitted])

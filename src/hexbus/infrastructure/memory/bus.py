@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 from hexbus.application.bus import BusState, EventBusBase, merged_config
@@ -20,8 +20,10 @@ from hexbus.application.consuming import ConsumePipeline
 from hexbus.application.dispatch import Dispatcher, DispatchStats
 from hexbus.application.publishing import stamp_causation, validate_metadata
 from hexbus.domain.context import DeliveryContext, delivery_context
+from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
+from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.memory.config import MemoryConfig
 from hexbus.infrastructure.memory.consumer import Redelivery
 from hexbus.infrastructure.memory.dead_letters import DeadLetterStore
@@ -82,6 +84,7 @@ class InMemoryEventBus(EventBusBase):
             "mode": settings.memory_mode,
             "handler_timeout": settings.handler_timeout,
             "drain_timeout": settings.drain_timeout,
+            "service_name": settings.service_name,
         }
         if settings.memory_retries:
             values.update(
@@ -111,6 +114,9 @@ class InMemoryEventBus(EventBusBase):
         """
         if self.state is not _RUNNING:
             self._raise_not_running()
+        if session is not None and self.outbox is not None:  # the outbox: admission writes
+            await self.admission.admit(event, metadata, key, session)
+            return
         cls = event.__class__
         subs = self._routes.get(cls)  # a hit means cls is a known DomainEvent subclass
         if subs is None:
@@ -144,17 +150,60 @@ class InMemoryEventBus(EventBusBase):
                 self._track(task)
             await asyncio.wait(pending)
 
-    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
+    async def publish_many(self, events: Iterable[DomainEvent], *, session: Any = None) -> None:
         """Publish in order; each event's handlers finish before the next (await mode).
 
         Every event is checked (state, type) before the first is delivered, as on the
         brokers; each then goes through ``publish`` (the rest of admission, dispatch).
+        With the outbox and a ``session``, all go into the outbox in one write.
         """
+        if session is not None and self.outbox is not None:
+            await self.admission.admit_many(events, session)
+            return
         items = list(events)
         for event in items:
             self.admission.check(event)
         for event in items:
             await self.publish(event)
+
+    async def send_encoded(self, items: Sequence[EncodedEvent]) -> None:
+        """Deliver events the outbox relay read back (already admitted when written).
+
+        Each is decoded with this service's CloudEvents ``source`` and dispatched as
+        ``publish`` would (await mode: its handlers finish before the next). One that no
+        longer decodes (its type was removed, its data no longer fits the class) is
+        logged and counted as failed, never silently dropped, and the others go on.
+        """
+        if self.state is not _RUNNING:
+            self._raise_not_running()
+        codec = CloudEventCodec(source=self.config.service_name, registry=self.registry)
+        dispatcher = self.dispatcher
+        for item in items:
+            try:
+                event, metadata, wire_id = codec.decode_text(item.attributes, item.data)
+            except DecodeError as exc:
+                dispatcher.stats.failed += 1
+                logger.error(
+                    "outbox event %s (%s) cannot be delivered in memory: %s",
+                    item.attributes.get("id"),
+                    item.attributes.get("type"),
+                    exc,
+                    extra={"event_id": item.attributes.get("id"), "reason": exc.reason},
+                )
+                continue
+            dispatcher.stats.published += 1
+            subs = self.subscriptions.for_event(type(event))
+            if not subs:
+                continue
+            context = DeliveryContext(event, metadata, 1, None, item.key, None, wire_id)
+            if self._background:
+                self._track(asyncio.create_task(dispatcher.dispatch(event, subs, context)))
+                continue
+            pending = dispatcher.start(event, subs, context)
+            if pending:
+                for task in pending:
+                    self._track(task)
+                await asyncio.wait(pending)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._inflight.add(task)

@@ -33,6 +33,9 @@ class MemoryConfig(BaseModel):
     max_attempts: int = Field(default=1, ge=1)
     retry_delays: RetryDelays = (1.0, 5.0, 25.0)
     dead_letter_limit: int = Field(default=0, ge=0)
+    #: The CloudEvents ``source`` of this service: how ``send_encoded`` (the outbox
+    #: relay) reads events back (``HEXBUS_SERVICE_NAME``).
+    service_name: str = Field(default="hexbus", min_length=1)
 
     @property
     def retry_policy(self) -> RetryPolicy:

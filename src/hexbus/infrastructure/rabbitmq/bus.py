@@ -219,13 +219,15 @@ class RabbitMQEventBus(EventBusBase):
             await self.consumers.settle()  # subscribe-then-publish: the binding exists
         await self.publisher.publish(admitted)
 
-    async def publish_many(self, events: Iterable[DomainEvent]) -> None:
+    async def publish_many(self, events: Iterable[DomainEvent], *, session: Any = None) -> None:
         """Publish all concurrently (confirms pipelined); return when all are confirmed.
 
         Each queue receives them in list order. If some are not confirmed,
         ``PublishError`` names them; the others are published.
         """
-        admitted = await self.admission.admit_many(events)
+        admitted = await self.admission.admit_many(events, session)
+        if not admitted:
+            return
         if self.consumers.pending:
             await self.consumers.settle()
         await self.publisher.publish_many(admitted)
