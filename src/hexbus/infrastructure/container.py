@@ -12,12 +12,19 @@ Usage::
     bus = container.event_bus()
     ...
     await container.shutdown_resources()                # drains and stops it
+
+With ``HEXBUS_OUTBOX_URL`` (or an engine / session factory of the application given as
+``container.database.override(providers.Object(engine))``), the container also builds
+the ``Outbox``: ``publish(..., session=s)`` writes into ``s``'s transaction, idempotent
+handlers run through the inbox, and the relay starts after the bus and is drained
+before it stops (``HEXBUS_OUTBOX_RELAY=false`` leaves relaying to ``hexbus relay``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dependency_injector import containers, providers
 
@@ -26,7 +33,12 @@ from hexbus.domain.ports import EventBus
 from hexbus.infrastructure.adapters import build_bus
 from hexbus.infrastructure.settings import HexbusSettings, load_settings
 
-__all__ = ["Container", "build_bus", "running_bus"]
+if TYPE_CHECKING:
+    from hexbus.infrastructure.outbox import Outbox
+
+__all__ = ["Container", "build_bus", "build_outbox", "running_bus"]
+
+logger = logging.getLogger("hexbus.container")
 
 def _settings(overrides: dict[str, Any] | None) -> HexbusSettings:
     return load_settings(**(overrides or {}))
@@ -37,10 +49,40 @@ def _adapter_bus(adapter: str, settings: HexbusSettings) -> EventBus:
     return build_bus(settings.model_copy(update={"adapter": adapter}))
 
 
+def build_outbox(settings: HexbusSettings, database: Any = None) -> Outbox | None:
+    """The ``Outbox`` of ``HEXBUS_OUTBOX_URL``, or on ``database`` (an ``AsyncEngine`` or
+    an ``async_sessionmaker`` of the application); ``None`` when neither is set."""
+    if database is None and not settings.outbox_url:
+        return None
+    from hexbus.infrastructure.outbox import Outbox  # noqa: PLC0415 - the extra, when used
+
+    if database is None:
+        return Outbox.from_settings(settings)
+    sessions = None
+    engine = database
+    if not hasattr(database, "dialect"):  # an async_sessionmaker: its bind is the engine
+        sessions = database
+        engine = getattr(database, "kw", {}).get("bind")
+        if engine is None:
+            raise TypeError(
+                "Container.database takes an AsyncEngine or an async_sessionmaker bound "
+                f"to one (bind=engine), got {database!r}"
+            )
+    return Outbox.from_settings(settings, engine=engine, sessions=sessions)
+
+
 async def running_bus(
-    bus: EventBus, routers: list[EventRouter], handlers: list[Any]
+    bus: EventBus,
+    routers: list[EventRouter],
+    handlers: list[Any],
+    outbox: Outbox | None = None,
+    relay: bool = True,
 ) -> AsyncIterator[EventBus]:
     """The bus lifecycle as a ``providers.Resource``: wire, start, yield, stop.
+
+    With an ``outbox``: its tables are checked (and created), the bus gets the writer
+    and the inbox, and (``relay``) the relay runs between the bus's start and stop, so
+    it is drained while the bus can still send.
 
     A container subclass that overrides ``routers`` or ``handlers`` must declare its own
     ``bus_lifecycle = providers.Resource(running_bus, ...)``: dependency-injector binds
@@ -50,15 +92,36 @@ async def running_bus(
         bus.include(router)
     for handler in handlers:
         bus.register(handler)  # the bus calls its stop() after its own (flush buffers)
+    running_relay = None
+    if outbox is not None:
+        await outbox.open()
+        outbox.attach(bus)
     await bus.start()
     try:
+        if outbox is not None:
+            outbox.inbox.start_cleanup()
+            if relay:
+                running_relay = outbox.relay(bus)  # type: ignore[arg-type]
+                await running_relay.start()
         yield bus
     finally:
-        await bus.stop()
+        try:
+            if running_relay is not None:
+                await running_relay.stop()
+        finally:
+            try:
+                await bus.stop()
+            finally:
+                if outbox is not None:
+                    await outbox.close()
 
 
 def _adapter(settings: HexbusSettings) -> str:
     return settings.adapter
+
+
+def _relay_enabled(settings: HexbusSettings) -> bool:
+    return settings.outbox_relay
 
 
 class Container(containers.DeclarativeContainer):
@@ -82,5 +145,17 @@ class Container(containers.DeclarativeContainer):
         rabbitmq=rabbitmq_bus,
         kafka=kafka_bus,
     )
+    #: The application's own database for the outbox/inbox (an ``AsyncEngine`` or an
+    #: ``async_sessionmaker``); ``None``: ``HEXBUS_OUTBOX_URL`` decides.
+    database: providers.Object[Any] = providers.Object(None)
+    #: The ``Outbox`` (``None`` without a database): ``container.outbox().sessions()``.
+    outbox = providers.Singleton(build_outbox, settings, database)
     #: ``await container.init_resources()`` starts the bus; ``shutdown_resources()`` stops it.
-    bus_lifecycle = providers.Resource(running_bus, event_bus, routers, handlers)
+    bus_lifecycle = providers.Resource(
+        running_bus,
+        event_bus,
+        routers,
+        handlers,
+        outbox,
+        providers.Callable(_relay_enabled, settings),
+    )

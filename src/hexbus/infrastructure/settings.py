@@ -114,6 +114,46 @@ def check_amqp_urls(value: str) -> str:
     return value
 
 
+#: The SQLAlchemy async dialects the outbox supports, and what to write for a sync URL.
+OUTBOX_DRIVERS = {"sqlite+aiosqlite": "sqlite", "postgresql+asyncpg": "postgresql"}
+_SYNC_SPELLINGS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+}
+
+
+def check_outbox_url(value: str) -> str:
+    """A SQLAlchemy async URL the outbox can use, or ``ValueError`` saying what to write.
+
+    Checked with the settings, so a wrong ``HEXBUS_OUTBOX_URL`` fails at start-up with
+    the variable's name (and the password masked), not at the first publish.
+    """
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme in OUTBOX_DRIVERS:
+        if (scheme == "sqlite+aiosqlite" and value.rstrip("/").lower() in (
+            "sqlite+aiosqlite:",
+            "sqlite+aiosqlite:/",
+        )) or ":memory:" in value:
+            raise ValueError(
+                "an in-memory SQLite database cannot hold an outbox: the relay reads it "
+                "over a connection of its own; use a file, e.g. sqlite+aiosqlite:///hexbus.db"
+            )
+        return value
+    if scheme in _SYNC_SPELLINGS:
+        fixed = _SYNC_SPELLINGS[scheme] + value[len(scheme) :]
+        raise ValueError(
+            f"the outbox needs an async driver: write {redact_url(fixed)!r} "
+            f"({_SYNC_SPELLINGS[scheme]}), not {scheme}://"
+        )
+    raise ValueError(
+        "must be a SQLAlchemy async URL of SQLite or PostgreSQL: "
+        "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:password@host/db"
+    )
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***`` (for logs, reprs and errors).
 
@@ -139,6 +179,10 @@ def _redact_one(url: str) -> str:
     if port is not None:
         netloc = f"{netloc}:{port}"
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
+
+
+#: Settings holding URLs that may carry a password (masked in reprs, dumps and errors).
+_URL_FIELDS = frozenset({"rabbitmq_url", "outbox_url"})
 
 
 class HexbusSettings(BaseSettings):
@@ -178,6 +222,26 @@ class HexbusSettings(BaseSettings):
     memory_retries: bool = False
     memory_dead_letter_limit: int = Field(default=1000, ge=1)
     audit_log_path: str | None = None
+    # -- the transactional outbox and the inbox (docs/architecture/adr-0004-outbox.md) ----
+    #: SQLAlchemy async URL of the outbox/inbox database (``sqlite+aiosqlite:///file.db``,
+    #: ``postgresql+asyncpg://user:pw@host/db``); unset = no outbox, no inbox.
+    outbox_url: str | None = None
+    #: Rows the relay claims and sends per round trip.
+    outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    #: Seconds a claimed batch belongs to its relay (PostgreSQL); keep it above
+    #: PUBLISH_TIMEOUT: a relay still sending when its lease expires may send twice.
+    outbox_lease: float = Field(default=60.0, gt=0)
+    #: Longest wait between two looks at an idle outbox (NOTIFY and in-process commits
+    #: wake the relay sooner), seconds.
+    outbox_poll_interval: float = Field(default=1.0, gt=0)
+    #: Run the relay inside the service (started and drained with the bus by the
+    #: container); false when it runs alone (``hexbus relay``).
+    outbox_relay: bool = True
+    #: Create the outbox/inbox tables at start when missing (false: migrations own them).
+    outbox_create_tables: bool = True
+    #: Inbox rows older than this many seconds are deleted (a duplicate arriving later
+    #: runs again); default 7 days.
+    inbox_retention: float = Field(default=7 * 24 * 3600.0, gt=0)
     # -- TLS and SASL (docs/architecture/security.md); validated for the selected adapter.
     #: RabbitMQ over TLS (``amqps://`` URLs): the CA that signed the broker's certificate
     #: (default: the system's CAs), and a client certificate + key if the broker wants one.
@@ -219,6 +283,14 @@ class HexbusSettings(BaseSettings):
     @classmethod
     def _amqp_url(cls, value: str) -> str:
         return check_amqp_urls(value)
+
+    @field_validator("outbox_url", mode="before")
+    @classmethod
+    def _database_url(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip()
+            return check_outbox_url(value) if value else None
+        return value
 
     @field_validator(*_OPTIONAL_SECURITY, mode="before")
     @classmethod
@@ -269,7 +341,7 @@ class HexbusSettings(BaseSettings):
             for name in sorted(SECRET_FIELDS)
             if isinstance(value := getattr(self, name), SecretStr) and value.get_secret_value()
         ]
-        for url in split_urls(self.rabbitmq_url):
+        for url in [*split_urls(self.rabbitmq_url), self.outbox_url or ""]:
             with contextlib.suppress(ValueError):
                 if password := urlsplit(url).password:
                     found.append(password)
@@ -277,12 +349,14 @@ class HexbusSettings(BaseSettings):
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            yield name, redact_url(value) if name == "rabbitmq_url" else value
+            yield name, redact_url(value) if name in _URL_FIELDS and value else value
 
     def safe_dump(self) -> dict[str, Any]:
         """Settings as a dict with the broker password masked (for ``hexbus check``)."""
         data = self.model_dump()
         data["rabbitmq_url"] = redact_url(self.rabbitmq_url)
+        if self.outbox_url:
+            data["outbox_url"] = redact_url(self.outbox_url)
         for name in SECRET_FIELDS:
             data[name] = None if data[name] is None else "***"
         return data
@@ -301,7 +375,7 @@ def load_settings(**overrides: Any) -> HexbusSettings:
             field = str(err["loc"][0])
             variable = ENV_PREFIX + field.upper()
             value = err.get("input")
-            secret = field == "rabbitmq_url" and isinstance(value, str)
+            secret = field in _URL_FIELDS and isinstance(value, str)
             shown = redact_url(value) if secret else "***" if field in SECRET_FIELDS else value
             message = err["msg"]
             if field == "adapter":
