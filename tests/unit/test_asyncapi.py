@@ -284,9 +284,15 @@ def test_headers_are_the_cloudevents_binding_the_adapter_writes(adapter: str) ->
     shop = _shop()
     message = doc["components"]["messages"]["StockLow"]
     schema = message["headers"]
-    # A reply (causation) with metadata: every optional attribute is on the wire.
+    # A reply (causation, the parent's conversation) with metadata: every optional
+    # attribute is on the wire.
     parent = shop.StockLow(sku="ABC-0001", left=0)
-    event = shop.StockLow(sku="ABC-0001", left=1, causation_id=str(parent.event_id))
+    event = shop.StockLow(
+        sku="ABC-0001",
+        left=1,
+        causation_id=str(parent.event_id),
+        correlation_id=parent.correlation_id,
+    )
     wire = _wire_headers(adapter, event, {"ip_address": "10.0.0.1"})
 
     assert set(schema["required"]) <= set(wire)

@@ -510,7 +510,7 @@ def test_decode_amqp_bad_header_keeps_the_body(codec: CloudEventCodec) -> None:
 
 # -- bindings ---------------------------------------------------------------------------
 def test_kafka_headers_follow_the_binding(codec: CloudEventCodec) -> None:
-    attrs, _ = codec.encode(CodecSimple(n=1), {"ip_address": "1"})
+    attrs, _ = codec.encode(CodecSimple(n=1, correlation_id="conv-1"), {"ip_address": "1"})
     headers = to_kafka_headers(attrs)
     names = [name for name, _ in headers]
     assert "content-type" in names
@@ -520,6 +520,20 @@ def test_kafka_headers_follow_the_binding(codec: CloudEventCodec) -> None:
     assert from_kafka_headers(headers) == attrs
 
 
+def test_bindings_leave_out_a_correlationid_equal_to_the_id(codec: CloudEventCodec) -> None:
+    """The first event of a conversation: its correlationid would repeat its id, and an
+    absent one decodes to the id, so neither binding sends it; the event is the same."""
+    event = CodecSimple(n=1)
+    attrs, body = codec.encode(event)
+    assert attrs["correlationid"] == attrs["id"]
+    kafka = to_kafka_headers(attrs)
+    amqp = to_amqp_headers(attrs)
+    assert "ce_correlationid" not in dict(kafka)
+    assert "cloudEvents:correlationid" not in amqp
+    assert decode_record(codec, kafka, body)[0] == event
+    assert decode_message(codec, amqp, attrs["datacontenttype"], body)[0] == event
+
+
 def test_from_kafka_headers_ignores_foreign_headers() -> None:
     headers = [("ce_id", b"1"), ("traceparent", b"x"), ("Content-Type", b"application/json")]
     assert from_kafka_headers(headers) == {"id": "1", "datacontenttype": "application/json"}
@@ -527,7 +541,7 @@ def test_from_kafka_headers_ignores_foreign_headers() -> None:
 
 
 def test_amqp_headers_follow_the_binding(codec: CloudEventCodec) -> None:
-    attrs, _ = codec.encode(CodecSimple(n=1), {"ip_address": "1"})
+    attrs, _ = codec.encode(CodecSimple(n=1, correlation_id="conv-1"), {"ip_address": "1"})
     headers = to_amqp_headers(attrs)
     assert "cloudEvents:datacontenttype" not in headers
     assert all(name.startswith("cloudEvents:") for name in headers)

@@ -52,8 +52,12 @@ class DeliveryContext(NamedTuple):
     def key(self) -> str | None:
         """The publish key (ordering per aggregate); defaults to ``str(event_id)``.
 
-        Computed on access because turning a UUID into text costs more than the rest
-        of an in-memory publish, and most handlers never ask.
+        An event published without a key travels without one (Kafka: no record key,
+        so the client batches freely; RabbitMQ: no ``x-hexbus-key`` header) and is
+        ordered with no other event, as if its own id were its key: hence the
+        default. ``explicit_key`` is ``None`` then. Computed on access because turning
+        a UUID into text costs more than the rest of an in-memory publish, and most
+        handlers never ask.
         """
         if self.explicit_key is not None:
             return self.explicit_key

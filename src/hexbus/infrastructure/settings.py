@@ -28,7 +28,9 @@ from hexbus.infrastructure.security import kafka_security_problems, rabbitmq_tls
 __all__ = [
     "ADAPTERS",
     "HexbusSettings",
+    "KafkaCompression",
     "KafkaSaslMechanism",
+    "RabbitMQQueueType",
     "KafkaSecurityProtocol",
     "RetryDelays",
     "SECRET_FIELDS",
@@ -45,6 +47,11 @@ ENV_PREFIX = "HEXBUS_"
 #: ``HEXBUS_KAFKA_SECURITY_PROTOCOL`` / ``HEXBUS_KAFKA_SASL_MECHANISM`` (Kafka's names).
 KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+#: ``HEXBUS_KAFKA_COMPRESSION``: the producer's ``compression_type`` (``none``: off).
+KafkaCompression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+#: ``HEXBUS_RABBITMQ_QUEUE_TYPE``: the type of the subscriptions' work queues
+#: (``docs/architecture/broker-adapters.md`` weighs them).
+RabbitMQQueueType = Literal["quorum", "classic"]
 #: Settings whose values are secrets: masked in ``safe_dump`` and in error messages.
 SECRET_FIELDS = frozenset({"kafka_sasl_password", "kafka_ssl_key_password"})
 #: Optional security settings where an empty variable means "not set".
@@ -204,10 +211,17 @@ class HexbusSettings(BaseSettings):
     rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     rabbitmq_exchange: str = Field(default="hexbus.events", min_length=1)
     rabbitmq_prefetch: int = Field(default=64, ge=1)
+    #: Work queue type: ``quorum`` (replicated, the durable choice) or ``classic``.
+    rabbitmq_queue_type: RabbitMQQueueType = "quorum"
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     kafka_topic_prefix: str = ""
     kafka_partitions: int = Field(default=3, ge=1)
     kafka_replication_factor: int = Field(default=1, ge=1)
+    #: Producer batching: ms a batch waits for more records (0: none, see KafkaConfig),
+    #: bytes per partition batch, and compression (none/gzip/snappy/lz4/zstd).
+    kafka_linger_ms: int = Field(default=0, ge=0)
+    kafka_batch_size: int = Field(default=256 * 1024, ge=1024)
+    kafka_compression: KafkaCompression = "none"
     max_attempts: int = Field(default=5, ge=1)
     #: Back-off before each retry, seconds. RabbitMQ: one delay queue per tier, the last
     #: repeats. Kafka and memory: in process, the same delays (the last repeats). Env "1,5,25".
@@ -302,6 +316,12 @@ class HexbusSettings(BaseSettings):
     def _protocol_name(cls, value: Any) -> Any:
         """``sasl_ssl`` is ``SASL_SSL``: Kafka's names, whatever the case."""
         return value.strip().upper().replace("-", "_") if isinstance(value, str) else value
+
+    @field_validator("kafka_compression", "rabbitmq_queue_type", mode="before")
+    @classmethod
+    def _lower_case_name(cls, value: Any) -> Any:
+        """``ZSTD`` is ``zstd``, ``Quorum`` is ``quorum``."""
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("kafka_sasl_mechanism", mode="before")
     @classmethod

@@ -91,10 +91,11 @@ def _attributes(cls: type[DomainEvent]) -> list[tuple[str, bool, dict[str, Any]]
         ),
         (
             "correlationid",
-            True,
+            False,
             {
                 "description": "The conversation this event belongs to: the id of the "
-                "first event of it (extension correlationid)."
+                "first event of it (extension correlationid). Absent when it would "
+                "equal the event's own id (the first event of a conversation)."
             },
         ),
         (
@@ -169,7 +170,7 @@ def example_headers(cls: type[DomainEvent], transport: str, source: str) -> dict
         "source": source,
         "time": EXAMPLE_TIME,
         "datacontenttype": CONTENT_TYPE,
-        "correlationid": event_id,
+        # no correlationid: the example starts its conversation (correlation = its id)
         "eventversion": str(cls.event_version),
     }
     return {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Self
 
 from aiokafka.errors import KafkaError
@@ -26,8 +26,8 @@ from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import Subscription
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
-from hexbus.infrastructure.codec import CloudEventCodec
-from hexbus.infrastructure.kafka.config import KafkaConfig, security_settings
+from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
+from hexbus.infrastructure.kafka.config import KafkaConfig, config_from_settings
 from hexbus.infrastructure.kafka.consumer import GroupConsumer
 from hexbus.infrastructure.kafka.dead_letters import read_dead_letters, replay_dead_letters
 from hexbus.infrastructure.kafka.publisher import KafkaPublisher
@@ -70,7 +70,12 @@ class KafkaEventBus(EventBusBase):
             config=cfg,  # its TLS/SASL settings secure every client of the bus
         )
         self.publisher = KafkaPublisher(
-            cfg, codec=self.codec, names=self.names, topology=self.topology, stats=self.stats
+            cfg,
+            codec=self.codec,
+            names=self.names,
+            topology=self.topology,
+            stats=self.stats,
+            registry=registry,
         )
         self.pipeline = ConsumePipeline(
             self.subscriptions,
@@ -87,20 +92,7 @@ class KafkaEventBus(EventBusBase):
     @classmethod
     def from_settings(cls, settings: HexbusSettings, **overrides: Any) -> Self:
         """The bus the container builds from ``HEXBUS_*`` settings."""
-        config = KafkaConfig(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            topic_prefix=settings.kafka_topic_prefix,
-            service_name=settings.service_name,
-            partitions=settings.kafka_partitions,
-            replication_factor=settings.kafka_replication_factor,
-            max_attempts=settings.max_attempts,
-            retry_delays=settings.retry_delays,
-            handler_timeout=settings.handler_timeout,
-            publish_timeout=settings.publish_timeout,
-            drain_timeout=settings.drain_timeout,
-            **security_settings(settings),
-        )
-        return cls(config, **overrides)
+        return cls(config_from_settings(settings), **overrides)
 
     # -- naming ----------------------------------------------------------------------
     def topic_for(self, cls: type[DomainEvent]) -> str:
@@ -234,6 +226,16 @@ class KafkaEventBus(EventBusBase):
         if admitted:
             publisher = self.publisher
             await publisher.send([publisher.record(item) for item in admitted])
+
+    async def send_encoded(self, items: Sequence[EncodedEvent]) -> None:
+        """Send events encoded earlier (the outbox relay) as ``publish_many`` would, all at
+        once; return when all are acked, else ``PublishError`` naming the ids. No
+        admission, middleware or decoding: they were admitted when encoded."""
+        if self.state is not _RUNNING:
+            self._raise_not_running()
+        if items:
+            publisher = self.publisher
+            await publisher.send([publisher.encoded(item) for item in items])
 
     # -- capabilities: DeadLetterReader/Replayer, LagReporter, SubscriptionAdmin, Readiness
     async def dead_letters(self, subscription: str, limit: int = 100) -> list[DeadLetter]:

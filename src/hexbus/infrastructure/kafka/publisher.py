@@ -6,9 +6,16 @@ event into a record, refusing one the broker would refuse for its size, sending 
 through an idempotent ``acks=all`` producer, waiting for the acks within
 ``publish_timeout``, and replacing the producer once it is wedged.
 
-``publish_many`` and concurrent publishes share producer batches (``linger_ms``) instead
-of paying one round trip per event. The record key is the publish ``key`` (default: the
-event id), so one key always lands on one partition.
+``publish_many`` and concurrent publishes share producer batches instead of paying one
+round trip per event: aiokafka keeps one request in flight per broker and appends what
+is sent meanwhile to the next batch (``linger_ms`` 0 by default: a lone publish leaves at
+once). The record key is the publish ``key``; without one the record has no key, so the
+client spreads records over the partitions without hashing, and batches fill (a key per
+event, its id, made every record 36 bytes larger and cost a pure-Python murmur2 hash).
+One key always lands on one partition: per-key order.
+
+``send_encoded`` puts events encoded earlier (the outbox relay's ``EncodedEvent``) on
+the wire through the same records, acks and errors, without decoding them.
 """
 
 from __future__ import annotations
@@ -25,11 +32,11 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.publishing import Admitted
-from hexbus.domain.errors import PublishError
-from hexbus.domain.events import DomainEvent
-from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.domain.errors import PublishError, UnknownEventTypeError
+from hexbus.domain.events import EventRegistry
+from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.kafka.config import KafkaConfig
-from hexbus.infrastructure.kafka.marshal import encode_record
+from hexbus.infrastructure.kafka.marshal import encode_record, to_kafka_headers
 from hexbus.infrastructure.kafka.topology import TopicNames, Topology
 
 __all__ = ["KafkaPublisher", "Record"]
@@ -42,13 +49,14 @@ _HEADER_ALLOWANCE = 1024
 
 @dataclass(slots=True)
 class Record:
-    """One encoded event, ready for the producer."""
+    """One encoded event, ready for the producer; type and id name it in errors."""
 
     topic: str
-    key: bytes
+    key: bytes | None
     value: bytes
     headers: list[tuple[str, bytes]]
-    event: DomainEvent
+    event_type: str
+    event_id: str
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -56,6 +64,16 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
     # does not log "exception was never retrieved".
     if not fut.cancelled():
         fut.exception()
+
+
+def _acked(fut: asyncio.Future[Any]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def _ids(records: Sequence[Record]) -> str:
+    """The event ids of ``records`` for an error message (the first 20)."""
+    text = ", ".join(r.event_id for r in records[:20])
+    return text + (" ..." if len(records) > 20 else "")
 
 
 class KafkaPublisher:
@@ -69,10 +87,14 @@ class KafkaPublisher:
         names: TopicNames,
         topology: Topology,
         stats: DispatchStats,
+        registry: EventRegistry,
     ) -> None:
         self.config = config
         self.codec = codec
         self.names = names
+        self.registry = registry
+        #: Topic of each event type ``send_encoded`` met (registered class or type name).
+        self._topic_of_type: dict[str, str] = {}
         self.topology = topology
         self.stats = stats
         self._producer: Any = None
@@ -90,10 +112,9 @@ class KafkaPublisher:
             client_id=f"hexbus-{cfg.service_name}",
             acks="all",
             enable_idempotence=True,
-            linger_ms=cfg.linger_ms,
-            max_batch_size=cfg.max_batch_size,
             max_request_size=cfg.max_request_size,
             request_timeout_ms=max(1000, int(cfg.publish_timeout * 1000)),
+            **cfg.producer_options(),  # linger, batch size, compression
             **self.topology.security,  # TLS/SASL, shared by the bus's clients
         )
 
@@ -175,22 +196,67 @@ class KafkaPublisher:
         """The record of an admitted event; ``PublishError`` if Kafka would refuse its size."""
         event, metadata, key = admitted.event, admitted.metadata, admitted.key
         headers, value = encode_record(self.codec, event, metadata)
-        key_bytes = (key if key is not None else str(event.event_id)).encode()
-        limit = self.config.max_request_size
-        # A cheap upper bound first; aiokafka's exact estimate only near the limit.
-        rough = len(key_bytes) + len(value) + _HEADER_ALLOWANCE
+        key_bytes = None if key is None else key.encode()
+        rough = len(value) + _HEADER_ALLOWANCE + (0 if key_bytes is None else len(key_bytes))
         if metadata:
             rough += sum(len(k) + len(v) for k, v in metadata.items()) * 2
+        record = Record(
+            self.names.topic_for(type(event)),
+            key_bytes,
+            value,
+            headers,
+            event.event_type,
+            str(event.event_id),
+        )
+        return self._checked(record, rough)
+
+    def encoded(self, item: EncodedEvent) -> Record:
+        """The record of an event encoded earlier: the same binding, key and topic as
+        ``record`` gives the event it was encoded from; nothing is decoded."""
+        attributes = item.attributes
+        event_type = attributes["type"]
+        key_bytes = None if item.key is None else item.key.encode()
+        headers = to_kafka_headers(attributes)
+        rough = len(item.data) + (0 if key_bytes is None else len(key_bytes))
+        rough += sum(len(name) + len(value) for name, value in headers) + _HEADER_ALLOWANCE
+        record = Record(
+            self.topic_for_type(event_type),
+            key_bytes,
+            item.data,
+            headers,
+            event_type,
+            attributes["id"],
+        )
+        return self._checked(record, rough)
+
+    def topic_for_type(self, event_type: str) -> str:
+        """The topic of events of ``event_type``: its registered class's (which may name
+        a ``kafka_topic``), else the type itself, as for a class without one."""
+        topic = self._topic_of_type.get(event_type)
+        if topic is None:
+            try:
+                topic = self.names.topic_for(self.registry.get(event_type))
+            except UnknownEventTypeError:
+                topic = self.names.prefix + event_type
+            self._topic_of_type[event_type] = topic
+        return topic
+
+    def _checked(self, record: Record, rough: int) -> Record:
+        """``record``, or ``PublishError`` when Kafka would refuse its size (a cheap upper
+        bound ``rough`` first; aiokafka's exact estimate only near the limit)."""
+        limit = self.config.max_request_size
         if rough > limit and (
-            size := DefaultRecordBatchBuilder.estimate_size_in_bytes(key_bytes, value, headers)
+            size := DefaultRecordBatchBuilder.estimate_size_in_bytes(
+                record.key, record.value, record.headers
+            )
         ) > limit:
             raise PublishError(
-                f"{event.event_type} event {event.event_id} is {size} bytes encoded, over the "
-                f"Kafka max_request_size limit of {limit} bytes; it was not sent. Make the "
-                "event smaller (store large payloads elsewhere and send a reference) or raise "
-                "max_request_size together with the broker's message.max.bytes"
+                f"{record.event_type} event {record.event_id} is {size} bytes encoded, over "
+                f"the Kafka max_request_size limit of {limit} bytes; it was not sent. Make "
+                "the event smaller (store large payloads elsewhere and send a reference) or "
+                "raise max_request_size together with the broker's message.max.bytes"
             )
-        return Record(self.names.topic_for(type(event)), key_bytes, value, headers, event)
+        return record
 
     async def _ensure_topics(self, topics: Iterable[str]) -> None:
         topology = self.topology
@@ -217,27 +283,32 @@ class KafkaPublisher:
                 else:
                     await asyncio.wait(futures)
         except TimeoutError:
-            acked = sum(1 for f in futures if f.done() and not f.cancelled() and not f.exception())
-            self.stats.published += acked
+            acked = [_acked(f) for f in futures]
+            self.stats.published += sum(acked)
             if producer is not None:
                 self._failed(producer)
-            first = items[0]
+            unacked = [r for i, r in enumerate(items) if i >= len(acked) or not acked[i]]
+            first = unacked[0]
             why = await self.topology.explain({r.topic for r in items}, within=min(1.0, timeout))
             raise PublishError(
-                f"Kafka did not acknowledge {len(items) - acked} of {len(items)} event(s) "
-                f"(first: {first.event.event_type} {first.event.event_id} to topic "
+                f"Kafka did not acknowledge {len(unacked)} of {len(items)} event(s) "
+                f"(first: {first.event_type} {first.event_id} to topic "
                 f"{first.topic!r}) within publish_timeout={timeout}s"
                 + (f": {why}" if why else "")
                 + "; they may or may not have been written, publish again to be sure "
-                "(consumers are at-least-once)"
+                f"(consumers are at-least-once); unacknowledged event ids: {_ids(unacked)}"
             ) from None
         except (KafkaError, OSError) as exc:
+            acked = [_acked(f) for f in futures]
+            self.stats.published += sum(acked)
             if producer is not None:
                 self._failed(producer)
-            first = items[0]
+            unacked = [r for i, r in enumerate(items) if i >= len(acked) or not acked[i]]
+            first = unacked[0]
             raise PublishError(
-                f"Kafka refused {first.event.event_type} event {first.event.event_id} "
-                f"for topic {first.topic!r}: {type(exc).__name__}: {exc}"
+                f"Kafka refused {first.event_type} event {first.event_id} "
+                f"for topic {first.topic!r}: {type(exc).__name__}: {exc}; "
+                f"not sent or not acknowledged: {_ids(unacked)}"
             ) from exc
         failed = [(r, f.exception()) for r, f in zip(items, futures, strict=True) if f.exception()]
         self.stats.published += len(items) - len(failed)
@@ -246,8 +317,9 @@ class KafkaPublisher:
             first, error = failed[0]
             raise PublishError(
                 f"Kafka refused {len(failed)} of {len(items)} event(s); first: "
-                f"{first.event.event_type} {first.event.event_id} to topic {first.topic!r}: "
-                f"{type(error).__name__}: {error}"
+                f"{first.event_type} {first.event_id} to topic {first.topic!r}: "
+                f"{type(error).__name__}: {error}; refused event ids: "
+                f"{_ids([r for r, _ in failed])}"
             ) from error
 
     async def send_raw(

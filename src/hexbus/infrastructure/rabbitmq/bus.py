@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import aiormq
@@ -36,9 +36,9 @@ from hexbus.application.handlers import Subscription
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
-from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.rabbitmq import dead_letters, topology
-from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig, tls_settings
+from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig, config_from_settings
 from hexbus.infrastructure.rabbitmq.consumer import Consumers
 from hexbus.infrastructure.rabbitmq.publisher import Publisher, Unreachable, connect_first, mask
 from hexbus.infrastructure.settings import redact_url
@@ -91,19 +91,7 @@ class RabbitMQEventBus(EventBusBase):
     @classmethod
     def from_settings(cls, settings: HexbusSettings, **overrides: Any) -> Self:
         """The bus the container builds from ``HEXBUS_*`` settings."""
-        config = RabbitMQConfig(
-            url=settings.rabbitmq_url,
-            exchange=settings.rabbitmq_exchange,
-            service_name=settings.service_name,
-            prefetch=settings.rabbitmq_prefetch,
-            max_attempts=settings.max_attempts,
-            handler_timeout=settings.handler_timeout,
-            publish_timeout=settings.publish_timeout,
-            retry_delays=settings.retry_delays,
-            drain_timeout=settings.drain_timeout,
-            **tls_settings(settings),
-        )
-        return cls(config, **overrides)
+        return cls(config_from_settings(settings), **overrides)
 
     # -- names ---------------------------------------------------------------------------
     def queue_name(self, subscription_name: str) -> str:
@@ -231,6 +219,16 @@ class RabbitMQEventBus(EventBusBase):
         if self.consumers.pending:
             await self.consumers.settle()
         await self.publisher.publish_many(admitted)
+
+    async def send_encoded(self, items: Sequence[EncodedEvent]) -> None:
+        """Send events encoded earlier (the outbox relay) as ``publish_many`` would have
+        sent them; return when all are confirmed, else ``PublishError`` naming the ids.
+        No admission, no middleware, no decoding: they were admitted when encoded."""
+        if self.state is not BusState.RUNNING:
+            self._raise_not_running()
+        if self.consumers.pending:
+            await self.consumers.settle()
+        await self.publisher.send_encoded(items)
 
     # -- capabilities: DeadLetterReader, DeadLetterReplayer, SubscriptionAdmin, Readiness --
     async def dead_letters(self, subscription: str, limit: int = 100) -> list[DeadLetter]:

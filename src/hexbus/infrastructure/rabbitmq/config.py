@@ -19,9 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hexbus.application.consuming import RetryPolicy
 from hexbus.infrastructure import security
-from hexbus.infrastructure.settings import RetryDelays, check_amqp_urls, redact_url, split_urls
+from hexbus.infrastructure.settings import (
+    RabbitMQQueueType,
+    RetryDelays,
+    check_amqp_urls,
+    redact_url,
+    split_urls,
+)
 
-__all__ = ["TLS_FIELDS", "RabbitMQConfig", "tls_settings"]
+__all__ = ["TLS_FIELDS", "RabbitMQConfig", "config_from_settings", "tls_settings"]
 
 logger = logging.getLogger("hexbus.rabbitmq")
 
@@ -55,6 +61,11 @@ class RabbitMQConfig(BaseModel):
     exchange: str = Field(default="hexbus.events", min_length=1)
     service_name: str = Field(default="hexbus", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
     prefetch: int = Field(default=64, ge=1, le=65535)
+    #: The type of the subscriptions' work queues (``HEXBUS_RABBITMQ_QUEUE_TYPE``):
+    #: ``quorum`` (replicated by Raft, the durable choice) or ``classic`` (one node,
+    #: cheaper per message). Retry tiers and DLQs stay quorum queues: they dead-letter
+    #: at-least-once, which only quorum queues do. docs/architecture/broker-adapters.md.
+    queue_type: RabbitMQQueueType = "quorum"
     max_attempts: int = Field(default=5, ge=1)
     retry_delays: RetryDelays = (1.0, 5.0, 25.0)
     handler_timeout: float | None = Field(default=30.0, gt=0)
@@ -148,3 +159,20 @@ class RabbitMQConfig(BaseModel):
     def __repr_args__(self) -> Any:
         yield "url", self.redacted_url
         yield from super().__repr_args__()
+
+
+def config_from_settings(settings: Any) -> RabbitMQConfig:
+    """The config ``RabbitMQEventBus.from_settings`` builds from ``HexbusSettings``."""
+    return RabbitMQConfig(
+        url=settings.rabbitmq_url,
+        exchange=settings.rabbitmq_exchange,
+        service_name=settings.service_name,
+        prefetch=settings.rabbitmq_prefetch,
+        queue_type=settings.rabbitmq_queue_type,
+        max_attempts=settings.max_attempts,
+        handler_timeout=settings.handler_timeout,
+        publish_timeout=settings.publish_timeout,
+        retry_delays=settings.retry_delays,
+        drain_timeout=settings.drain_timeout,
+        **tls_settings(settings),
+    )

@@ -145,6 +145,7 @@ class Consumers:
                 queue_name,
                 self.config.retry_delays,
                 with_tiers=queue_name not in self.declared,
+                queue_type=self.config.queue_type,
             )
             self.declared.add(queue_name)
             consumer = SubscriptionConsumer(name, queue_name, channel, queue)
@@ -283,7 +284,9 @@ class Consumers:
             decoded = read_message(self.codec, headers, message.content_type, message.body)
         except DecodeError as exc:
             decoded = exc
-        key = header_text(headers.get(topology.KEY_HEADER)) or message.message_id
+        # No key header: published without a key (DeliveryContext.key then reads as the
+        # event id, the order of that event alone), as on Kafka and in memory.
+        key = header_text(headers.get(topology.KEY_HEADER)) or None
         outcome = await self.pipeline.deliver(
             consumer.name, decoded, attempt=attempt, key=key, where=consumer.where
         )

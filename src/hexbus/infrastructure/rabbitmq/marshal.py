@@ -72,9 +72,14 @@ def to_amqp_headers(attributes: Mapping[str, str]) -> dict[str, str]:
 
     ``datacontenttype`` is left out on purpose: the binding maps it to the message's
     ``content_type`` property, which the caller sets (``encode_message`` returns it).
+    A ``correlationid`` equal to the ``id`` is left out too: an absent one reads as the
+    event's ``id``, so it would only repeat it (as on Kafka, ``to_kafka_headers``).
     """
+    event_id = attributes.get("id")
     return {
-        AMQP_PREFIX + name: value for name, value in attributes.items() if name != "datacontenttype"
+        AMQP_PREFIX + name: value
+        for name, value in attributes.items()
+        if name != "datacontenttype" and (name != "correlationid" or value != event_id)
     }
 
 

@@ -33,7 +33,8 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,9 +52,9 @@ from hexbus.application.consuming import error_text
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.publishing import Admitted
 from hexbus.domain.errors import PublishError
-from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
-from hexbus.infrastructure.rabbitmq.marshal import encode_message
+from hexbus.infrastructure.rabbitmq.marshal import encode_message, to_amqp_headers
 from hexbus.infrastructure.rabbitmq.topology import KEY_HEADER
 from hexbus.infrastructure.settings import redact_url
 
@@ -205,7 +206,7 @@ class Publisher:
         event = admitted.event
         encoded, content_type, body = encode_message(self.codec, event, admitted.metadata or None)
         headers: dict[str, Any] = encoded
-        if admitted.key is not None:  # absent: the key is the event id (the message_id)
+        if admitted.key is not None:  # absent: no key (each event orders on its own)
             headers[KEY_HEADER] = admitted.key
         return aio_pika.Message(
             body,
@@ -215,6 +216,24 @@ class Publisher:
             timestamp=event.occurred_at,
             delivery_mode=_PERSISTENT,
             type=event.event_type,
+            app_id=self.config.service_name,
+        )
+
+    def encoded_message(self, item: EncodedEvent) -> aio_pika.Message:
+        """The message ``message`` gives the event ``item`` was encoded from: the same
+        headers, key header and properties, taken from the attributes (never decoded)."""
+        attributes = item.attributes
+        headers: dict[str, Any] = to_amqp_headers(attributes)
+        if item.key is not None:
+            headers[KEY_HEADER] = item.key
+        return aio_pika.Message(
+            item.data,
+            headers=headers,
+            content_type=attributes.get("datacontenttype"),
+            message_id=attributes["id"],
+            timestamp=_timestamp(attributes.get("time")),
+            delivery_mode=_PERSISTENT,
+            type=attributes["type"],
             app_id=self.config.service_name,
         )
 
@@ -237,14 +256,42 @@ class Publisher:
 
         If some are not confirmed, ``PublishError`` names them; the others are published.
         """
-        if not admitted:
-            return
-        results = await asyncio.gather(
-            *(self.publish(item) for item in admitted), return_exceptions=True
+        if admitted:
+            await self._confirm_all(
+                [self.publish(item) for item in admitted],
+                [str(item.event.event_id) for item in admitted],
+            )
+
+    async def send_encoded(self, items: Sequence[EncodedEvent]) -> None:
+        """``publish_many`` for events encoded earlier (the outbox relay): the same
+        messages, routing keys (the type), confirms and ``PublishError``."""
+        if items:
+            await self._confirm_all(
+                [self._publish_encoded(item) for item in items],
+                [item.attributes["id"] for item in items],
+            )
+
+    async def _publish_encoded(self, item: EncodedEvent) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            raise self._not_connected()
+        event_type, event_id = item.attributes["type"], item.attributes["id"]
+        await self.send(
+            exchange,
+            self.encoded_message(item),
+            event_type,
+            functools.partial("event {} {}".format, event_type, event_id),
         )
+        self.stats.published += 1
+
+    async def _confirm_all(
+        self, sends: list[Coroutine[Any, Any, None]], ids: list[str]
+    ) -> None:
+        """Run ``sends`` concurrently; ``PublishError`` naming the ids not confirmed."""
+        results = await asyncio.gather(*sends, return_exceptions=True)
         failed = [
-            (item.event, result)
-            for item, result in zip(admitted, results, strict=True)
+            (event_id, result)
+            for event_id, result in zip(ids, results, strict=True)
             if isinstance(result, BaseException)
         ]
         if not failed:
@@ -254,9 +301,9 @@ class Publisher:
                 raise exc  # cancellation and the like pass through
         first = failed[0][1]
         raise PublishError(
-            f"{len(failed)} of {len(admitted)} events were not confirmed by RabbitMQ at "
+            f"{len(failed)} of {len(ids)} events were not confirmed by RabbitMQ at "
             f"{self.url} (first: {first}); unconfirmed event ids: "
-            + ", ".join(str(event.event_id) for event, _ in failed[:20])
+            + ", ".join(event_id for event_id, _ in failed[:20])
             + (" ..." if len(failed) > 20 else "")
         ) from None
 
@@ -377,6 +424,16 @@ class Publisher:
         return PublishError(
             f"the RabbitMQ event bus ({self.url}) is not connected; start it first"
         )
+
+
+def _timestamp(time_text: str | None) -> datetime | None:
+    """The ``timestamp`` property from a CloudEvents ``time`` (``None`` if absent/unreadable)."""
+    if not time_text:
+        return None
+    try:
+        return datetime.fromisoformat(time_text)
+    except ValueError:
+        return None
 
 
 def _really_cancelled() -> bool:

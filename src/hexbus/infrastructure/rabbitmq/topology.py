@@ -3,7 +3,8 @@
 For a service ``svc`` on exchange ``X`` and a subscription named ``n``::
 
     X                      durable topic exchange; routing key = event type
-    svc.n                  durable quorum work queue, bound to X with each of the
+    svc.n                  durable work queue (quorum by default, or classic:
+                           HEXBUS_RABBITMQ_QUEUE_TYPE), bound to X with each of the
                            subscription's routing keys / patterns
     svc.n.retry.<ms>ms     one durable quorum queue per back-off tier; queue-level TTL,
                            dead-letters (at-least-once) through the default exchange
@@ -104,10 +105,13 @@ def subscription_queues(work_queue: str, delays: Iterable[float]) -> list[str]:
     return [work_queue, *tiers, dlq_name(work_queue)]
 
 
-def work_arguments() -> dict[str, Any]:
-    # No x-delivery-limit: a consumer that crashes repeatedly must not make the broker
-    # drop messages; hexbus counts handler attempts itself (ATTEMPT_HEADER).
-    return dict(_QUORUM)
+def work_arguments(queue_type: str = "quorum") -> dict[str, Any]:
+    """The work queue's arguments: its type (``HEXBUS_RABBITMQ_QUEUE_TYPE``).
+
+    No x-delivery-limit: a consumer that crashes repeatedly must not make the broker
+    drop messages; hexbus counts handler attempts itself (ATTEMPT_HEADER).
+    """
+    return {"x-queue-type": queue_type}
 
 
 def retry_arguments(work_queue: str, delay: float) -> dict[str, Any]:
@@ -136,19 +140,27 @@ async def declare_queue(
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise ConfigurationError(
             f"RabbitMQ queue {name!r} exists with other arguments than hexbus declares "
-            f"({arguments}); delete it or use another HEXBUS_SERVICE_NAME: {exc}"
+            f"({arguments}); RabbitMQ cannot change a queue's type or arguments in place "
+            "(a changed HEXBUS_RABBITMQ_QUEUE_TYPE?): drain and delete it, or use another "
+            f"HEXBUS_SERVICE_NAME: {exc}"
         ) from None
 
 
 async def declare_subscription(
-    channel: AbstractChannel, work_queue: str, delays: Iterable[float], *, with_tiers: bool
+    channel: AbstractChannel,
+    work_queue: str,
+    delays: Iterable[float],
+    *,
+    with_tiers: bool,
+    queue_type: str = "quorum",
 ) -> AbstractQueue:
     """Declare a subscription's work queue and, ``with_tiers``, its retry tiers and DLQ.
 
     The work queue is declared first and returned (the consumer reads it); the tiers
-    and the DLQ exist before the first message can fail.
+    and the DLQ exist before the first message can fail. Only the work queue takes
+    ``queue_type``: the tiers and the DLQ are quorum queues whatever it is.
     """
-    queue = await declare_queue(channel, work_queue, work_arguments())
+    queue = await declare_queue(channel, work_queue, work_arguments(queue_type))
     if with_tiers:
         for delay in dict.fromkeys(delays):
             await declare_queue(

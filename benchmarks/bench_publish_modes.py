@@ -1,0 +1,237 @@
+"""How hexbus publishes on Kafka / RabbitMQ in the three ways applications call it.
+
+    python benchmarks/bench_publish_modes.py --adapter kafka [--rounds 5] [--json]
+
+Per round (interleaved: hexbus and the raw client take turns; medians over rounds):
+
+- ``awaited``: one ``await bus.publish(e)`` at a time (``--awaited`` events), against the
+  raw client sending the same bytes one at a time with ITS default settings (aiokafka:
+  ``linger_ms=0``, 16 KiB batches; aio-pika: a confirm channel) plus the same
+  durability (``acks=all``, idempotence / persistent messages, confirms);
+- ``concurrent``: ``--burst`` ``bus.publish()`` calls started at once (``gather``),
+  throughput and mean publish latency; against ``publish_many`` of the same burst.
+
+Why a script next to ``hexbus bench``: that command measures batch publishing and end
+to end; these two patterns (a request handler awaiting its one publish; many requests
+publishing at once) are where per-call costs and serialisation show. Nothing here is
+asserted: it prints figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aiokafka import AIOKafkaProducer
+
+from hexbus.domain.events import DomainEvent
+from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.infrastructure.kafka.bus import KafkaEventBus
+from hexbus.infrastructure.kafka.config import KafkaConfig
+from hexbus.infrastructure.kafka.marshal import encode_record
+from hexbus.infrastructure.rabbitmq.bus import RabbitMQEventBus
+from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
+from hexbus.infrastructure.rabbitmq.marshal import encode_message
+
+
+class ModesEvent(DomainEvent, event_type="hexbus.bench.modes"):
+    """~200 bytes of body, like the issue's measurement."""
+
+    seq: int
+    text: str = "x" * 160
+
+
+def _events(n: int) -> list[ModesEvent]:
+    return [ModesEvent(seq=i) for i in range(n)]
+
+
+async def _timed(run: Callable[[], Awaitable[None]], n: int) -> float:
+    t0 = time.perf_counter()
+    await run()
+    return n / (time.perf_counter() - t0)
+
+
+# -- Kafka ---------------------------------------------------------------------------
+async def _kafka_round(bootstrap: str, awaited: int, burst: int) -> dict[str, float]:
+
+
+    prefix = f"modes-{uuid.uuid4().hex[:10]}."
+    cfg = KafkaConfig(
+        bootstrap_servers=bootstrap,
+        topic_prefix=prefix,
+        service_name="modes",
+        partitions=3,
+        publish_timeout=60.0,
+    )
+    out: dict[str, float] = {}
+    bus = KafkaEventBus(cfg)
+    codec = CloudEventCodec(source="modes")
+    raw = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    async with bus:
+        await bus.publish_many(_events(10))  # topic and metadata out of the timing
+        await raw.start()
+        try:
+            topic = bus.topic_for(ModesEvent)
+
+            async def raw_send(event: ModesEvent) -> None:
+                headers, value = encode_record(codec, event)
+                await (await raw.send(topic, value, headers=headers))
+
+            async def raw_plain(event: ModesEvent) -> None:
+                await (await raw.send(topic, event.model_dump_json().encode()))
+
+            await raw_send(ModesEvent(seq=-1))
+            one = _events(awaited)
+
+            async def hex_awaited() -> None:
+                for e in one:
+                    await bus.publish(e)
+
+            async def raw_awaited() -> None:
+                for e in one:
+                    await raw_send(e)
+
+            async def plain_awaited() -> None:
+                for e in one:
+                    await raw_plain(e)
+
+            many = _events(burst)
+            latencies: list[float] = []
+
+            async def timed_publish(e: ModesEvent) -> None:
+                t = time.perf_counter()
+                await bus.publish(e)
+                latencies.append(time.perf_counter() - t)
+
+            async def hex_concurrent() -> None:
+                await asyncio.gather(*(timed_publish(e) for e in many))
+
+            async def hex_many() -> None:
+                await bus.publish_many(many)
+
+            async def raw_concurrent() -> None:
+                await asyncio.gather(*(raw_send(e) for e in many))
+
+            out["awaited hexbus"] = await _timed(hex_awaited, awaited)
+            out["awaited raw"] = await _timed(raw_awaited, awaited)
+            out["awaited raw plain"] = await _timed(plain_awaited, awaited)
+            out["concurrent hexbus"] = await _timed(hex_concurrent, burst)
+            out["concurrent hexbus latency ms"] = statistics.mean(latencies) * 1000
+            out["concurrent raw"] = await _timed(raw_concurrent, burst)
+            out["publish_many hexbus"] = await _timed(hex_many, burst)
+        finally:
+            await raw.stop()
+        await bus.topology.delete_topics([bus.topic_for(ModesEvent)])
+    return out
+
+
+# -- RabbitMQ ------------------------------------------------------------------------
+async def _rabbit_round(url: str, awaited: int, burst: int) -> dict[str, float]:
+
+
+    exchange_name = f"modes-{uuid.uuid4().hex[:10]}"
+    cfg = RabbitMQConfig(url=url, exchange=exchange_name, service_name="modes")
+    bus = RabbitMQEventBus(cfg)
+    codec = CloudEventCodec(source="modes")
+    out: dict[str, float] = {}
+    async with bus:
+        connection = await aio_pika.connect(url)
+        try:
+            channel = await connection.channel(publisher_confirms=True)
+            exchange = await channel.declare_exchange(
+                exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+            # A queue bound to the events, so both sides pay for storing them.
+            queue = await channel.declare_queue(
+                f"{exchange_name}.q", durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            await queue.bind(exchange, routing_key="#")
+
+            async def raw_send(event: ModesEvent) -> None:
+                headers, content_type, body = encode_message(codec, event)
+                message = aio_pika.Message(
+                    body,
+                    headers=dict(headers),
+                    content_type=content_type,
+                    message_id=str(event.event_id),
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                )
+                await exchange.publish(message, routing_key=event.event_type)
+
+            one = _events(awaited)
+            many = _events(burst)
+            latencies: list[float] = []
+
+            async def hex_awaited() -> None:
+                for e in one:
+                    await bus.publish(e)
+
+            async def raw_awaited() -> None:
+                for e in one:
+                    await raw_send(e)
+
+            async def timed_publish(e: ModesEvent) -> None:
+                t = time.perf_counter()
+                await bus.publish(e)
+                latencies.append(time.perf_counter() - t)
+
+            async def hex_concurrent() -> None:
+                await asyncio.gather(*(timed_publish(e) for e in many))
+
+            async def raw_concurrent() -> None:
+                await asyncio.gather(*(raw_send(e) for e in many))
+
+            async def hex_many() -> None:
+                await bus.publish_many(many)
+
+            out["awaited hexbus"] = await _timed(hex_awaited, awaited)
+            out["awaited raw"] = await _timed(raw_awaited, awaited)
+            out["concurrent hexbus"] = await _timed(hex_concurrent, burst)
+            out["concurrent hexbus latency ms"] = statistics.mean(latencies) * 1000
+            out["concurrent raw"] = await _timed(raw_concurrent, burst)
+            out["publish_many hexbus"] = await _timed(hex_many, burst)
+            await queue.delete(if_unused=False, if_empty=False)
+            await exchange.delete()
+        finally:
+            await connection.close()
+    return out
+
+
+async def run(adapter: str, rounds: int, awaited: int, burst: int) -> dict[str, Any]:
+    results: list[dict[str, float]] = []
+    for _ in range(rounds):
+        if adapter == "kafka":
+            bootstrap = os.environ.get("HEXBUS_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+            results.append(await _kafka_round(bootstrap, awaited, burst))
+        else:
+            url = os.environ.get("HEXBUS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+            results.append(await _rabbit_round(url, awaited, burst))
+    return {k: statistics.median(r[k] for r in results) for k in results[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--adapter", choices=["kafka", "rabbitmq"], default="kafka")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--awaited", type=int, default=500)
+    parser.add_argument("--burst", type=int, default=3000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    medians = asyncio.run(run(args.adapter, args.rounds, args.awaited, args.burst))
+    if args.json:
+        print(json.dumps(medians))
+        return
+    for name, value in medians.items():
+        print(f"{name:32} {value:12,.1f}")
+
+
+if __name__ == "__main__":
+    main()
