@@ -30,3 +30,4 @@ async def kafka_bus_maker(
         yield maker
     finally:
         await maker.cleanup()
+
