@@ -407,3 +407,26 @@ def test_as_root_unreachable_node_dirs_move_under_the_service_accounts_home(
     pg = nodes.Layout(closed, 1).select("postgres")[0]
     assert pg.dir.parent == state_mod.POSTGRES_HOME / "hexbus-brokers" / closed.digest[:8] / "c1"
     assert nodes.Layout(closed, 1).select("kafka")[0].dir.parent == closed.layout_dir(1)
+
+
+def test_secure_sets_start_no_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secure sets test TLS and SASL of the brokers; the outbox's database is not part."""
+    state = make_state(tmp_path)
+    state.root.mkdir(parents=True)
+    secrets = {"rabbitmq_password": "a", "kafka_password": "b", "broker_password": "c"}
+    (state.root / "secure.json").write_text(json.dumps(secrets))
+    asked: list[str] = []
+
+    def start_nodes(layout: Any, wanted: Any, timeout: float, *, may_move: bool) -> list[Any]:
+        asked.extend(n.name for n in wanted)
+        return []
+
+    monkeypatch.setattr(cluster, "start_nodes", start_nodes)
+    cluster.up(state, 1, None, 1.0)
+    assert asked == ["rabbitmq-1", "kafka-1"]
+    with pytest.raises(processes.BrokerError, match="secure sets have no postgres"):
+        cluster.up(state, 1, "postgres", 1.0)
+    (state.root / "secure.json").unlink()
+    asked.clear()
+    cluster.up(state, 1, None, 1.0)
+    assert asked == ["rabbitmq-1", "kafka-1", "postgres-1"]
