@@ -27,7 +27,8 @@ $(NODE_STAMP): $(ASYNCAPI_TOOLS)/package.json $(ASYNCAPI_TOOLS)/package-lock.jso
 demo: $(STAMP)
 	$(BIN)/hexbus demo
 
-## Quality gates, then every test (brokers are provisioned and stopped again); the
+## Quality gates, then every test (brokers and PostgreSQL are provisioned and stopped
+## again: HEXBUS_TEST_POSTGRES_URL for the outbox/inbox tests); the
 ## secured brokers' tests are `make test-secure`, the 3-node ones `make test-cluster`.
 test: lint $(NODE_STAMP)
 	$(BROKERS) run -- $(BIN)/python -m pytest tests --ignore=tests/secure \
@@ -51,13 +52,15 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict src examples
 	$(BIN)/lint-imports
 
-## The contract, fault and smoke tests against brokers in containers (testcontainers):
-## starts a Docker engine where none answers (installing it as root on Debian), builds
-## hexbus/rabbitmq and hexbus/kafka from docker/, runs, and stops the engine it started.
+## The contract, fault, smoke and database (outbox/inbox) tests against brokers and
+## PostgreSQL in containers (testcontainers): starts a Docker engine where none answers
+## (installing it as root on Debian), builds hexbus/rabbitmq, hexbus/kafka and
+## hexbus/postgres from docker/, runs, and stops the engine it started.
 CONTAINER_TESTS := tests/integration/test_*_contract.py tests/integration/test_faults.py \
-	tests/integration/test_smoke_*.py
+	tests/integration/test_smoke_*.py tests/integration/test_databases.py \
+	$(wildcard tests/integration/test_outbox*.py)
 test-containers: $(STAMP)
-	env -u HEXBUS_RABBITMQ_URL -u HEXBUS_KAFKA_BOOTSTRAP_SERVERS \
+	env -u HEXBUS_RABBITMQ_URL -u HEXBUS_KAFKA_BOOTSTRAP_SERVERS -u HEXBUS_TEST_POSTGRES_URL \
 		HEXBUS_TEST_BROKERS=containers TESTCONTAINERS_RYUK_DISABLED=true \
 		$(PYTHON) scripts/containers.py run -- \
 		$(BIN)/python -m pytest $(CONTAINER_TESTS) -q -p no:cacheprovider

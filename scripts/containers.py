@@ -10,10 +10,10 @@ Stdlib only; runs with any Python >= 3.11 (no venv needed).
     python3 scripts/containers.py run -- CMD ARGS...   # up, CMD on the container path, down
 
 Why a script of our own: the test fixtures (``hexbus.testing.brokers``) start the images
-``hexbus/rabbitmq:<version>`` and ``hexbus/kafka:<version>``, built from ``docker/`` with
-the same broker versions as the native path of ``scripts/brokers.py`` (Debian's
-rabbitmq-server; the Kafka jars of ``scripts/kafka/pom.xml``). Where no image registry
-answers (this project's CI machines), everything is built locally:
+``hexbus/rabbitmq:<version>``, ``hexbus/kafka:<version>`` and ``hexbus/postgres:<major>``,
+built from ``docker/`` with the same versions as the native path of ``scripts/brokers.py``
+(Debian's rabbitmq-server and postgresql; the Kafka jars of ``scripts/kafka/pom.xml``).
+Where no image registry answers (this project's CI machines), everything is built locally:
 
 1. Engine: a Docker engine that answers is used as it is. Otherwise, as root on Debian, the
    ``docker.io`` package is installed (services kept from starting) and ``dockerd`` started,
@@ -30,9 +30,9 @@ answers (this project's CI machines), everything is built locally:
 
 ``run`` starts CMD with ``HEXBUS_TEST_BROKERS=containers`` and
 ``TESTCONTAINERS_RYUK_DISABLED=true`` and without ``HEXBUS_RABBITMQ_URL`` /
-``HEXBUS_KAFKA_BOOTSTRAP_SERVERS``, so the fixtures must use containers (and fail rather
-than fall back). Test containers left behind by a killed test run are removed
-(``org.hexbus.test-session`` label of a process that is gone).
+``HEXBUS_KAFKA_BOOTSTRAP_SERVERS`` / ``HEXBUS_TEST_POSTGRES_URL``, so the fixtures must use
+containers (and fail rather than fall back). Test containers left behind by a killed test
+run are removed (``org.hexbus.test-session`` label of a process that is gone).
 """
 
 from __future__ import annotations
@@ -107,6 +107,15 @@ def rabbitmq_version() -> str:
     return match.group(1)
 
 
+def postgres_version() -> str:
+    """The PostgreSQL major version of docker/postgres/Dockerfile (Debian bookworm's)."""
+    text = (DOCKER_DIR / "postgres" / "Dockerfile").read_text()
+    match = re.search(r"^ARG POSTGRES_VERSION=(\S+)$", text, re.M)
+    if not match:
+        raise SetupError("docker/postgres/Dockerfile has no `ARG POSTGRES_VERSION=...`")
+    return match.group(1)
+
+
 def kafka_version() -> str:
     """The Kafka version of scripts/kafka/pom.xml (the native path's)."""
     match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", KAFKA_POM.read_text())
@@ -120,6 +129,7 @@ def images() -> dict[str, str]:
     return {
         "rabbitmq": f"hexbus/rabbitmq:{rabbitmq_version()}",
         "kafka": f"hexbus/kafka:{kafka_version()}",
+        "postgres": f"hexbus/postgres:{postgres_version()}",
     }
 
 
@@ -628,6 +638,13 @@ def build_images() -> dict[str, str]:
             base,
             {"KAFKA_VERSION": kafka_version()},
         )
+        _build(
+            "postgres",
+            names["postgres"],
+            DOCKER_DIR / "postgres",
+            base,
+            {"POSTGRES_VERSION": postgres_version()},
+        )
     return names
 
 
@@ -673,10 +690,12 @@ def container_env(names: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("HEXBUS_RABBITMQ_URL", None)
     env.pop("HEXBUS_KAFKA_BOOTSTRAP_SERVERS", None)
+    env.pop("HEXBUS_TEST_POSTGRES_URL", None)
     env["HEXBUS_TEST_BROKERS"] = "containers"
     env.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
     env.setdefault("HEXBUS_TEST_RABBITMQ_IMAGE", names["rabbitmq"])
     env.setdefault("HEXBUS_TEST_KAFKA_IMAGE", names["kafka"])
+    env.setdefault("HEXBUS_TEST_POSTGRES_IMAGE", names["postgres"])
     return env
 
 

@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 
 from . import cluster, tls
-from .nodes import Layout, Node
-from .processes import BrokerError, log, port_answers
+from .nodes import KINDS, Layout, Node
+from .processes import BrokerError, log, mask_secrets, port_answers
 from .state import STATE_ENV, State
 
 DEFAULT_TIMEOUT = float(os.environ.get("HEXBUS_BROKERS_TIMEOUT", "120"))
@@ -44,14 +44,15 @@ def _parser() -> argparse.ArgumentParser:
     add_state_options(common, argparse.SUPPRESS)
     ap = argparse.ArgumentParser(
         prog="brokers.py",
-        description="Start real RabbitMQ and Apache Kafka natively (no Docker) for hexbus tests.",
+        description="Start real RabbitMQ, Apache Kafka and PostgreSQL natively (no Docker) "
+        "for hexbus tests.",
     )
     add_state_options(ap, None)
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name in ("up", "run"):
         p = sub.add_parser(name, parents=[common])
         p.add_argument("--nodes", type=int, choices=(1, 3), default=1)
-        p.add_argument("--only", choices=("rabbitmq", "kafka"))
+        p.add_argument("--only", choices=KINDS)
         p.add_argument(
             "--timeout", type=float, default=DEFAULT_TIMEOUT, help="start-up deadline, seconds"
         )
@@ -188,7 +189,7 @@ def cmd_run(state: State, size: int, only: str | None, timeout: float, child: li
         for line in "\n".join(cluster.env_lines(layout)).splitlines():
             key, _, value = line.partition("=")
             env[key] = value
-            log(line)
+            log(mask_secrets(line))
         proc = subprocess.Popen(child, env=env)
         try:
             rc = proc.wait()

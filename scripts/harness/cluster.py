@@ -1,7 +1,7 @@
 """Orchestration: starting, stopping and addressing the nodes of a state's layouts.
 
-Broker-specific work is behind :data:`BROKERS` (one :class:`Broker` per kind), so adding
-a broker -- PostgreSQL for the outbox -- means one module and one entry here.
+Broker-specific work is behind :data:`BROKERS` (one :class:`Broker` per kind): RabbitMQ,
+Kafka, and PostgreSQL (the outbox's database; single-node sets only, and not in secure sets).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from . import install, kafka, rabbitmq
+from . import install, kafka, postgres, rabbitmq, tls
 from .nodes import KINDS, Layout, Node
 from .processes import BrokerError, log, port_answers, signal_group
 from .state import State
@@ -44,7 +44,14 @@ BROKERS: dict[str, Broker] = {
     "kafka": Broker(
         _install_kafka, kafka.launch, kafka.wait, kafka.stop, kafka.env_line, stop_together=True
     ),
+    "postgres": Broker(
+        install.ensure_postgres, postgres.launch, postgres.wait, postgres.stop, postgres.env_line
+    ),
 }
+
+
+#: Kinds a secure set (``up --secure``) does not start: their tests need no TLS.
+UNSECURED = frozenset({"postgres"})
 
 
 def layouts(state: State) -> list[Layout]:
@@ -164,7 +171,7 @@ def resolve(state: State, name: str, size_hint: int | None) -> tuple[Layout, lis
     kind, _, idx = name.partition("-")
     if kind not in KINDS or (idx and not idx.isdigit()):
         raise BrokerError(
-            f"unknown broker name {name!r}; use rabbitmq, kafka, rabbitmq-N or kafka-N"
+            f"unknown broker name {name!r}; use rabbitmq, kafka, postgres, rabbitmq-N or kafka-N"
         )
     size = size_hint or running_size(state) or (3 if idx and int(idx) > 1 else 1)
     if idx and int(idx) > size:
@@ -183,10 +190,19 @@ def up(
     other = Layout(state, 3 if size == 1 else 1)
     if other.running():
         raise BrokerError(f"the {other.size}-node brokers are running; run `down` first")
+    if only is not None and not Layout(state, size).of_kind(only):
+        raise BrokerError(f"the {size}-node sets have no {only}; it runs in single-node sets")
+    secure = tls.load(state) is not None
+    if only in UNSECURED and secure:
+        raise BrokerError(f"secure sets have no {only}; use a state directory of its own")
     t0 = time.monotonic()
     with state.lock():
         layout = Layout(state, size)
-        wanted = [n for n in layout.nodes if only is None or n.kind == only]
+        wanted = [
+            n
+            for n in layout.nodes
+            if (only is None or n.kind == only) and not (secure and n.kind in UNSECURED)
+        ]
         started = start_nodes(layout, wanted, timeout, may_move=True)
     return layout, started, time.monotonic() - t0
 

@@ -1,4 +1,5 @@
-"""Getting the brokers' software onto the machine: RabbitMQ (apt), Java, Kafka's jars (Maven).
+"""Getting the brokers' software onto the machine: RabbitMQ and PostgreSQL (apt), Java,
+Kafka's jars (Maven).
 
 These are the only steps that touch the system or the network, and they run once: a
 machine that already has them (or a second checkout next to the first) skips them.
@@ -16,6 +17,9 @@ from .processes import BrokerError, file_lock, log, tail
 from .state import State
 
 DEBIAN_RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+#: Debian keeps each PostgreSQL major version's server programs in <here>/<major>/bin
+#: (only the client wrappers are on $PATH).
+DEBIAN_POSTGRES_LIB = Path("/usr/lib/postgresql")
 APT_TIMEOUT = 900.0
 MVN_TIMEOUT = 600.0
 
@@ -60,19 +64,54 @@ def ensure_rabbitmq(state: State) -> None:
     """Install Debian's rabbitmq-server if missing, without letting apt start its service."""
     if (DEBIAN_RABBIT_BIN / "rabbitmq-server").exists() or shutil.which("rabbitmq-server"):
         return
-    if not shutil.which("apt-get"):
+    _apt_install(state, "rabbitmq-server", "RabbitMQ >= 3.10", "rabbitmq-server")
+
+
+def postgres_bindir() -> Path | None:
+    """The newest PostgreSQL server's bin directory: Debian's, else ``pg_ctl``'s on $PATH."""
+    versions = sorted(
+        (p for p in DEBIAN_POSTGRES_LIB.glob("*/bin") if (p / "postgres").exists()),
+        key=lambda p: [int(x) if x.isdigit() else 0 for x in p.parent.name.split(".")],
+    )
+    if versions:
+        return versions[-1]
+    found = shutil.which("pg_ctl")
+    if found and (Path(found).parent / "postgres").exists():
+        return Path(found).parent
+    return None
+
+
+def postgres_tool(tool: str) -> str:
+    """Path of a PostgreSQL server program (initdb, postgres, pg_isready, psql)."""
+    bindir = postgres_bindir()
+    if bindir is None or not (bindir / tool).exists():
         raise BrokerError(
-            "rabbitmq-server is not installed and apt-get is unavailable; install RabbitMQ >= 3.10"
+            f"PostgreSQL's {tool} not found; install PostgreSQL (apt-get install postgresql)"
         )
+    return str(bindir / tool)
+
+
+def ensure_postgres(state: State) -> None:
+    """Install Debian's postgresql if missing, without letting apt start its cluster."""
+    if postgres_bindir() is not None:
+        return
+    _apt_install(state, "postgresql", "PostgreSQL", "postgresql")
+
+
+def _apt_install(state: State, package: str, what: str, service: str) -> None:
+    """apt-get install *package*; its service is kept from starting (policy-rc.d) and,
+    on a systemd host, disabled again: our nodes never rely on it, and it should not
+    keep running (or hold a default port) behind the user's back."""
+    if not shutil.which("apt-get"):
+        raise BrokerError(f"{package} is not installed and apt-get is unavailable; install {what}")
     prefix: list[str] = []
     if os.geteuid() != 0:
         if not shutil.which("sudo"):
             raise BrokerError(
-                "rabbitmq-server is not installed; run as root or install it: "
-                "apt-get install rabbitmq-server"
+                f"{package} is not installed; run as root or install it: apt-get install {package}"
             )
         prefix = ["sudo", "-n"]
-    log("installing rabbitmq-server with apt-get (service auto-start suppressed via policy-rc.d)")
+    log(f"installing {package} with apt-get (service auto-start suppressed via policy-rc.d)")
     policy = Path("/usr/sbin/policy-rc.d")
     created_policy = False
     if os.geteuid() == 0 and not policy.exists():
@@ -89,7 +128,7 @@ def ensure_rabbitmq(state: State) -> None:
     try:
         _run_logged([*apt, "update"], aptlog, APT_TIMEOUT, env)
         _run_logged(
-            [*apt, "install", "-y", "--no-install-recommends", "rabbitmq-server"],
+            [*apt, "install", "-y", "--no-install-recommends", package],
             aptlog,
             APT_TIMEOUT,
             env,
@@ -97,12 +136,9 @@ def ensure_rabbitmq(state: State) -> None:
     finally:
         if created_policy:
             policy.unlink(missing_ok=True)
-    # On a systemd host the package may still have enabled/started its own service; we
-    # never rely on it (our nodes have their own names, epmd and -- if it holds 5672 --
-    # ports), but it should not keep running behind the user's back either.
     if shutil.which("systemctl") and Path("/run/systemd/system").exists():
         subprocess.run(
-            ["systemctl", "disable", "--now", "rabbitmq-server"],
+            ["systemctl", "disable", "--now", service],
             check=False,
             capture_output=True,
             timeout=60,

@@ -34,7 +34,7 @@ from .processes import (
 )
 from .state import State
 
-KINDS = ("rabbitmq", "kafka")
+KINDS = ("rabbitmq", "kafka", "postgres")
 
 #: Per kind and layout size, each node's port keys with their defaults (None: no default,
 #: always chosen from the state's own range -- nobody but our nodes ever dials it).
@@ -47,6 +47,8 @@ PORT_DEFAULTS: dict[str, dict[int, list[dict[str, int | None]]]] = {
         size: [{"port": 9092 + 2 * i, "controller_port": 9093 + 2 * i} for i in range(size)]
         for size in (1, 3)
     },
+    # The outbox's database: single-node sets only (no cluster layout of it is needed).
+    "postgres": {1: [{"port": 5432}]},
 }
 #: Keys with one value for every node of a kind in a layout: the nodes of a RabbitMQ
 #: cluster find each other through the same Erlang port mapper (epmd).
@@ -64,6 +66,11 @@ _RESERVED = {
 #: ``owned(key, port)``: whether *port* is held by a process of this layout that stays up
 #: while nodes start (the layout's epmd), so it counts as usable although it is bound.
 Owned = Callable[[str, int], bool]
+
+
+def kinds_of(size: int) -> list[str]:
+    """The kinds a *size*-node layout has (PostgreSQL only in the single-node one)."""
+    return [k for k in KINDS if size in PORT_DEFAULTS[k]]
 
 
 def _nobody(key: str, port: int) -> bool:
@@ -96,7 +103,7 @@ def pick_port(seed: int, used: Collection[int]) -> int:
 class Node:
     """One broker process of a layout (``rabbitmq-1``, ``kafka-3``, ...)."""
 
-    kind: str  # "rabbitmq" | "kafka"
+    kind: str  # "rabbitmq" | "kafka" | "postgres"
     index: int  # 1-based
     size: int  # layout size (1 or 3)
     state: State
@@ -132,6 +139,8 @@ class Node:
     def logfile(self) -> Path:
         if self.kind == "rabbitmq":
             return self.dir / "log" / f"{self.launched_as()}.log"
+        if self.kind == "postgres":
+            return self.dir / "postgres.log"
         return self.dir / "logs" / "server.log"
 
     def launched_as(self) -> str:
@@ -195,7 +204,7 @@ class Layout:
                 saved = loaded
         self.nodes = [
             Node(kind, i, size, state, dict(saved.get(f"{kind}-{i}") or {}))
-            for kind in KINDS
+            for kind in kinds_of(size)
             for i in range(1, size + 1)
         ]
 

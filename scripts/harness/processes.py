@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import pwd
+import re
 import signal
 import socket
 import sys
@@ -21,6 +22,17 @@ from pathlib import Path
 
 class BrokerError(Exception):
     """A broker could not be installed, started or stopped (the message says what to do)."""
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+_SECRET_VARIABLE = re.compile(r"^([A-Z0-9_]*PASSWORD[A-Z0-9_]*=).+$")
+
+
+def mask_secrets(line: str) -> str:
+    """*line* (``KEY=value``) with URL passwords and ``*PASSWORD*=`` values as ``***``:
+    for the log (stderr); stdout keeps the real values, which is what it is for."""
+    line = _SECRET_VARIABLE.sub(r"\1***", line)
+    return _URL_PASSWORD.sub(r"\1***@", line)
 
 
 def log(msg: str) -> None:

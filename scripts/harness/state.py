@@ -29,6 +29,15 @@ DEFAULT_STATE = REPO / ".cache" / "brokers"
 #: reach its node directories (a checkout under /root cannot be reached by it).
 RABBIT_USER = "rabbitmq"
 RABBIT_HOME = Path("/var/lib/rabbitmq")
+#: PostgreSQL refuses root as well (initdb and postgres): as root it runs as Debian's
+#: ``postgres`` account, with the same reachability rule.
+POSTGRES_USER = "postgres"
+POSTGRES_HOME = Path("/var/lib/postgresql")
+#: kind -> (the account it runs as when we are root, that account's home)
+SERVICE_ACCOUNTS = {
+    "rabbitmq": (RABBIT_USER, RABBIT_HOME),
+    "postgres": (POSTGRES_USER, POSTGRES_HOME),
+}
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,40}$")
 
@@ -69,16 +78,18 @@ class State:
         return self.root / f"c{size}"
 
     def node_root(self, kind: str, size: int) -> Path:
-        """Where the node directories of *kind* live (RabbitMQ's must be reachable by it)."""
+        """Where the node directories of *kind* live (RabbitMQ's and PostgreSQL's must be
+        reachable by the account they run as: else under that account's home)."""
         default = self.layout_dir(size)
-        user = service_user(RABBIT_USER) if kind == "rabbitmq" else None
-        if user is None:
+        account = SERVICE_ACCOUNTS.get(kind)
+        user = service_user(account[0]) if account else None
+        if account is None or user is None:
             return default
         for parent in [self.root, *self.root.parents]:
             if parent.exists():
                 st = parent.stat()
                 if not st.st_mode & 0o001 and st.st_uid != user.pw_uid:
-                    return RABBIT_HOME / "hexbus-brokers" / self.digest[:8] / f"c{size}"
+                    return account[1] / "hexbus-brokers" / self.digest[:8] / f"c{size}"
         return default
 
     @property

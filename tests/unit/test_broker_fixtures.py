@@ -12,6 +12,7 @@ run in ``make test-containers`` and ``make test``.
 from __future__ import annotations
 
 import base64
+import importlib
 import importlib.util
 import re
 import socket
@@ -29,12 +30,15 @@ from hexbus.testing.faults import require_restartable_broker, restart_test_broke
 
 REPO = Path(__file__).resolve().parents[2]
 URL = "amqp://app:s3cret@127.0.0.1:5999/"
+PG_URL = "postgresql+asyncpg://hexbus:s3cret@127.0.0.1:5433/hexbus"
 ENV_VARS = (
     brokers.ENV_RABBITMQ,
     brokers.ENV_KAFKA,
     brokers.ENV_BROKERS,
     brokers.ENV_RABBITMQ_IMAGE,
     brokers.ENV_KAFKA_IMAGE,
+    brokers.ENV_POSTGRES,
+    brokers.ENV_POSTGRES_IMAGE,
     "CI",
 )
 
@@ -92,7 +96,11 @@ class FakeNative:
     def up(self) -> dict[str, str]:
         if self.fail:
             raise RuntimeError("brokers.py up failed (exit 1)")
-        return {brokers.ENV_RABBITMQ: URL, brokers.ENV_KAFKA: "127.0.0.1:9999"}
+        return {
+            brokers.ENV_RABBITMQ: URL,
+            brokers.ENV_KAFKA: "127.0.0.1:9999",
+            brokers.ENV_POSTGRES: PG_URL,
+        }
 
     def down(self) -> None:
         self.downs += 1
@@ -433,20 +441,26 @@ def test_the_default_images_carry_the_native_paths_versions() -> None:
     assert f"ARG KAFKA_VERSION={match.group(1)}" in kafka_file
     rabbit_file = (REPO / "docker" / "rabbitmq" / "Dockerfile").read_text()
     assert f"ARG RABBITMQ_VERSION={brokers.RABBITMQ_VERSION}\n" in rabbit_file
+    postgres_file = (REPO / "docker" / "postgres" / "Dockerfile").read_text()
+    assert f"ARG POSTGRES_VERSION={brokers.POSTGRES_VERSION}\n" in postgres_file
     assert containers_script.images() == {
         "rabbitmq": brokers.DEFAULT_RABBITMQ_IMAGE,
         "kafka": brokers.DEFAULT_KAFKA_IMAGE,
+        "postgres": brokers.DEFAULT_POSTGRES_IMAGE,
     }
 
 
 def test_containers_run_environment_forces_containers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(brokers.ENV_RABBITMQ, URL)
     monkeypatch.setenv(brokers.ENV_KAFKA, "127.0.0.1:9092")
-    env = containers_script.container_env({"rabbitmq": "r:1", "kafka": "k:1"})
+    monkeypatch.setenv(brokers.ENV_POSTGRES, PG_URL)
+    env = containers_script.container_env({"rabbitmq": "r:1", "kafka": "k:1", "postgres": "p:1"})
     assert brokers.ENV_RABBITMQ not in env and brokers.ENV_KAFKA not in env
+    assert brokers.ENV_POSTGRES not in env
     assert env[brokers.ENV_BROKERS] == "containers"
     assert env["TESTCONTAINERS_RYUK_DISABLED"] == "true"
     assert env[brokers.ENV_RABBITMQ_IMAGE] == "r:1" and env[brokers.ENV_KAFKA_IMAGE] == "k:1"
+    assert env[brokers.ENV_POSTGRES_IMAGE] == "p:1"
 
 
 def test_redact_masks_only_the_password() -> None:
@@ -510,3 +524,87 @@ def test_kafka_probe_wants_its_correlation_id_back(server: Any) -> None:
 
     assert brokers.kafka_answers(server(api_versions))
     assert not brokers.kafka_answers(server(_accept_and_close))
+
+
+def test_postgres_probe_wants_an_authentication_request(server: Any) -> None:
+    def startup(answer: bytes) -> Callable[[socket.socket], None]:
+        def reply(conn: socket.socket) -> None:
+            size = struct.unpack(">i", conn.recv(4))[0]
+            body = conn.recv(size - 4)
+            assert struct.unpack(">i", body[:4])[0] == 196608  # protocol 3.0
+            assert b"user\x00hexbus\x00" in body
+            conn.sendall(answer)
+
+        return reply
+
+    scram = b"R" + struct.pack(">ii", 23, 10) + b"SCRAM-SHA-256\x00\x00"
+    starting = b"E" + struct.pack(">i", 30) + b"SFATAL\x00C57P03\x00Mstarting up\x00\x00"
+    assert brokers.postgres_answers(server(startup(scram)))
+    assert not brokers.postgres_answers(server(startup(starting)))
+    assert not brokers.postgres_answers(server(_accept_and_close))
+
+
+# -- PostgreSQL: the same lookup ------------------------------------------------------------
+
+
+def test_postgres_comes_from_its_variable_first_announced_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(brokers.ENV_POSTGRES, PG_URL)
+    # the outbox's own variable is not one the fixture reads
+    monkeypatch.setenv("HEXBUS_OUTBOX_URL", "sqlite+aiosqlite:///x.db")
+    lookup = Lookup(tmp_path, brokers.POSTGRES)
+    assert lookup.address() == PG_URL
+    assert lookup.containers == [] and lookup.natives == []
+    assert lookup.lines == [
+        "PostgreSQL from $HEXBUS_TEST_POSTGRES_URL "
+        "(postgresql+asyncpg://hexbus:***@127.0.0.1:5433/hexbus)"
+    ]
+    assert "s3cret" not in repr(brokers.broker_source("postgres"))
+    lookup.close()
+
+
+def test_postgres_in_a_container_carries_the_containers_password(tmp_path: Path) -> None:
+    lookup = Lookup(tmp_path, brokers.POSTGRES)
+    address = lookup.address()
+    env = brokers.POSTGRES.environment(41234)
+    assert lookup.images == [brokers.DEFAULT_POSTGRES_IMAGE]
+    assert address == (
+        f"postgresql+asyncpg://hexbus:{env['POSTGRES_PASSWORD']}@127.0.0.1:41234/hexbus"
+    )
+    assert env["POSTGRES_USER"] == env["POSTGRES_DB"] == "hexbus"
+    assert brokers.POSTGRES.inner_port(41234) == 5432
+    assert env["POSTGRES_PASSWORD"] not in " ".join(lookup.lines)
+    lookup.close()
+    assert lookup.containers[0].stopped
+
+
+def test_postgres_natively_when_no_engine_and_none_at_all_fails_in_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookup = Lookup(tmp_path, brokers.POSTGRES, docker=False)
+    assert lookup.address() == PG_URL
+    assert [n.kind for n in lookup.natives] == ["postgres"]
+    lookup.close()
+    monkeypatch.setenv("CI", "true")
+    failing = Lookup(tmp_path, brokers.POSTGRES, docker=False, native_fails=True)
+    with pytest.raises(pytest.fail.Exception, match="no PostgreSQL available"):
+        failing.address()
+
+
+def test_database_urls_for_asyncpg_and_for_another_database() -> None:
+    databases = importlib.import_module("hexbus.testing.databases")
+    assert databases.asyncpg_dsn(PG_URL) == "postgresql://hexbus:s3cret@127.0.0.1:5433/hexbus"
+    assert databases.asyncpg_dsn("postgresql://u@h/d") == "postgresql://u@h/d"
+    with pytest.raises(ValueError, match=r"not a PostgreSQL URL: sqlite"):
+        databases.asyncpg_dsn("sqlite+aiosqlite:///x.db")
+    with pytest.raises(ValueError) as err:
+        databases.asyncpg_dsn("mysql://u:s3cret@h/d")
+    assert "s3cret" not in str(err.value)
+    assert databases.with_database(PG_URL + "?ssl=disable", "t_1") == (
+        "postgresql+asyncpg://hexbus:s3cret@127.0.0.1:5433/t_1?ssl=disable"
+    )
+
+
+def test_sqlite_url_is_a_file_of_the_tests_own(tmp_path: Path, sqlite_url: str) -> None:
+    assert sqlite_url == f"sqlite+aiosqlite:///{tmp_path / 'hexbus.db'}"

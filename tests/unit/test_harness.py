@@ -245,7 +245,9 @@ def test_resolve_returns_the_layouts_own_nodes(tmp_path: Path) -> None:
     assert layout3.size == 3 and [n.name for n in found3] == ["kafka-2"]
     assert found3[0] is layout3.select("kafka", 2)[0]
     with pytest.raises(processes.BrokerError, match="unknown broker"):
-        cluster.resolve(state, "postgres", None)
+        cluster.resolve(state, "zookeeper", None)
+    layout_pg, found_pg = cluster.resolve(state, "postgres", None)
+    assert layout_pg.size == 1 and [n.name for n in found_pg] == ["postgres-1"]
 
 
 def test_env_prints_the_ports_the_brokers_really_use(
@@ -255,7 +257,7 @@ def test_env_prints_the_ports_the_brokers_really_use(
     assert cli.main(["--state-dir", str(state.root), "env"]) == 1  # nothing runs yet
     layout = nodes.Layout(state, 1)
     layout.plan_ports(["rabbitmq", "kafka"], cold={"rabbitmq", "kafka"})
-    for n in layout.nodes:
+    for n in layout.of_kind("rabbitmq") + layout.of_kind("kafka"):
         pretend_running(n)
     rabbit, kafka = layout.select("rabbitmq")[0], layout.select("kafka")[0]
     capsys.readouterr()
@@ -296,3 +298,135 @@ def test_the_entry_point_runs_without_the_venv() -> None:
     for command in ("up", "down", "run", "restart", "stop", "start", "status", "env"):
         assert command in out
     assert "--state-dir" in out
+
+
+# -- PostgreSQL (the outbox's database) ---------------------------------------------------
+postgres: Any = importlib.import_module("harness.postgres")
+
+
+@pytest.fixture
+def own_node_dirs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Node directories under tmp_path even as root (where tmp_path, mode 0700, is out of
+    the postgres account's reach and they would move under /var/lib/postgresql)."""
+    monkeypatch.setattr(state_mod, "service_user", lambda name: None)
+
+
+def test_postgres_runs_in_single_node_sets_only(tmp_path: Path) -> None:
+    state = make_state(tmp_path)
+    assert [n.name for n in nodes.Layout(state, 1).of_kind("postgres")] == ["postgres-1"]
+    assert nodes.Layout(state, 3).of_kind("postgres") == []
+    assert all(n.kind != "postgres" for n in nodes.Layout(state, 3).nodes)
+    with pytest.raises(processes.BrokerError, match="no postgres"):
+        cluster.up(state, 3, "postgres", 1.0)
+
+
+def test_postgres_takes_5432_when_free_else_a_free_port_kept_by_restarts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listener: Any
+) -> None:
+    free = free_port()
+    monkeypatch.setitem(nodes.PORT_DEFAULTS, "postgres", {1: [{"port": free}]})
+    mine = nodes.Layout(make_state(tmp_path, "a"), 1)
+    mine.plan_ports(["postgres"], cold={"postgres"})
+    assert mine.select("postgres")[0].port == free
+
+    taken = listener()  # a decoy set, or the system's PostgreSQL, holds the default
+    monkeypatch.setitem(nodes.PORT_DEFAULTS, "postgres", {1: [{"port": taken}]})
+    other = nodes.Layout(make_state(tmp_path, "b"), 1)
+    other.plan_ports(["postgres"], cold={"postgres"})
+    port = other.select("postgres")[0].port
+    assert port != taken and processes.port_free(port)
+    assert json.loads(other.ports_file.read_text())["postgres-1"] == {"port": port}
+    again = nodes.Layout(other.state, 1)
+    again.plan_ports(["postgres"], cold=set())
+    assert again.select("postgres")[0].port == port
+
+
+def test_postgres_env_line_carries_the_recorded_password_and_port(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], own_node_dirs: None
+) -> None:
+    state = make_state(tmp_path)
+    layout = nodes.Layout(state, 1)
+    layout.plan_ports(["postgres"], cold={"postgres"})
+    pg = layout.select("postgres")[0]
+    password = postgres.password(pg)
+    assert len(password) >= 20 and password.isalnum()
+    assert postgres.password(pg) == password  # made once, then read back
+    assert (pg.dir / "password").stat().st_mode & 0o077 == 0
+    pretend_running(pg)
+    assert cli.main(["env", "--state-dir", str(state.root)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"HEXBUS_TEST_POSTGRES_URL=postgresql+asyncpg://hexbus:{password}@127.0.0.1:"
+        f"{pg.port}/hexbus"
+    ]
+
+
+def test_postgres_socket_dir_is_the_nodes_own_unless_the_path_is_too_long(
+    own_node_dirs: None,
+) -> None:
+    def node(root: str) -> Any:
+        pg = nodes.Layout(state_mod.State(root=Path(root)), 1).select("postgres")[0]
+        pg.ports["port"] = 5432
+        return pg
+
+    short = node("/srv/co/.cache/brokers")
+    assert postgres.socket_dir(short) == short.dir / "run"
+    deep, other = node(f"/srv/{'d' * 90}/brokers"), node(f"/srv/{'e' * 90}/brokers")
+    fallback = postgres.socket_dir(deep)
+    assert str(fallback).startswith("/tmp/hexbus-pg-")
+    assert len(str(fallback / ".s.PGSQL.65535.lock")) <= postgres.SOCKET_PATH_MAX
+    assert fallback != postgres.socket_dir(other)  # each state its own
+
+
+def test_server_major_reads_debians_version_line() -> None:
+    assert postgres.server_major("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)") == "15"
+    assert postgres.server_major("postgres (PostgreSQL) 9.6.24") == "9"
+    with pytest.raises(processes.BrokerError, match="version"):
+        postgres.server_major("something else")
+
+
+def test_logged_env_lines_mask_passwords_but_keep_addresses() -> None:
+    mask = processes.mask_secrets
+    assert (
+        mask("HEXBUS_TEST_POSTGRES_URL=postgresql+asyncpg://hexbus:s3cr3t@127.0.0.1:5432/hexbus")
+        == "HEXBUS_TEST_POSTGRES_URL=postgresql+asyncpg://hexbus:***@127.0.0.1:5432/hexbus"
+    )
+    assert mask("HEXBUS_KAFKA_SASL_PASSWORD=s3cr3t") == "HEXBUS_KAFKA_SASL_PASSWORD=***"
+    plain = "HEXBUS_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092,127.0.0.1:9094"
+    assert mask(plain) == plain
+
+
+def test_as_root_unreachable_node_dirs_move_under_the_service_accounts_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """initdb and postgres run as `postgres` when we are root: a state under a 0700
+    directory (root's home, pytest's tmp) must not hold their files."""
+    fake = type("pw", (), {"pw_uid": 12345, "pw_gid": 12345})()
+    monkeypatch.setattr(state_mod, "service_user", lambda name: fake)
+    (tmp_path / "closed").mkdir(mode=0o700)
+    closed = make_state(tmp_path / "closed")
+    pg = nodes.Layout(closed, 1).select("postgres")[0]
+    assert pg.dir.parent == state_mod.POSTGRES_HOME / "hexbus-brokers" / closed.digest[:8] / "c1"
+    assert nodes.Layout(closed, 1).select("kafka")[0].dir.parent == closed.layout_dir(1)
+
+
+def test_secure_sets_start_no_postgres(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Secure sets test TLS and SASL of the brokers; the outbox's database is not part."""
+    state = make_state(tmp_path)
+    state.root.mkdir(parents=True)
+    secrets = {"rabbitmq_password": "a", "kafka_password": "b", "broker_password": "c"}
+    (state.root / "secure.json").write_text(json.dumps(secrets))
+    asked: list[str] = []
+
+    def start_nodes(layout: Any, wanted: Any, timeout: float, *, may_move: bool) -> list[Any]:
+        asked.extend(n.name for n in wanted)
+        return []
+
+    monkeypatch.setattr(cluster, "start_nodes", start_nodes)
+    cluster.up(state, 1, None, 1.0)
+    assert asked == ["rabbitmq-1", "kafka-1"]
+    with pytest.raises(processes.BrokerError, match="secure sets have no postgres"):
+        cluster.up(state, 1, "postgres", 1.0)
+    (state.root / "secure.json").unlink()
+    asked.clear()
+    cluster.up(state, 1, None, 1.0)
+    assert asked == ["rabbitmq-1", "kafka-1", "postgres-1"]

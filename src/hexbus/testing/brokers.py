@@ -1,4 +1,4 @@
-"""Pytest fixtures that locate real RabbitMQ and Kafka brokers for integration tests.
+"""Pytest fixtures that locate real RabbitMQ, Kafka and PostgreSQL for integration tests.
 
 Integration tests must run against real brokers (an in-memory fake cannot prove
 that publisher confirms, quorum queues or consumer-group commits work), but
@@ -6,14 +6,14 @@ they must also run on machines with and without Docker. So each broker is
 looked up, once per test session, in this order (design.md §7):
 
 1. an environment variable (``HEXBUS_RABBITMQ_URL`` /
-   ``HEXBUS_KAFKA_BOOTSTRAP_SERVERS``) -- set by ``scripts/brokers.py run``,
-   by CI, or by a developer pointing at brokers of their own;
+   ``HEXBUS_KAFKA_BOOTSTRAP_SERVERS`` / ``HEXBUS_TEST_POSTGRES_URL``) -- set by
+   ``scripts/brokers.py run``, by CI, or by a developer pointing at servers of their own;
 2. a throw-away container via testcontainers, when a Docker engine answers:
-   the project's images ``hexbus/rabbitmq:<version>`` / ``hexbus/kafka:<version>``
-   (``scripts/containers.py build``; the same broker versions as the native
-   path), or any image named by ``HEXBUS_TEST_RABBITMQ_IMAGE`` /
-   ``HEXBUS_TEST_KAFKA_IMAGE`` (e.g. the official ``rabbitmq:3.13`` or
-   ``apache/kafka:4.1.1``);
+   the project's images ``hexbus/rabbitmq:<version>`` / ``hexbus/kafka:<version>`` /
+   ``hexbus/postgres:<major>`` (``scripts/containers.py build``; the same versions as
+   the native path), or any image named by ``HEXBUS_TEST_RABBITMQ_IMAGE`` /
+   ``HEXBUS_TEST_KAFKA_IMAGE`` / ``HEXBUS_TEST_POSTGRES_IMAGE`` (e.g. the official
+   ``rabbitmq:3.13``, ``apache/kafka:4.1.1`` or ``postgres:15``);
 3. a native broker started with ``scripts/brokers.py up --only X`` when that
    script exists in the repository (stopped again at session end if this
    session started it).
@@ -34,6 +34,12 @@ Containers publish their port on 127.0.0.1 at a free port chosen when they
 start, and keep it: ``ContainerBroker.restart()`` (what the fault suite's broker
 restart uses, through ``hexbus.testing.faults.restart_test_broker``) restarts the
 container in place, so clients reconnect to the same address.
+
+PostgreSQL (the transactional outbox's database) is found the same way by ``postgres_url``:
+a SQLAlchemy URL ``postgresql+asyncpg://hexbus:<password>@127.0.0.1:<port>/hexbus`` whose
+role may create databases. Its variable is deliberately not the outbox's own
+``HEXBUS_OUTBOX_URL``, which would switch every container of the test session to the
+outbox. Per-test databases (and SQLite files) are ``hexbus.testing.databases``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import importlib
 import logging
 import os
 import re
+import secrets
 import shutil
 import socket
 import struct
@@ -65,6 +72,8 @@ __all__ = [
     "ENV_KAFKA",
     "ENV_KAFKA_IMAGE",
     "ENV_RABBITMQ",
+    "ENV_POSTGRES",
+    "ENV_POSTGRES_IMAGE",
     "ENV_RABBITMQ_IMAGE",
     "BrokerSource",
     "ContainerBroker",
@@ -75,6 +84,7 @@ __all__ = [
     "kafka_bootstrap_servers",
     "make_unique_name",
     "new_unique_name",
+    "postgres_url",
     "rabbitmq_url",
     "unique_name",
 ]
@@ -87,14 +97,20 @@ ENV_KAFKA = "HEXBUS_KAFKA_BOOTSTRAP_SERVERS"
 ENV_BROKERS = "HEXBUS_TEST_BROKERS"
 ENV_RABBITMQ_IMAGE = "HEXBUS_TEST_RABBITMQ_IMAGE"
 ENV_KAFKA_IMAGE = "HEXBUS_TEST_KAFKA_IMAGE"
+#: Not ``HEXBUS_OUTBOX_URL`` (the application setting): see the module docstring.
+ENV_POSTGRES = "HEXBUS_TEST_POSTGRES_URL"
+ENV_POSTGRES_IMAGE = "HEXBUS_TEST_POSTGRES_IMAGE"
 MODES = ("auto", "containers", "native")
 
 #: The versions the native path runs: Debian bookworm's rabbitmq-server and the Kafka of
 #: scripts/kafka/pom.xml. docker/*/Dockerfile build them under these names.
 RABBITMQ_VERSION = "3.10.8"
 KAFKA_VERSION = "4.1.1"
+#: Debian bookworm's PostgreSQL major version (its ``postgresql`` package).
+POSTGRES_VERSION = "15"
 DEFAULT_RABBITMQ_IMAGE = f"hexbus/rabbitmq:{RABBITMQ_VERSION}"
 DEFAULT_KAFKA_IMAGE = f"hexbus/kafka:{KAFKA_VERSION}"
+DEFAULT_POSTGRES_IMAGE = f"hexbus/postgres:{POSTGRES_VERSION}"
 #: Labels on our containers: the broker kind, and ``host:pid`` of the test process (so
 #: ``scripts/containers.py`` can remove what a killed run left behind).
 BROKER_LABEL = "org.hexbus.test-broker"
@@ -296,6 +312,25 @@ def kafka_answers(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> b
     return bool(answered == correlation and size >= 6)
 
 
+def postgres_answers(
+    port: int, host: str = "127.0.0.1", timeout: float = 2.0, *, user: str = "hexbus"
+) -> bool:
+    """Whether PostgreSQL accepts logins: a startup message gets an authentication request.
+
+    While the server starts (or an image's first-boot initialisation runs) it answers
+    with an error instead, and a port proxy may accept and close; neither counts."""
+    params = f"user\x00{user}\x00database\x00{user}\x00\x00".encode()
+    body = struct.pack(">i", 196608) + params  # protocol 3.0
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(struct.pack(">i", len(body) + 4) + body)
+            head = _recv_exactly(sock, 1)
+    except OSError:
+        return False
+    return head == b"R"
+
+
 # -- containers ----------------------------------------------------------------------------
 
 
@@ -439,6 +474,34 @@ KAFKA = _Recipe(
     environment=_kafka_environment,
     address=lambda port: f"127.0.0.1:{port}",
     answers=kafka_answers,
+)
+
+
+#: The role's password in this session's PostgreSQL containers (made per test process).
+_POSTGRES_PASSWORD = secrets.token_hex(16)
+
+
+def _postgres_environment(port: int) -> dict[str, str]:
+    # The official postgres image's variables; our entry script reads the same ones.
+    return {
+        "POSTGRES_USER": "hexbus",
+        "POSTGRES_PASSWORD": _POSTGRES_PASSWORD,
+        "POSTGRES_DB": "hexbus",
+    }
+
+
+POSTGRES = _Recipe(
+    kind="postgres",
+    what="PostgreSQL",
+    env_var=ENV_POSTGRES,
+    image_var=ENV_POSTGRES_IMAGE,
+    default_image=DEFAULT_POSTGRES_IMAGE,
+    inner_port=lambda port: 5432,
+    environment=_postgres_environment,
+    address=lambda port: (
+        f"postgresql+asyncpg://hexbus:{_POSTGRES_PASSWORD}@127.0.0.1:{port}/hexbus"
+    ),
+    answers=postgres_answers,
 )
 
 
@@ -772,6 +835,14 @@ def rabbitmq_url(request: pytest.FixtureRequest) -> Iterator[str]:
 def kafka_bootstrap_servers(request: pytest.FixtureRequest) -> Iterator[str]:
     """Kafka bootstrap servers ``host:port[,...]`` (env var, then testcontainers, then native)."""
     yield from _fixture(request, KAFKA)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """SQLAlchemy URL ``postgresql+asyncpg://hexbus:<password>@127.0.0.1:<port>/hexbus`` of
+    a real PostgreSQL (env var, then testcontainers, then native), shared by the session;
+    its role may create databases. A database of a test's own: ``postgres_database_url``."""
+    yield from _fixture(request, POSTGRES)
 
 
 @pytest.fixture
