@@ -12,6 +12,7 @@ from hexbus.application.handlers import (
     EventRouter,
     Subscription,
     default_router,
+    idempotent,
     on_event,
 )
 from hexbus.application.middleware import (
@@ -61,14 +62,22 @@ __version__ = "0.1.0"
 _LAZY = frozenset(name for info in ADAPTERS.values() for name in info.exports) - set(globals())
 
 
+#: The outbox needs its extra (SQLAlchemy): imported on first use too.
+_OUTBOX = frozenset({"Outbox"})
+
+
 def __getattr__(name: str) -> object:
+    if name in _OUTBOX:
+        from hexbus.infrastructure import outbox  # noqa: PLC0415 - the [outbox] extra
+
+        return getattr(outbox, name)
     if name not in _LAZY:
         raise AttributeError(f"module 'hexbus' has no attribute {name!r}")
     return load_export(name)
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, *_OUTBOX})
 
 __all__ = [
     "AuditLogHandler",
@@ -117,6 +126,7 @@ __all__ = [
     "errors",
     "event_from_dict",
     "event_registry",
+    "idempotent",
     "load_settings",
     "on_event",
 ]

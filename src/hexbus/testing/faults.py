@@ -57,7 +57,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, NoReturn, Protocol
+from typing import Any, ClassVar, NoReturn, Protocol
 
 import pytest
 
@@ -73,7 +73,13 @@ from hexbus.domain.ports import (
     Stats,
     StatsReporter,
 )
-from hexbus.testing.brokers import ContainerStartError, container_broker
+from hexbus.testing.brokers import (
+    ContainerBroker,
+    ContainerStartError,
+    amqp_answers,
+    container_broker,
+    kafka_answers,
+)
 from hexbus.testing.declared import DeclaredSuite
 from hexbus.testing.processes import ConsumerProcess, ConsumerProcesses
 from hexbus.testing.waiting import eventually
@@ -86,12 +92,15 @@ __all__ = [
     "FaultEvent",
     "OtherFaultEvent",
     "Undecodable",
+    "broker_outage",
     "native_broker_running",
     "publish_until_acked",
     "require_native_broker",
     "require_restartable_broker",
     "restart_native_broker",
     "restart_test_broker",
+    "start_test_broker",
+    "stop_test_broker",
 ]
 
 #: Every subscription name the suite's scenarios use (for an adapter's clean-up).
@@ -404,6 +413,127 @@ async def restart_test_broker(
         await asyncio.to_thread(container.restart, timeout)
     except ContainerStartError as exc:
         raise AssertionError(f"restarting the {kind} container failed: {exc}") from None
+
+
+async def _native_broker_command(
+    command: str, kind: str, script: Path, timeout: float  # noqa: ASYNC109
+) -> None:
+    """``scripts/brokers.py <command> <kind>``; ``AssertionError`` when it fails."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        command,
+        kind,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"`brokers.py {command} {kind}` took over {timeout:g}s") from None
+    if process.returncode != 0:
+        raise AssertionError(
+            f"`brokers.py {command} {kind}` failed ({process.returncode}):\n"
+            f"{err.decode(errors='replace')[-2000:]}"
+        )
+
+
+def _broker_answers(kind: str, port: int) -> bool:
+    return amqp_answers(port) if kind == "rabbitmq" else kafka_answers(port)
+
+
+def _docker_client() -> Any:
+    """The Docker SDK's client (testcontainers' dependency: only the container path)."""
+    return importlib.import_module("docker").from_env()
+
+
+def _container_stop(container: ContainerBroker) -> None:
+    _docker_client().containers.get(container.container_id).stop(timeout=30)
+
+
+def _container_start(container: ContainerBroker, kind: str, timeout: float) -> None:
+    _docker_client().containers.get(container.container_id).start()
+    deadline = time.monotonic() + timeout
+    while not _broker_answers(kind, container.port):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{container!r} does not answer {timeout:g}s after its start")
+        time.sleep(0.2)
+
+
+async def stop_test_broker(
+    kind: str,
+    port: int,
+    *,
+    script: Path | None = None,
+    timeout: float = 240.0,  # noqa: ASYNC109 - the stop command's own deadline
+) -> None:
+    """Stop the ``kind`` broker the tests use on ``port`` (its data is kept).
+
+    The same two paths as ``restart_test_broker``: this session's container (``docker
+    stop``: same port binding, same data) or the native broker of ``scripts/brokers.py``
+    (skipped locally, failed with ``CI=true``, when neither runs on ``port``). Always
+    pair it with ``start_test_broker`` (``broker_outage`` does): the brokers are shared
+    by every test of the session.
+    """
+    container = container_broker(kind, port)
+    if container is not None:
+        await asyncio.to_thread(_container_stop, container)
+        return
+    script = await require_native_broker(kind, port, script=script)
+    await _native_broker_command("stop", kind, script, timeout)
+
+
+async def start_test_broker(
+    kind: str,
+    port: int,
+    *,
+    script: Path | None = None,
+    timeout: float = 240.0,  # noqa: ASYNC109 - the start's own deadline
+) -> None:
+    """Start the ``kind`` broker ``stop_test_broker`` stopped; return once it answers."""
+    container = container_broker(kind, port)
+    if container is not None:
+        await asyncio.to_thread(_container_start, container, kind, timeout)
+        return
+    script = script or _brokers_script()
+    if script is None:
+        raise AssertionError(f"cannot start {kind} again: scripts/brokers.py not found")
+    await _native_broker_command("start", kind, script, timeout)
+    if not await asyncio.to_thread(_broker_answers, kind, port):
+        raise AssertionError(f"{kind} does not answer on port {port} after its start")
+
+
+@asynccontextmanager
+async def broker_outage(
+    kind: str,
+    port: int,
+    *,
+    at_least: float = 0.0,
+    script: Path | None = None,
+    timeout: float = 240.0,  # noqa: ASYNC109 - each command's own deadline
+) -> AsyncIterator[float]:
+    """The ``kind`` broker on ``port`` is down inside the block; it is started again on
+    leaving (also when the block fails), and the block is left once it answers.
+
+    Why a block: what a test does *during* an outage (write events, watch a relay fail
+    and back off) is the point, and the broker must come back whatever happens, since
+    other tests of the session share it. ``at_least``: the outage lasts at least that
+    many seconds from the stop (a deliberate duration, e.g. longer than the clients'
+    timeouts, not a wait for something to happen). Yields the ``time.monotonic()`` of
+    the stop.
+    """
+    await stop_test_broker(kind, port, script=script, timeout=timeout)
+    stopped = time.monotonic()
+    try:
+        yield stopped
+        left = at_least - (time.monotonic() - stopped)
+        if left > 0:
+            await asyncio.sleep(left)
+    finally:
+        await start_test_broker(kind, port, script=script, timeout=timeout)
 
 
 #: The suite's scenarios are coroutines; marking them for pytest-asyncio explicitly makes
