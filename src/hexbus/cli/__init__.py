@@ -14,6 +14,7 @@ from hexbus.cli.check import check_command
 from hexbus.cli.demo import demo_command
 from hexbus.cli.dlq import dlq_app
 from hexbus.cli.lag import lag_command
+from hexbus.cli.outbox import outbox_app, relay_command
 from hexbus.cli.publish import publish_command
 from hexbus.cli.tail import tail_command
 
@@ -33,7 +34,9 @@ app.command("publish")(publish_command)
 app.command("asyncapi")(asyncapi_command)
 app.command("tail")(tail_command)
 app.command("lag")(lag_command)
+app.command("relay")(relay_command)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(outbox_app, name="outbox")
 
 
 def main() -> None:

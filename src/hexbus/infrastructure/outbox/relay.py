@@ -29,7 +29,7 @@ import socket
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -47,6 +47,7 @@ _BACKOFF_FIRST = 0.2
 _BACKOFF_MAX = 10.0
 
 
+@runtime_checkable
 class EncodedSender(Protocol):
     """What the relay sends through: every adapter's ``send_encoded``."""
 

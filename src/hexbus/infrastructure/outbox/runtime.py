@@ -92,6 +92,10 @@ class Outbox:
         values.update(options)
         return cls(engine, **values)
 
+    async def check(self) -> None:
+        """Connect once: a wrong URL fails here, naming the variable, password masked."""
+        await check_database(self.engine)
+
     async def open(self) -> None:
         """Connect once (a wrong URL fails here, naming the variable) and create the
         tables that are missing (unless ``create`` is off)."""

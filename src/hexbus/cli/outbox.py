@@ -1,0 +1,252 @@
+"""``hexbus relay`` and ``hexbus outbox ddl|create|stats|dead-letters``.
+
+Why a relay command: a service may write its outbox from many processes (web workers)
+and relay from one (``HEXBUS_OUTBOX_RELAY=false`` in the workers); ``hexbus relay`` is
+that one process: it builds the configured transport (``HEXBUS_ADAPTER``) and the
+outbox (``HEXBUS_OUTBOX_URL``, or the ``database`` of ``--app``'s container), and sends
+until interrupted; it never consumes. The ``outbox`` commands print the DDL (for
+migrations), create the tables, and read the outbox's figures and dead letters.
+
+Exit codes: 0 done, 1 the database or broker failed (message with the password
+masked), 2 no outbox configured or the extra missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hexbus.cli._common import (
+    EXIT_UNAVAILABLE,
+    START_TIMEOUT,
+    build_bus_or_fail,
+    fail,
+    out_console,
+    redact,
+)
+from hexbus.cli.app import AppOption, load_app_or_none
+from hexbus.domain.errors import ConfigurationError
+from hexbus.infrastructure.container import build_outbox
+from hexbus.infrastructure.settings import HexbusSettings, load_settings
+
+if TYPE_CHECKING:
+    from hexbus.infrastructure.outbox import Outbox
+
+__all__ = ["outbox_app", "relay_command"]
+
+NO_OUTBOX = (
+    "no outbox is configured: set HEXBUS_OUTBOX_URL (e.g. sqlite+aiosqlite:///hexbus.db or "
+    "postgresql+asyncpg://user:password@host/db), or give --app a container whose "
+    "`database` provider is your engine"
+)
+
+outbox_app = typer.Typer(
+    help="The transactional outbox: its DDL, tables, figures and dead letters.",
+    no_args_is_help=True,
+)
+
+
+def _settings(app: str | None) -> tuple[HexbusSettings, Any]:
+    loaded = load_app_or_none(app)
+    try:
+        settings = loaded.settings() if loaded is not None else load_settings()
+    except ConfigurationError as exc:
+        fail(str(exc))
+    return settings, loaded
+
+
+def _outbox(settings: HexbusSettings, loaded: Any) -> Outbox:
+    try:
+        box = loaded.container.outbox() if loaded is not None else build_outbox(settings)
+    except ImportError as exc:
+        fail(f"the outbox needs its extra: pip install 'hexbus[outbox]' ({exc})", EXIT_UNAVAILABLE)
+    except ConfigurationError as exc:
+        fail(redact(settings, str(exc)))
+    if box is None:
+        fail(NO_OUTBOX, EXIT_UNAVAILABLE)
+    return box
+
+
+def _run(settings: HexbusSettings, coroutine: Any) -> Any:
+    try:
+        return asyncio.run(coroutine)
+    except typer.Exit:
+        raise
+    except ConfigurationError as exc:
+        fail(redact(settings, str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported without a traceback, password masked
+        fail(redact(settings, f"{type(exc).__name__}: {exc}"))
+
+
+def relay_command(
+    once: Annotated[
+        bool, typer.Option("--once", help="Send what is in the outbox now, then exit.")
+    ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="With --once: give up after this many seconds.")
+    ] = 300.0,
+    app: AppOption = None,
+) -> None:
+    """Run the outbox relay alone: send committed outbox rows through the configured
+    transport until interrupted (Ctrl-C / SIGTERM drain the batch in hand)."""
+    settings, loaded = _settings(app)
+    box = _outbox(settings, loaded)
+    bus = build_bus_or_fail(settings)
+    # Imported here: the outbox package needs its extra, present once _outbox succeeded.
+    from hexbus.infrastructure.outbox import EncodedSender  # noqa: PLC0415
+
+    if not isinstance(bus, EncodedSender):
+        fail(
+            f"the {settings.adapter} adapter ({type(bus).__name__}) cannot send encoded "
+            "events (no send_encoded): it cannot relay an outbox",
+            EXIT_UNAVAILABLE,
+        )
+    sender: EncodedSender = bus
+    console = out_console()
+
+    async def run() -> None:
+        try:
+            await box.open()
+            async with asyncio.timeout(START_TIMEOUT):
+                await bus.start()
+            relay = box.relay(sender)
+            if once:
+                await relay.drain(timeout=timeout)
+                stats = await relay.stats_now()
+                console.print(
+                    f"relayed {stats.relay.sent} event(s) in {stats.relay.batches} batch(es); "
+                    f"{stats.pending} pending, {stats.dead_letters} dead letter(s)"
+                )
+                return
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(signum, stop.set)
+            await relay.start()
+            console.print(
+                f"relaying {box.tables.outbox.name} to {settings.adapter} as {relay.name}; "
+                "Ctrl-C to stop"
+            )
+            try:
+                await stop.wait()
+            finally:
+                await relay.stop()
+                console.print(f"stopped after {relay.stats.sent} event(s)")
+        finally:
+            await bus.stop()
+            await box.close()
+
+    _run(settings, run())
+
+
+@outbox_app.command("ddl")
+def ddl_command(
+    dialect: Annotated[
+        str | None,
+        typer.Option(
+            "--dialect",
+            help="sqlite or postgresql (default: the database of HEXBUS_OUTBOX_URL).",
+            show_default=False,
+        ),
+    ] = None,
+    prefix: Annotated[str, typer.Option("--prefix", help="Table name prefix.")] = "hexbus_",
+    app: AppOption = None,
+) -> None:
+    """Print the CREATE TABLE / CREATE INDEX statements of the outbox and inbox tables."""
+    settings, _ = _settings(app)
+    try:
+        from hexbus.infrastructure.outbox.database import ddl, dialect_of  # noqa: PLC0415
+        from hexbus.infrastructure.outbox.schema import outbox_tables  # noqa: PLC0415
+    except ImportError as exc:
+        fail(f"the outbox needs its extra: pip install 'hexbus[outbox]' ({exc})", EXIT_UNAVAILABLE)
+    if dialect is None:
+        if not settings.outbox_url:
+            fail("give --dialect sqlite|postgresql, or set HEXBUS_OUTBOX_URL", EXIT_UNAVAILABLE)
+        dialect = dialect_of(settings.outbox_url)
+    if dialect not in ("sqlite", "postgresql"):
+        fail(f"--dialect must be sqlite or postgresql, not {dialect!r}", EXIT_UNAVAILABLE)
+    print(ddl(outbox_tables(prefix=prefix), dialect), end="")  # type: ignore[arg-type]
+
+
+@outbox_app.command("create")
+def create_command(app: AppOption = None) -> None:
+    """Create the outbox and inbox tables that are missing in the configured database."""
+    settings, loaded = _settings(app)
+    box = _outbox(settings, loaded)
+
+    async def run() -> None:
+        try:
+            box.create = True
+            await box.open()
+        finally:
+            await box.close()
+
+    _run(settings, run())
+    out_console().print(f"outbox tables ready ({box.tables.outbox.name} and its neighbours)")
+
+
+@outbox_app.command("stats")
+def stats_command(
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON object on stdout.")] = False,
+    app: AppOption = None,
+) -> None:
+    """Rows waiting in the outbox, the oldest one's age (the relay lag), dead letters."""
+    settings, loaded = _settings(app)
+    box = _outbox(settings, loaded)
+
+    async def run() -> tuple[int, float | None, int]:
+        try:
+            await box.check()
+            return await box.store.pending()
+        finally:
+            await box.close()
+
+    pending, oldest, dead = _run(settings, run())
+    age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
+    if as_json:
+        print(json.dumps({"pending": pending, "oldest_pending_age": age, "dead_letters": dead}))
+        return
+    out_console().print(
+        f"{pending} event(s) pending, oldest {age:.1f}s old; {dead} dead letter(s)"
+    )
+
+
+@outbox_app.command("dead-letters")
+def dead_letters_command(
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON array on stdout.")] = False,
+    app: AppOption = None,
+) -> None:
+    """Outbox rows the relay could not read back, with the reason (oldest first)."""
+    settings, loaded = _settings(app)
+    box = _outbox(settings, loaded)
+
+    async def run() -> list[dict[str, Any]]:
+        try:
+            await box.check()
+            return await box.store.dead_letters(limit)
+        finally:
+            await box.close()
+
+    rows = _run(settings, run())
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title="Outbox dead letters", title_justify="left")
+    for column in ("position", "event", "type", "reason", "error"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row["position"]), row["event_id"], row["event_type"], row["reason"], row["error"]
+        )
+    console = out_console()
+    console.print(table)
+    console.print(f"{len(rows)} dead letter(s)")
