@@ -295,9 +295,9 @@ async def test_a_relay_whose_lease_expired_cannot_delete_rows_another_relay_hold
             await eventually(expired, timeout=5)
             current = await store.claim(10, lease=60)
             assert [r.position for r in current.rows] == [late.rows[0].position]
-            assert await store.complete(late, [late.rows[0].position]) == 0  # not its row
+            assert await store.complete(late) == 0  # not its row
             assert await count(box.engine, box.tables.outbox) == 1
-            assert await store.complete(current, [current.rows[0].position]) == 1
+            assert await store.complete(current) == 1
         finally:
             await box.close()
 

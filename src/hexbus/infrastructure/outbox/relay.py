@@ -110,6 +110,8 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._listener: Any = None  # the SQLAlchemy connection holding the LISTEN
+        self._ahead: asyncio.Task[Claim] | None = None  # the next batch, claimed early
+        self._completing: asyncio.Task[None] | None = None  # the last batch's deletion
         self._lock_renewed = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -143,6 +145,9 @@ class OutboxRelay:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await self._drop_ahead()
+        with contextlib.suppress(Exception):
+            await self._settle()
         await self._unlisten()
         with contextlib.suppress(SQLAlchemyError, OSError):
             await self.store.give_up(self.name)
@@ -155,23 +160,86 @@ class OutboxRelay:
     async def run_once(self) -> int:
         """Claim one batch, send it, delete what was sent; the rows handled (0 = idle).
 
-        ``PublishError`` (or the transport's own error) when the send failed; the batch
-        is then free again.
+        While a full batch is being sent the next one is claimed already (the database
+        round trips overlap the broker's), so a backlog moves at close to the transport's
+        own speed. ``PublishError`` (or the transport's own error) when the send failed:
+        the batch, and the one claimed ahead, are free again, so nothing after the
+        failed batch goes out before it.
         """
-        claim = await self.store.claim(self.batch_size, self.lease)
+        claim = await self._take_claim()
         if not claim.rows:
             return 0
         try:
-            await self._send(claim)
+            items, oldest = await self._readable(claim)
+            if len(claim.rows) >= self.batch_size:
+                self._ahead = asyncio.get_running_loop().create_task(
+                    self.store.claim(self.batch_size, self.lease)
+                )
+            if items:
+                await self.sender.send_encoded(items)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release(claim))
+            await self._drop_ahead()
             raise
+        # Deleting the sent rows overlaps the next send too; one deletion at a time.
+        await self._settle()
+        self._completing = asyncio.get_running_loop().create_task(
+            self._complete(claim, len(items), oldest)
+        )
         return len(claim.rows)
 
-    async def _send(self, claim: Claim) -> None:
+    async def _settle(self) -> None:
+        """Wait for the deletion of the batch sent last (its rows are gone after this)."""
+        completing, self._completing = self._completing, None
+        if completing is not None:
+            await completing
+
+    async def _complete(self, claim: Claim, sent: int, oldest: float | None) -> None:
+        deleted = await self.store.complete(claim)
+        stats = self.stats
+        stats.batches += 1
+        stats.sent += sent
+        stats.last_batch_size = len(claim.rows)
+        if oldest is not None:
+            stats.last_lag = max(0.0, time.time() - oldest)
+        if deleted < sent:
+            stats.claim_conflicts += sent - deleted
+            logger.warning(
+                "outbox relay %s: %d sent row(s) were claimed by another relay after this "
+                "one's lease (%.0fs) ran out; they may be sent twice (the inbox absorbs "
+                "duplicates). Raise HEXBUS_OUTBOX_LEASE above the send time",
+                self.name,
+                sent - deleted,
+                self.lease,
+            )
+
+    async def _take_claim(self) -> Claim:
+        """The batch claimed ahead if it has rows, else a fresh claim (the rows of the
+        batch just sent may have held back the next ones of their keys)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            claim = await ahead
+            if claim.rows:
+                return claim
+        return await self.store.claim(self.batch_size, self.lease)
+
+    async def _drop_ahead(self) -> None:
+        """Free the batch claimed ahead (a failed send, a stop): it goes out later."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return
+        try:
+            claim = await asyncio.shield(ahead)
+        except BaseException:  # noqa: BLE001 - the claim failed: nothing to free
+            return
+        if claim.rows:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.store.release(claim))
+
+    async def _readable(self, claim: Claim) -> tuple[list[EncodedEvent], float | None]:
+        """The claim's rows as CloudEvents; unreadable ones moved to the dead letters."""
         items: list[EncodedEvent] = []
-        positions: list[int] = []
         oldest = None
         for row in claim.rows:
             try:
@@ -185,47 +253,38 @@ class OutboxRelay:
                     row.event_type,
                     exc,
                     self.store.tables.dead_letters.name,
-                    extra={"event_id": row.event_id, "event_type": row.event_type,
-                           "reason": exc.reason},
+                    extra={
+                        "event_id": row.event_id,
+                        "event_type": row.event_type,
+                        "reason": exc.reason,
+                    },
                 )
                 if await self.store.dead_letter(claim, row, exc):
                     self.stats.dead_lettered += 1
                 continue
-            positions.append(row.position)
             oldest = row.created_at if oldest is None else min(oldest, row.created_at)
-        if items:
-            await self.sender.send_encoded(items)
-        deleted = await self.store.complete(claim, positions)
-        stats = self.stats
-        stats.batches += 1
-        stats.sent += len(items)
-        stats.last_batch_size = len(claim.rows)
-        if oldest is not None:
-            stats.last_lag = max(0.0, time.time() - oldest)
-        if deleted < len(positions):
-            stats.claim_conflicts += len(positions) - deleted
-            logger.warning(
-                "outbox relay %s: %d sent row(s) were claimed by another relay after this "
-                "one's lease (%.0fs) ran out; they may be sent twice (the inbox absorbs "
-                "duplicates). Raise HEXBUS_OUTBOX_LEASE above the send time",
-                self.name,
-                len(positions) - deleted,
-                self.lease,
-            )
+        return items, oldest
 
     async def drain(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109
         """Send until the outbox is empty (tests, ``hexbus relay --once``)."""
-        async with asyncio.timeout(timeout):
-            while True:
-                if await self.run_once():
-                    continue
-                pending, _, _ = await self.store.pending()
-                if not pending:
-                    return
-                await asyncio.sleep(min(0.05, self.poll_interval))  # rows held by another
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    if await self.run_once():
+                        continue
+                    await self._settle()
+                    pending, _, _ = await self.store.pending()
+                    if not pending:
+                        return
+                    await asyncio.sleep(min(0.05, self.poll_interval))  # held by another
+        finally:
+            await self._drop_ahead()
+            await self._settle()
 
     async def stats_now(self) -> OutboxStats:
         """Pending rows, the oldest one's age and dead letters, read now, with the counters."""
+        if self._task is None:  # not running: nothing else awaits the last deletion
+            await self._settle()
         pending, oldest, dead = await self.store.pending()
         age = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         return OutboxStats(pending, age, dead, self.stats)
