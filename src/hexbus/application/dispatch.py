@@ -297,7 +297,7 @@ class Dispatcher:
                     # A handler changed the context or cancelled "itself": the handlers
                     # left start clean, in a fresh copy with a fresh stand-in.
                     self._restart = False
-                    if stand_in._cancels or ctx != clean:
+                    if stand_in._cancels:
                         stand_in = _EagerTaskStandIn(loop)
                         registry[loop] = stand_in
                     continue
