@@ -99,8 +99,10 @@ class Side(Protocol):
     """How one contender talks to the broker (one per side per broker module)."""
 
     name: str
-    #: What ``batch`` means for this side, printed with the results.
+    #: What ``batch`` means for this side, and how its consumer runs (printed with the
+    #: results, so a reader knows what was compared).
     batch_note: str
+    consumer_note: str
 
     async def endpoint(self, items: int, consume: Consume | None) -> Endpoint:
         """A fresh endpoint with ``items`` messages pre-built (outside any timing);

@@ -151,6 +151,7 @@ class _HexbusEndpoint:
 class HexbusSide:
     name = "hexbus"
     batch_note = "publish_many (one send of all records, returns when all are acked)"
+    consumer_note = "a subscription (one group, per-partition workers, commit after handling)"
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
         self.bootstrap, self.prefix = bootstrap, prefix
@@ -214,6 +215,11 @@ class RawSide:
         self.bootstrap, self.prefix, self.same_bytes = bootstrap, prefix, same_bytes
         self.name = "raw_same_bytes" if same_bytes else "raw_plain"
         self.batch_note = "N sends, then every ack awaited"
+        self.consumer_note = (
+            "getmany loop, "
+            + ("decoded into the event, " if same_bytes else "json.loads, ")
+            + "commit after each polled batch"
+        )
 
     def _records(
         self, cfg: KafkaConfig, topic: str, items: int
@@ -313,6 +319,11 @@ class FastStreamSide:
         "producer batch, capped by max_batch_size)"
     )
 
+    consumer_note = (
+        "a subscriber with AckPolicy.ACK (commit after each message: at-least-once, as "
+        "hexbus; FastStream's default ACK_FIRST commits before handling and is faster)"
+    )
+
     def __init__(self, bootstrap: str, prefix: str) -> None:
         self.bootstrap, self.prefix = bootstrap, prefix
 
@@ -392,7 +403,10 @@ async def run_kafka_bench(
         results = await run_plan(contenders, plan, progress)
     finally:
         client_log.setLevel(level)
-    notes = {side.name: f"batch: {side.batch_note}" for side in contenders}
+    notes = {
+        side.name: f"batch: {side.batch_note}; consumer: {side.consumer_note}"
+        for side in contenders
+    }
     return build_report(
         results,
         adapter="kafka",

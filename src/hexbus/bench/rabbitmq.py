@@ -126,6 +126,7 @@ class _HexbusEndpoint:
 class HexbusSide:
     name = "hexbus"
     batch_note = "publish_many (publishes pipelined, returns when all are confirmed)"
+    consumer_note = f"a subscription (prefetch {PREFETCH}), ack after the handler"
 
     def __init__(self, url: str, prefix: str) -> None:
         self.url, self.prefix = url, prefix
@@ -199,6 +200,11 @@ class RawSide:
         self.url, self.prefix, self.same_bytes = url, prefix, same_bytes
         self.name = "raw_same_bytes" if same_bytes else "raw_plain"
         self.batch_note = "N publishes gathered, then every confirm awaited"
+        self.consumer_note = (
+            f"queue.consume (prefetch {PREFETCH}), "
+            + ("decoded into the event, " if same_bytes else "json.loads, ")
+            + "ack after the handler"
+        )
         # A bus that is never started: only its message builder is used.
         self._encoder = RabbitMQEventBus(
             RabbitMQConfig(url=url, exchange="unused", service_name="bench-raw")
@@ -291,6 +297,9 @@ class _FastStreamEndpoint:
 class FastStreamSide:
     name = "faststream"
     batch_note = "publishes gathered (FastStream's RabbitMQ broker has no batch publish)"
+    consumer_note = (
+        f"a subscriber (prefetch {PREFETCH}, pydantic model), its default ack after the handler"
+    )
 
     def __init__(self, url: str, prefix: str) -> None:
         self.url, self.prefix = url, prefix
@@ -348,7 +357,10 @@ async def run_rabbitmq_bench(
     """Run ``plan`` on every side; the report of ``hexbus.bench.harness.report``."""
     contenders = sides(url, exchange_prefix, only)
     results = await run_plan(contenders, plan, progress)
-    notes = {side.name: f"batch: {side.batch_note}" for side in contenders}
+    notes = {
+        side.name: f"batch: {side.batch_note}; consumer: {side.consumer_note}"
+        for side in contenders
+    }
     return build_report(
         results,
         adapter="rabbitmq",

@@ -124,7 +124,8 @@ async def run_soak(
                 await asyncio.wait_for(progressed.wait(), 120)
             while next_mark < len(marks) and handled >= marks[next_mark]:
                 reading: dict[str, Any] = {
-                    "handled": handled,
+                    "checkpoint": marks[next_mark],
+                    "handled": handled,  # read after the chunk that crossed it
                     "seconds": round(time.perf_counter() - began, 1),
                     **memory_now(),
                     "gc_objects": len(gc.get_objects()),
