@@ -320,8 +320,9 @@ class FastStreamSide:
     )
 
     consumer_note = (
-        "a subscriber with AckPolicy.ACK (commit after each message: at-least-once, as "
-        "hexbus; FastStream's default ACK_FIRST commits before handling and is faster)"
+        "a batch subscriber (list[Payload]) with AckPolicy.ACK: commit after each handled "
+        "batch, at-least-once like the others (one message per handler call commits per "
+        "message, ~180 events/s here; the default ACK_FIRST commits before handling)"
     )
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
@@ -348,13 +349,16 @@ class FastStreamSide:
                 group_id=f"fs-bench-{uuid.uuid4().hex[:8]}",
                 auto_offset_reset="earliest",
                 ack_policy=AckPolicy.ACK,
+                batch=True,
+                max_records=_DEFAULTS.max_poll_records,
                 fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
             )
-            async def handler(message: Payload) -> None:
-                if message.seq < 0:  # a readiness probe, not counted
-                    probed.set()
-                    return
-                consume(message.seq)
+            async def handler(messages: list[Payload]) -> None:
+                for message in messages:
+                    if message.seq < 0:  # a readiness probe, not counted
+                        probed.set()
+                    else:
+                        consume(message.seq)
 
         await broker.start()
         payloads = [Payload(seq=i, text=body_text(i)) for i in range(items)]
