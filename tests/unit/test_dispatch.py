@@ -486,3 +486,101 @@ async def test_timeout_at_top_of_handler_of_a_nested_publish() -> None:
         assert inner_outcome.result() == "TimeoutError"
         assert elapsed < 0.5  # the inner timeout (0.05s), not the handler timeout (1s)
         assert bus.stats.failed == 0
+
+
+# -- the runner (one coroutine awaits handlers in turn until one suspends or changes the
+# context): these check what sharing a runner between handlers must never change.
+
+
+async def test_contextvar_set_by_a_finishing_handler_is_not_seen_by_the_next(
+    bus: InMemoryEventBus,
+) -> None:
+    seen: list[str] = []
+
+    async def setter(event: UtDispA) -> None:
+        ut_var.set("from-setter")  # finishes without suspending, like the reader
+
+    async def reader(event: UtDispA) -> None:
+        seen.append(ut_var.get())
+        ut_var.set("from-reader")
+
+    async def last(event: UtDispA) -> None:
+        seen.append(ut_var.get())
+        seen.append(str(current_context().event is event))
+
+    for handler in (setter, reader, last):
+        bus.subscribe(UtDispA, handler)
+    await bus.publish(UtDispA())
+    await bus.publish(UtDispA())
+    assert seen == ["unset", "unset", "True"] * 2
+    assert bus.stats.handled == 6
+
+
+async def test_every_handler_runs_once_whatever_suspends_or_fails(bus: InMemoryEventBus) -> None:
+    calls: list[int] = []
+
+    def make(i: int) -> Any:
+        async def handler(event: UtDispA) -> None:
+            calls.append(i)
+            if i % 3 == 0:
+                await asyncio.sleep(0)
+            if i % 4 == 1:
+                raise RuntimeError(f"handler {i}")
+            if i % 5 == 2:
+                ut_var.set(f"h{i}")
+
+        return handler
+
+    for i in range(12):
+        bus.subscribe(UtDispA, make(i), name=f"h{i}")
+    async with asyncio.timeout(BOUND):
+        await bus.publish(UtDispA())
+    assert sorted(calls) == list(range(12))
+    failing = [i for i in range(12) if i % 4 == 1]
+    assert bus.stats.failed == len(failing)
+    assert bus.stats.handled == 12 - len(failing)
+
+
+async def test_a_handler_cancelling_itself_eagerly_does_not_cancel_the_next(
+    bus: InMemoryEventBus,
+) -> None:
+    outcome: list[str] = []
+
+    async def self_cancel(event: UtDispA) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()  # finishes without suspending: the cancel reaches nobody
+
+    async def sleeper(event: UtDispA) -> None:
+        try:
+            await asyncio.sleep(0.01)
+        except asyncio.CancelledError:
+            outcome.append("cancelled")
+            raise
+        outcome.append("slept")
+
+    bus.subscribe(UtDispA, self_cancel)
+    bus.subscribe(UtDispA, sleeper)
+    async with asyncio.timeout(BOUND):
+        await bus.publish(UtDispA())
+    assert outcome == ["slept"]
+    task = asyncio.current_task()
+    assert task is not None and task.cancelling() == 0
+
+
+async def test_a_suspended_handler_that_times_out_is_counted_once() -> None:
+    async with InMemoryEventBus(handler_timeout=0.05) as bus:
+        done: list[str] = []
+
+        async def hang(event: UtDispA) -> None:
+            await asyncio.Event().wait()
+
+        async def quick(event: UtDispA) -> None:
+            done.append("quick")
+
+        bus.subscribe(UtDispA, hang)
+        bus.subscribe(UtDispA, quick)
+        async with asyncio.timeout(BOUND):
+            await bus.publish(UtDispA())
+        assert done == ["quick"]
+        assert (bus.stats.handled, bus.stats.failed, bus.stats.timed_out) == (1, 1, 1)

@@ -3,21 +3,31 @@
 Why not ``asyncio.gather(*(h(e) for h in handlers))``: it creates one Task per handler
 per event, and most handlers (a counter, a cache delete, a log line) finish without ever
 suspending. Creating and scheduling those Tasks costs ~15x the handler work. Instead
-each handler is started *eagerly*: its coroutine runs at once, in its own copy of the
-context, up to its first real suspension; only handlers that do suspend get a Task that
-carries on from there. This is what Python 3.12's eager task factory does; on 3.11 it is
-done by hand below, including making ``asyncio.current_task()`` inside the eager part
-refer to the handler's own (future) Task, so ``asyncio.timeout()`` at the top of a
-handler cancels the handler and never the publisher.
+the handlers are started *eagerly*: they run at once, up to their first real
+suspension; only handlers that do suspend get a Task that carries on from there. This is
+what Python 3.12's eager task factory does; on 3.11 it is done by hand below, including
+making ``asyncio.current_task()`` inside the eager part refer to the handler's own
+(future) Task, so ``asyncio.timeout()`` at the top of a handler cancels the handler and
+never the publisher.
+
+How, cheaply: one *runner* (a generator-based coroutine stepped by hand) awaits the
+handlers in turn in a copy of the publisher's context, so a handler that finishes at
+once costs what ``await handler(event)`` in a plain loop costs. A handler that suspends
+keeps that runner (it becomes the handler's Task); one that changes the context (sets a
+contextvar) or cancels its "current task" ends it. Either way a new runner, in a fresh
+copy, takes the handlers left, so no handler sees another's context changes, errors or
+delays. Measured (``hexbus bench``, 4 no-op handlers): ~1.35 µs a publish, against
+~1.6 µs for one ``ctx.run`` per handler and ~17 µs for ``gather``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import sys
 import types
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
 from contextvars import Context, copy_context
 from dataclasses import dataclass
 from functools import partial
@@ -199,6 +209,7 @@ class Dispatcher:
         ) = None
         # Reused between publishes until a handler suspends and keeps it (see start()).
         self._stand_in: _EagerTaskStandIn | None = None
+        self._restart = False  # set by a runner that stopped early (see _run_eagerly)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def failed(
@@ -233,23 +244,6 @@ class Dispatcher:
         if hook is not None and context is not None and isinstance(exc, Exception):
             hook(sub, event, exc, context)
 
-    async def _finish(
-        self, ctx: Context, coro: Any, yielded: Any, sub: Subscription, event: DomainEvent
-    ) -> None:
-        deadline = asyncio.timeout(self.handler_timeout)
-        try:
-            async with deadline:
-                await _resume_in(ctx, coro, yielded)
-        except Exception as exc:  # noqa: BLE001 - fail-open by contract
-            self.failed(
-                sub, event, exc, timed_out=deadline.expired(), context=ctx.get(delivery_context)
-            )
-        except asyncio.CancelledError as exc:
-            self.failed(sub, event, exc)
-            raise
-        else:
-            self.stats.handled += 1
-
     async def dispatch(
         self, event: DomainEvent, subs: Sequence[Subscription], context: DeliveryContext
     ) -> None:
@@ -269,8 +263,12 @@ class Dispatcher:
     ) -> list[asyncio.Task[None]] | None:
         """Start every handler eagerly; return Tasks for those that suspended.
 
-        This is the hot path of the memory adapter: keep it free of per-handler
-        allocations beyond the context copy and the coroutine itself.
+        This is the hot path of the memory adapter. The handlers are awaited one after
+        the other by a *runner* coroutine (``_run_eagerly``) that is stepped by hand, so a
+        handler that finishes without suspending costs what ``await handler(event)`` in
+        a plain loop costs. When a handler suspends, the runner stepping it becomes a
+        Task (it carries on that handler only) and a new runner, in a fresh context copy,
+        takes the handlers left: they share one iterator, so each handler runs once.
         """
         registry = _current_tasks
         if registry is None:
@@ -285,40 +283,34 @@ class Dispatcher:
         if stand_in is None or stand_in._loop is not loop:
             stand_in = _EagerTaskStandIn(loop)
         pending: list[asyncio.Task[None]] | None = None
-        not_done = 0  # handlers that failed or suspended (counted elsewhere)
-        token = delivery_context.set(context)
+        remaining = iter(subs)
         previous = registry.get(loop)
         registry[loop] = stand_in
         try:
-            for sub in subs:
+            while True:
                 ctx = copy_context()
-                try:
-                    coro: Any = sub.call(event)
-                    # next(iterator, default) finishes without raising StopIteration,
-                    # which halves the cost of a handler that never suspends.
-                    yielded = ctx.run(next, coro.__await__(), _DONE)
-                except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - fail-open
-                    not_done += 1
-                    self.failed(sub, event, exc, context=context)
+                runner = self._run_eagerly(remaining, event, context, ctx, stand_in)
+                yielded = ctx.run(next, runner, _DONE)
+                if yielded is _DONE:
+                    if not self._restart:
+                        break
+                    # A handler changed the context or cancelled "itself": the handlers
+                    # left start clean, in a fresh copy with a fresh stand-in.
+                    self._restart = False
                     if stand_in._cancels:
                         stand_in = _EagerTaskStandIn(loop)
                         registry[loop] = stand_in
                     continue
-                if yielded is _DONE:
-                    if stand_in._cancels:  # the handler cancelled "itself": start clean
-                        stand_in = _EagerTaskStandIn(loop)
-                        registry[loop] = stand_in
-                    continue
-                # It suspended: a Task carries it on, and the stand-in it may have seen as
-                # its current task now forwards to that Task.
-                task = loop.create_task(self._finish(ctx, coro, yielded, sub, event))
+                # A handler suspended: a Task carries its runner on, and the stand-in it
+                # may have seen as its current task now forwards to that Task.
+                sub = subs[len(subs) - 1 - operator.length_hint(remaining)]
+                task = loop.create_task(self._finish(ctx, runner, yielded, sub, event))
                 # Cancelled before its first step, the Task never throws into the handler:
                 # close it then, so its finally blocks run now and not at garbage collection.
-                task.add_done_callback(partial(_close_coroutine, coro))
+                task.add_done_callback(partial(_close_coroutine, runner))
                 stand_in.bind(task)
                 stand_in = _EagerTaskStandIn(loop)
                 registry[loop] = stand_in
-                not_done += 1
                 if pending is None:
                     pending = [task]
                 else:
@@ -328,10 +320,68 @@ class Dispatcher:
                 registry.pop(loop, None)
             else:
                 registry[loop] = previous
-            delivery_context.reset(token)
             self._stand_in = stand_in
-        self.stats.handled += len(subs) - not_done
         return pending
+
+    @types.coroutine
+    def _run_eagerly(
+        self,
+        remaining: Iterator[Subscription],
+        event: DomainEvent,
+        context: DeliveryContext,
+        ctx: Context,
+        stand_in: _EagerTaskStandIn,
+    ) -> Generator[Any, Any, None]:
+        """Await the handlers left in ``remaining`` in turn, inside ``ctx``.
+
+        Runs inside ``ctx`` (``start`` steps it with ``ctx.run``); a handler that changes
+        the context (a contextvar set) or cancels its stand-in makes the runner stop, so
+        the next handler starts in a clean copy: handlers stay isolated.
+        """
+        delivery_context.set(context)
+        clean = ctx.copy()
+        handled = 0  # added to the stats once: an attribute increment per handler costs
+        for sub in remaining:
+            try:
+                yield from sub.call(event)
+            except Exception as exc:  # noqa: BLE001 - fail-open by contract
+                self.failed(sub, event, exc, context=context)
+            except asyncio.CancelledError as exc:
+                if stand_in._task is not None:  # cancelled in its Task: stop, or time out
+                    self.stats.handled += handled
+                    raise
+                self.failed(sub, event, exc, context=context)  # raised by the handler itself
+            else:
+                handled += 1
+            if stand_in._cancels or ctx != clean:
+                # Still eager (no Task yet): the handlers left must not see this.
+                # Resumed in a Task: the others were started already; nothing to do.
+                self._restart = stand_in._task is None
+                break
+        self.stats.handled += handled
+
+    async def _finish(
+        self, ctx: Context, runner: Any, yielded: Any, sub: Subscription, event: DomainEvent
+    ) -> None:
+        """Carry on a runner whose handler suspended, under ``handler_timeout``.
+
+        The runner counts the handler and logs its errors; what is left here is the
+        deadline and a cancellation by ``stop()``, reported against that handler.
+        """
+        deadline = asyncio.timeout(self.handler_timeout)
+        try:
+            async with deadline:
+                await _resume_in(ctx, runner, yielded)
+        except Exception as exc:  # noqa: BLE001 - fail-open by contract
+            self.failed(
+                sub, event, exc, timed_out=deadline.expired(), context=ctx.get(delivery_context)
+            )
+        except asyncio.CancelledError as exc:
+            self.failed(sub, event, exc)
+            raise
+        else:
+            if deadline.expired():  # it turned the cancellation into an error of its own
+                self.stats.timed_out += 1
 
     def _start_portable(
         self, event: DomainEvent, subs: Sequence[Subscription], context: DeliveryContext

@@ -1,65 +1,90 @@
-"""hexbus on Kafka vs raw aiokafka doing the same work with the same settings.
+"""Kafka: hexbus, raw aiokafka (plain body / hexbus's bytes) and FastStream, side by side.
 
-Both sides use one idempotent ``acks=all`` producer (``linger_ms``/``max_batch_size`` as
-hexbus configures them) and, end to end, one consumer group with manual commits. What is
-measured, per round (fresh topics each round, medians over the rounds):
+Same durability on every side: an idempotent producer with ``acks=all`` (each publish
+returns once every in-sync replica has the record), the ``linger_ms`` and
+``max_batch_size`` hexbus configures, a fresh topic of ``PARTITIONS`` partitions per
+run. Consumers: one consumer group per side, committing only after the handler ran
+(at-least-once: hexbus's own consumer; raw aiokafka commits after each polled batch;
+FastStream with ``AckPolicy.ACK``, its commit-after-processing policy). What the rows are
+and how they are timed is ``hexbus.bench.harness``.
 
-- produce: ``events`` messages sent in windows of 500, each window awaited (all acked);
-- end to end: the same publishing with a subscriber running; throughput until the last
-  one is handled, and publish→handler latency per event (p50/p99).
-
-Raw aiokafka moves the same messages: the same pre-built events, encoded and decoded
-with the same CloudEvents codec (so both sides put the same bytes and headers on the
-wire, as in the RabbitMQ benchmark), in a plain loop with no routing, retries, dead
-letters, per-partition workers or delivery context; the ratio is the cost of the
-library over a hand-written integration with the same wire format.
+Why here and not in the adapter package: aiokafka and FastStream may only be imported by
+adapter and benchmark code (import-linter); ``hexbus bench`` loads this module by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import statistics
-import time
+import json
+import logging
 import uuid
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from faststream.kafka import KafkaBroker
+from faststream.middlewares import AckPolicy
+from pydantic import BaseModel
 
+from hexbus.application.publishing import Admitted
+from hexbus.bench.harness import (
+    Consume,
+    Plan,
+    Progress,
+    Side,
+    body_text,
+    make_plan,
+    plain_body,
+    run_plan,
+)
+from hexbus.bench.harness import report as build_report
 from hexbus.domain.events import DomainEvent
-from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.kafka.bus import KafkaEventBus
 from hexbus.infrastructure.kafka.config import KafkaConfig
-from hexbus.infrastructure.kafka.marshal import decode_record, encode_record
+from hexbus.infrastructure.kafka.marshal import decode_record
+from hexbus.infrastructure.names import event_topic
+from hexbus.infrastructure.settings import HexbusSettings
 
-__all__ = ["KafkaBenchEvent", "run_kafka_bench"]
+__all__ = ["DURABILITY", "KafkaBenchEvent", "delete_run", "run_bench", "run_kafka_bench", "sides"]
 
-WINDOW = 500
-ROUNDS = 5
 PARTITIONS = 3
-_TIMEOUT = 120.0
+_FETCH_MAX_WAIT_MS = 100  # what hexbus's consumer uses; the same on every side
+_DEFAULTS = KafkaConfig()
+DURABILITY = (
+    "acks=all + enable_idempotence on every producer "
+    f"(linger_ms={_DEFAULTS.linger_ms}, max_batch_size={_DEFAULTS.max_batch_size}); "
+    "consumers commit after handling"
+)
 
 
 class KafkaBenchEvent(DomainEvent, event_type="hexbus.bench.kafka"):
-    """The benchmark's event: a sequence number and a short text, like a typical event."""
+    """The benchmark's event: its JSON body is 200 bytes (``body_text``)."""
 
     seq: int
-    text: str = "benchmark payload"
+    text: str
 
 
-def _percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+class Payload(BaseModel):
+    """FastStream's message: the same two fields, the same 200-byte JSON body."""
+
+    seq: int
+    text: str
+
+
+def _events(items: int) -> list[KafkaBenchEvent]:
+    return [KafkaBenchEvent(seq=i, text=body_text(i)) for i in range(items)]
+
+
+def _prefix(base: str) -> str:
+    return f"{base}{uuid.uuid4().hex[:10]}."
 
 
 def _config(bootstrap: str, prefix: str) -> KafkaConfig:
     return KafkaConfig(
         bootstrap_servers=bootstrap,
         topic_prefix=prefix,
-        service_name=f"hexbus-bench-{uuid.uuid4().hex[:8]}",
+        service_name=f"bench-{uuid.uuid4().hex[:8]}",
         partitions=PARTITIONS,
         max_attempts=1,
         handler_timeout=None,
@@ -67,204 +92,354 @@ def _config(bootstrap: str, prefix: str) -> KafkaConfig:
     )
 
 
-def _raw_producer(cfg: KafkaConfig) -> AIOKafkaProducer:
+def _producer(bootstrap: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=cfg.bootstrap_servers,
+        bootstrap_servers=bootstrap,
         acks="all",
         enable_idempotence=True,
-        linger_ms=cfg.linger_ms,
-        max_batch_size=cfg.max_batch_size,
-        max_request_size=cfg.max_request_size,
-        request_timeout_ms=int(cfg.publish_timeout * 1000),
+        linger_ms=_DEFAULTS.linger_ms,
+        max_batch_size=_DEFAULTS.max_batch_size,
+        max_request_size=_DEFAULTS.max_request_size,
+        request_timeout_ms=60_000,
     )
+
+
+async def _create(bootstrap: str, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+    finally:
+        await admin.close()
+
+
+async def _delete(bootstrap: str, prefix: str) -> None:
+    with contextlib.suppress(Exception):  # clean-up is best effort
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
+            if topics:
+                await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+
+async def delete_run(settings: HexbusSettings) -> None:
+    """Delete a soak run's topics (every topic under its prefix)."""
+    await _delete(settings.kafka_bootstrap_servers, settings.kafka_topic_prefix)
 
 
 # -- hexbus --------------------------------------------------------------------------
-async def _hexbus_produce(cfg: KafkaConfig, events: int) -> float:
-    bus = KafkaEventBus(cfg)
-    async with bus:
-        batch = [KafkaBenchEvent(seq=i) for i in range(events)]
-        await bus.publish_many(batch[:10])  # topic creation and metadata out of the timing
-        t0 = time.perf_counter()
-        for start in range(0, events, WINDOW):
-            await bus.publish_many(batch[start : start + WINDOW])
-        return events / (time.perf_counter() - t0)
 
 
-async def _hexbus_e2e(cfg: KafkaConfig, events: int) -> tuple[float, list[float]]:
-    bus = KafkaEventBus(cfg)
-    sent_at: dict[uuid.UUID, float] = {}
-    latencies: list[float] = []
-    done = asyncio.Event()
+class _HexbusEndpoint:
+    def __init__(self, bus: KafkaEventBus, events: list[KafkaBenchEvent]) -> None:
+        self.bus, self.events = bus, events
 
-    async def handler(event: KafkaBenchEvent) -> None:
-        latencies.append(time.perf_counter() - sent_at[event.event_id])
-        if len(latencies) >= events:
-            done.set()
+    async def send(self, seq: int) -> None:
+        await self.bus.publish(self.events[seq])
 
-    bus.subscribe(KafkaBenchEvent, handler, name="bench")
-    async with bus:
-        await bus.wait_ready(_TIMEOUT)
-        batch = [KafkaBenchEvent(seq=i) for i in range(events)]
-        t0 = time.perf_counter()
-        for start in range(0, events, WINDOW):
-            window = batch[start : start + WINDOW]
-            now = time.perf_counter()
-            for event in window:
-                sent_at[event.event_id] = now
-            await bus.publish_many(window)
-        await asyncio.wait_for(done.wait(), _TIMEOUT)
-        elapsed = time.perf_counter() - t0
-    return events / elapsed, latencies
+    async def send_many(self, start: int, stop: int) -> None:
+        await self.bus.publish_many(self.events[start:stop])
+
+    async def close(self) -> None:
+        await self.bus.stop()
+        await _delete(self.bus.config.bootstrap_servers, self.bus.config.topic_prefix)
+
+
+class HexbusSide:
+    name = "hexbus"
+    batch_note = "publish_many (one send of all records, returns when all are acked)"
+    consumer_note = "a subscription (one group, per-partition workers, commit after handling)"
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.bootstrap, self.prefix = bootstrap, prefix
+
+    async def endpoint(self, items: int, consume: Consume | None) -> _HexbusEndpoint:
+        cfg = _config(self.bootstrap, _prefix(self.prefix))
+        await _create(self.bootstrap, event_topic(cfg.topic_prefix, KafkaBenchEvent))
+        bus = KafkaEventBus(cfg)
+        if consume is not None:
+
+            async def handler(event: KafkaBenchEvent) -> None:
+                consume(event.seq)
+
+            bus.subscribe(KafkaBenchEvent, handler, name="e2e")
+        await bus.start()
+        if consume is not None:
+            await bus.wait_ready(60)
+        return _HexbusEndpoint(bus, _events(items))
 
 
 # -- raw aiokafka --------------------------------------------------------------------
-# The hand-written baseline moves the same pydantic events: ``model_dump_json`` out,
-# ``model_validate_json`` in, type and id as headers (what an application without hexbus
-# would write), and the send time in a header for the latency.
 
 
-_RAW_CODEC = CloudEventCodec(source="bench-raw")
+class _RawEndpoint:
+    def __init__(
+        self,
+        side: RawSide,
+        prefix: str,
+        producer: AIOKafkaProducer,
+        records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
+        consumer: asyncio.Task[None] | None,
+    ) -> None:
+        self.side, self.prefix, self.producer = side, prefix, producer
+        self.records, self.consumer = records, consumer
+
+    async def send(self, seq: int) -> None:
+        topic, key, value, headers = self.records[seq]
+        await self.producer.send_and_wait(topic, value, key=key, headers=headers)
+
+    async def send_many(self, start: int, stop: int) -> None:
+        # N sends (each returns once buffered), then wait for every ack.
+        send = self.producer.send
+        futures = []
+        for topic, key, value, headers in self.records[start:stop]:
+            futures.append(await send(topic, value, key=key, headers=headers))
+        await asyncio.gather(*futures)
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.cancel()
+            await asyncio.gather(self.consumer, return_exceptions=True)
+        await self.producer.stop()
+        await _delete(self.side.bootstrap, self.prefix)
 
 
-async def _raw_send_window(
-    producer: AIOKafkaProducer, topic: str, events: list[KafkaBenchEvent]
-) -> None:
-    futures = []
-    sent = ("sent", str(time.perf_counter()).encode())
-    for event in events:
-        headers, value = encode_record(_RAW_CODEC, event)
-        headers.append(sent)
-        key = str(event.event_id).encode()
-        futures.append(await producer.send(topic, value, key=key, headers=headers))
-    await asyncio.gather(*futures)
+class RawSide:
+    """aiokafka alone. ``same_bytes``: hexbus's records (key, CloudEvents headers, body)
+    built by hexbus's own encoder; else a plain 200-byte JSON value keyed by ``seq``."""
+
+    def __init__(self, bootstrap: str, prefix: str, *, same_bytes: bool) -> None:
+        self.bootstrap, self.prefix, self.same_bytes = bootstrap, prefix, same_bytes
+        self.name = "raw_same_bytes" if same_bytes else "raw_plain"
+        self.batch_note = "N sends, then every ack awaited"
+        self.consumer_note = (
+            "getmany loop, "
+            + ("decoded into the event, " if same_bytes else "json.loads, ")
+            + "commit after each polled batch"
+        )
+
+    def _records(
+        self, cfg: KafkaConfig, topic: str, items: int
+    ) -> tuple[list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]], Any]:
+        if self.same_bytes:
+            # A bus that is never started: only its record builder is used.
+            publisher = KafkaEventBus(cfg).publisher
+            built = [publisher.record(Admitted(event)) for event in _events(items)]
+            return [(r.topic, r.key, r.value, list(r.headers)) for r in built], publisher.codec
+        return [(topic, str(i).encode(), plain_body(i), []) for i in range(items)], None
+
+    async def endpoint(self, items: int, consume: Consume | None) -> _RawEndpoint:
+        cfg = _config(self.bootstrap, _prefix(self.prefix))
+        topic = event_topic(cfg.topic_prefix, KafkaBenchEvent)
+        await _create(self.bootstrap, topic)
+        records, codec = self._records(cfg, topic, items)
+        producer = _producer(self.bootstrap)
+        await producer.start()
+        task = None
+        if consume is not None:
+            task = await self._consume(topic, codec, consume)
+        return _RawEndpoint(self, cfg.topic_prefix, producer, records, task)
+
+    async def _consume(self, topic: str, codec: Any, consume: Consume) -> asyncio.Task[None]:
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=f"raw-bench-{uuid.uuid4().hex[:8]}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=_DEFAULTS.max_poll_records,
+            fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
+        )
+        await consumer.start()
+        ready = asyncio.Event()
+
+        async def loop() -> None:
+            try:
+                while True:
+                    batches = await consumer.getmany(timeout_ms=100)
+                    if consumer.assignment():
+                        ready.set()
+                    for records in batches.values():
+                        for record in records:
+                            if codec is not None:  # decoded into the event, as hexbus does
+                                event, _ = decode_record(codec, record.headers, record.value)
+                                consume(int(event.seq))  # type: ignore[attr-defined]
+                            else:
+                                consume(int(json.loads(record.value)["seq"]))
+                    if batches:
+                        await consumer.commit()
+            finally:
+                await consumer.stop()
+
+        task = asyncio.create_task(loop())
+        await asyncio.wait_for(ready.wait(), 60)
+        return task
 
 
-async def _raw_produce(cfg: KafkaConfig, topic: str, events: int) -> float:
-    producer = _raw_producer(cfg)
-    await producer.start()
-    try:
-        await _raw_send_window(producer, topic, [KafkaBenchEvent(seq=i) for i in range(10)])
-        batch = [KafkaBenchEvent(seq=i) for i in range(events)]
-        t0 = time.perf_counter()
-        for start in range(0, events, WINDOW):
-            await _raw_send_window(producer, topic, batch[start : start + WINDOW])
-        return events / (time.perf_counter() - t0)
-    finally:
-        await producer.stop()
+# -- FastStream ----------------------------------------------------------------------
 
 
-async def _raw_e2e(cfg: KafkaConfig, topic: str, events: int) -> tuple[float, list[float]]:
-    producer = _raw_producer(cfg)
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=cfg.bootstrap_servers,
-        group_id=f"raw-bench-{uuid.uuid4().hex[:8]}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=100,
+class _FastStreamEndpoint:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        broker: KafkaBroker,
+        topic: str,
+        payloads: list[Payload],
+    ) -> None:
+        self.bootstrap, self.prefix, self.broker = bootstrap, prefix, broker
+        self.topic, self.payloads = topic, payloads
+
+    async def send(self, seq: int) -> None:
+        await self.broker.publish(self.payloads[seq], topic=self.topic, key=str(seq).encode())
+
+    async def send_many(self, start: int, stop: int) -> None:
+        # publish(no_confirm=True) returns the ack's future: N sends, then wait for all.
+        futures = [
+            await self.broker.publish(
+                self.payloads[seq], topic=self.topic, key=str(seq).encode(), no_confirm=True
+            )
+            for seq in range(start, stop)
+        ]
+        await asyncio.gather(*futures)
+
+    async def close(self) -> None:
+        await self.broker.stop()
+        await _delete(self.bootstrap, self.prefix)
+
+
+class FastStreamSide:
+    name = "faststream"
+    batch_note = (
+        "publish(no_confirm=True) N times, then every ack awaited (publish_batch is one "
+        "producer batch, capped by max_batch_size)"
     )
-    latencies: list[float] = []
-    done = asyncio.Event()
-    assigned = asyncio.Event()
 
-    async def consume() -> None:
-        while len(latencies) < events:
-            batches = await consumer.getmany(timeout_ms=200, max_records=cfg.max_poll_records)
-            if consumer.assignment():
-                assigned.set()
-            for records in batches.values():
-                for record in records:
-                    decode_record(_RAW_CODEC, record.headers, record.value)
-                    sent = dict(record.headers)["sent"]
-                    latencies.append(time.perf_counter() - float(sent))
-            if batches:
-                await consumer.commit()
-        done.set()
+    consumer_note = (
+        "a batch subscriber (list[Payload]) with AckPolicy.ACK: commit after each handled "
+        "batch, at-least-once like the others (one message per handler call commits per "
+        "message, ~180 events/s here; the default ACK_FIRST commits before handling)"
+    )
 
-    await producer.start()
-    await consumer.start()
-    task = asyncio.create_task(consume())
-    try:
-        await asyncio.wait_for(assigned.wait(), _TIMEOUT)
-        batch = [KafkaBenchEvent(seq=i) for i in range(events)]
-        t0 = time.perf_counter()
-        for start in range(0, events, WINDOW):
-            await _raw_send_window(producer, topic, batch[start : start + WINDOW])
-        await asyncio.wait_for(done.wait(), _TIMEOUT)
-        elapsed = time.perf_counter() - t0
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await consumer.stop()
-        await producer.stop()
-    return events / elapsed, latencies
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        self.bootstrap, self.prefix = bootstrap, prefix
+
+    async def endpoint(self, items: int, consume: Consume | None) -> _FastStreamEndpoint:
+        prefix = _prefix(self.prefix)
+        topic = event_topic(prefix, KafkaBenchEvent)
+        await _create(self.bootstrap, topic)
+        broker = KafkaBroker(
+            self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=_DEFAULTS.linger_ms,
+            max_batch_size=_DEFAULTS.max_batch_size,
+            logger=None,
+            log_level=logging.WARNING,
+        )
+        probed = asyncio.Event()
+        if consume is not None:
+
+            @broker.subscriber(
+                topic,
+                group_id=f"fs-bench-{uuid.uuid4().hex[:8]}",
+                auto_offset_reset="earliest",
+                ack_policy=AckPolicy.ACK,
+                batch=True,
+                max_records=_DEFAULTS.max_poll_records,
+                fetch_max_wait_ms=_FETCH_MAX_WAIT_MS,
+            )
+            async def handler(messages: list[Payload]) -> None:
+                for message in messages:
+                    if message.seq < 0:  # a readiness probe, not counted
+                        probed.set()
+                    else:
+                        consume(message.seq)
+
+        await broker.start()
+        payloads = [Payload(seq=i, text=body_text(i)) for i in range(items)]
+        if consume is not None:
+            await _until_consumed(broker, topic, probed)
+        return _FastStreamEndpoint(self.bootstrap, prefix, broker, topic, payloads)
 
 
-async def _create(bootstrap: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics])
-    finally:
-        await admin.close()
+async def _until_consumed(broker: KafkaBroker, topic: str, probed: asyncio.Event) -> None:
+    """Ready once the consumer group has joined and consumes: probe records (``seq`` -1,
+    not counted) until the handler sees one, so joining stays out of the timing."""
+    async with asyncio.timeout(60):
+        while not probed.is_set():
+            await broker.publish(Payload(seq=-1, text=""), topic=topic)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(probed.wait(), 0.5)
 
 
-async def _delete_prefix(bootstrap: str, prefix: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if topics:
-            await admin.delete_topics(topics)
-    finally:
-        await admin.close()
+def sides(bootstrap: str, prefix: str, names: tuple[str, ...] | None = None) -> list[Side]:
+    """The contenders on ``bootstrap`` (all of them, or those named)."""
+    every: list[Side] = [
+        HexbusSide(bootstrap, prefix),
+        RawSide(bootstrap, prefix, same_bytes=False),
+        RawSide(bootstrap, prefix, same_bytes=True),
+        FastStreamSide(bootstrap, prefix),
+    ]
+    return [side for side in every if names is None or side.name in names]
 
 
 async def run_kafka_bench(
-    bootstrap_servers: str, *, events: int, topic_prefix: str, rounds: int = ROUNDS
-) -> dict[str, float]:
-    """Medians over ``rounds`` (ratios: median of per-round ratios), as a flat dict:
-    ``hexbus_publish_per_s``, ``raw_publish_per_s``, ``publish_ratio``,
-    ``hexbus_e2e_per_s``, ``raw_e2e_per_s``, ``e2e_ratio``, ``hexbus_p50_ms``,
-    ``hexbus_p99_ms``, ``raw_p50_ms``, ``raw_p99_ms``, ``events``, ``rounds``.
-    """
-    run = f"{topic_prefix}{uuid.uuid4().hex[:6]}."
-    rows: dict[str, list[float]] = {}
-
-    def add(name: str, value: float) -> None:
-        rows.setdefault(name, []).append(value)
-
+    bootstrap_servers: str,
+    *,
+    plan: Plan,
+    topic_prefix: str,
+    target: str = "",
+    progress: Progress | None = None,
+    only: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Run ``plan`` on every side; the report of ``hexbus.bench.harness.report``."""
+    contenders = sides(bootstrap_servers, topic_prefix, only)
+    # Fresh topics make the clients log "topic not found in metadata" until it propagates.
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)
     try:
-        for r in range(rounds):
-            prefix = f"{run}r{r}."
-            raw_p, raw_e = f"{prefix}raw.produce", f"{prefix}raw.e2e"
-            await _create(bootstrap_servers, [raw_p, raw_e])
-            # Alternate who goes first, so warm-up and broker state favour neither side.
-            order = ("hexbus", "raw") if r % 2 == 0 else ("raw", "hexbus")
-            for side in order:
-                if side == "hexbus":
-                    hp = await _hexbus_produce(_config(bootstrap_servers, prefix + "p."), events)
-                    he, hl = await _hexbus_e2e(_config(bootstrap_servers, prefix + "e."), events)
-                else:
-                    rp = await _raw_produce(_config(bootstrap_servers, prefix), raw_p, events)
-                    re_, rl = await _raw_e2e(_config(bootstrap_servers, prefix), raw_e, events)
-            add("hexbus_publish_per_s", hp)
-            add("raw_publish_per_s", rp)
-            add("publish_ratio", hp / rp)
-            add("hexbus_e2e_per_s", he)
-            add("raw_e2e_per_s", re_)
-            add("e2e_ratio", he / re_)
-            add("hexbus_p50_ms", _percentile(hl, 0.50) * 1000)
-            add("hexbus_p99_ms", _percentile(hl, 0.99) * 1000)
-            add("raw_p50_ms", _percentile(rl, 0.50) * 1000)
-            add("raw_p99_ms", _percentile(rl, 0.99) * 1000)
+        results = await run_plan(contenders, plan, progress)
     finally:
-        with contextlib.suppress(Exception):  # clean-up is best effort
-            await _delete_prefix(bootstrap_servers, run)
-    out: dict[str, float] = {name: statistics.median(values) for name, values in rows.items()}
-    out["events"] = float(events)
-    out["rounds"] = float(rounds)
-    return out
+        client_log.setLevel(level)
+    notes = {
+        side.name: f"batch: {side.batch_note}; consumer: {side.consumer_note}"
+        for side in contenders
+    }
+    return build_report(
+        results,
+        adapter="kafka",
+        plan=plan,
+        durability=DURABILITY,
+        notes=notes,
+        target=target,
+    )
 
 
+async def run_bench(
+    settings: HexbusSettings,
+    *,
+    prefix: str,
+    rows: str = "all",
+    repeats: int | None = None,
+    events: int | None = None,
+    rate: float | None = None,
+    target: str = "",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """What ``hexbus bench --adapter kafka`` runs: the plan from the command's options
+    (``make_plan``; ``ValueError`` before any connection if one is wrong), on the
+    configured broker."""
+    plan = make_plan(rows=rows, repeats=repeats, events=events, rate=rate)
+    return await run_kafka_bench(
+        settings.kafka_bootstrap_servers,
+        plan=plan,
+        topic_prefix=f"{prefix}.",
+        target=target,
+        progress=progress,
+    )

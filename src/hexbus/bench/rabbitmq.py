@@ -1,266 +1,395 @@
-"""hexbus on RabbitMQ next to raw aio-pika doing the same work, with the same durability.
+"""RabbitMQ: hexbus, raw aio-pika (plain body / hexbus's bytes) and FastStream, side by side.
 
-Both sides: persistent messages, publisher confirms, a durable quorum queue bound to a
-durable topic exchange, publishes issued concurrently in windows so confirms pipeline,
-one connection for publishing and one for consuming, the same prefetch, an ack per
-message after the handler ran, and the same bytes on the wire: the raw side encodes and
-decodes with the same ``CloudEventCodec`` (CloudEvents headers + JSON body). So the ratio
-is the cost of the adapter itself (checks, retry/deadline handling, decoding into the
-handler's context, stats), not of the wire format.
+Same durability on every side: persistent messages (delivery mode 2), publisher
+confirms (each publish returns once RabbitMQ confirmed it), a durable *quorum* queue
+(the type hexbus declares) bound to a durable topic exchange, so every message is
+routed to and stored in a replicated log before it is confirmed. Consumers: one per
+side, the same prefetch, an ack per message after the handler ran. Every run declares
+a fresh exchange and queue and deletes them afterwards. What the rows are and how they
+are timed is ``hexbus.bench.harness``.
 
-Measured per side, ``rounds`` times, alternating sides (medians reported):
-
-- publish throughput: events/s until the last confirm (no consumer attached);
-- end-to-end throughput: events/s from the first publish to the last handler call;
-- latency p50/p99: publish call → handler call, per event, in the end-to-end run.
-
-Why this module lives in the adapter package: aio-pika may only be imported here (an
-import-linter contract); ``hexbus bench`` (``hexbus.cli.bench``) loads it lazily.
+Why here and not in the adapter package: aio-pika and FastStream may only be imported by
+adapter and benchmark code (import-linter); ``hexbus bench`` loads this module by name.
 """
 
 from __future__ import annotations
 
 import asyncio
-import statistics
-import time
+import contextlib
+import json
+import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from faststream.rabbit import ExchangeType, QueueType, RabbitBroker, RabbitExchange, RabbitQueue
+from faststream.rabbit.schemas import Channel
+from pydantic import BaseModel
 
+from hexbus.application.publishing import Admitted
+from hexbus.bench.harness import (
+    Consume,
+    Plan,
+    Progress,
+    Side,
+    body_text,
+    make_plan,
+    plain_body,
+    run_plan,
+)
+from hexbus.bench.harness import report as build_report
 from hexbus.domain.events import DomainEvent
-from hexbus.infrastructure.codec import CloudEventCodec
-from hexbus.infrastructure.rabbitmq import topology
 from hexbus.infrastructure.rabbitmq.bus import RabbitMQEventBus
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
-from hexbus.infrastructure.rabbitmq.marshal import decode_message, encode_message
+from hexbus.infrastructure.rabbitmq.marshal import decode_message
+from hexbus.infrastructure.settings import HexbusSettings, split_urls
 
-__all__ = ["BenchTick", "run_rabbitmq_bench"]
+__all__ = ["DURABILITY", "BenchTick", "delete_run", "run_bench", "run_rabbitmq_bench", "sides"]
 
-WINDOW = 500  # concurrent publishes in flight (both sides)
 PREFETCH = 256
-PAYLOAD = "x" * 200
+DURABILITY = (
+    "persistent messages + publisher confirms, durable quorum queue bound to a durable "
+    "topic exchange (every side)"
+)
+_QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 
 
 class BenchTick(DomainEvent, event_type="hexbus.bench.rabbitmq.tick"):
-    """The benchmark's event: a sequence number and a small payload."""
+    """The benchmark's event: its JSON body is 200 bytes (``body_text``)."""
 
     seq: int
-    payload: str
+    text: str
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index]
+class Payload(BaseModel):
+    """FastStream's message: the same two fields, the same 200-byte JSON body."""
+
+    seq: int
+    text: str
 
 
-async def _windows(send: Callable[[BenchTick], Awaitable[Any]], events: list[BenchTick]) -> None:
-    for start in range(0, len(events), WINDOW):
-        await asyncio.gather(*(send(e) for e in events[start : start + WINDOW]))
+def _ticks(items: int) -> list[BenchTick]:
+    return [BenchTick(seq=i, text=body_text(i)) for i in range(items)]
 
 
-class _Run:
-    """One measured pass; collects handler times per event id."""
-
-    def __init__(self, count: int) -> None:
-        self.events = [BenchTick(seq=i, payload=PAYLOAD) for i in range(count)]
-        self.sent_at: dict[uuid.UUID, float] = {}
-        self.latencies: list[float] = []
-        self.done = asyncio.Event()
-        self.count = count
-
-    def received(self, event_id: uuid.UUID) -> None:
-        sent = self.sent_at.get(event_id)
-        if sent is not None:
-            self.latencies.append(time.perf_counter() - sent)
-        if len(self.latencies) >= self.count:
-            self.done.set()
+def _names(prefix: str) -> tuple[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    return f"{prefix}.{tag}", f"bench-{tag}"
 
 
-async def _hexbus_side(
-    url: str, exchange: str, service: str, count: int
-) -> tuple[float, float, list[float]]:
-    """(publish events/s, end-to-end events/s, latencies) for hexbus."""
-    config = RabbitMQConfig(
-        url=url, exchange=exchange, service_name=service, prefetch=PREFETCH, publish_timeout=60
-    )
-    # Publish only: a bus without subscriptions; a quorum queue declared by a second
-    # bus (not started consuming: it is stopped right away) stores the messages.
-    sink = RabbitMQEventBus(config)
-    run = _Run(count)
-
-    async def handler(event: BenchTick) -> None:
-        run.received(event.event_id)
-
-    sink.subscribe(BenchTick, handler, name="sink")
-    await sink.start()
-    await sink.stop()  # the durable queue stays, bound, with no consumer
-    publisher = RabbitMQEventBus(config)
-    await publisher.start()
-    try:
-        began = time.perf_counter()
-        await _windows(publisher.publish, _Run(count).events)
-        publish_rate = count / (time.perf_counter() - began)
-    finally:
-        await publisher.stop()
-    await _delete_queues(url, [topology.work_queue_name(service, "sink")])
-
-    bus = RabbitMQEventBus(config)
-    bus.subscribe(BenchTick, handler, name="e2e")
-    await bus.start()
-    try:
-
-        async def send(event: BenchTick) -> None:
-            run.sent_at[event.event_id] = time.perf_counter()
-            await bus.publish(event)
-
-        began = time.perf_counter()
-        await _windows(send, run.events)
-        await asyncio.wait_for(run.done.wait(), 120)
-        e2e_rate = count / (time.perf_counter() - began)
-    finally:
-        await bus.stop()
-    await _delete_queues(url, sorted(sink.declared_queues | bus.declared_queues))
-    return publish_rate, e2e_rate, run.latencies
-
-
-async def _raw_side(url: str, exchange_name: str, count: int) -> tuple[float, float, list[float]]:
-    """The same with aio-pika alone."""
-    codec = CloudEventCodec(source="bench-raw")
-    publish_conn = await aio_pika.connect_robust(url)
-    consume_conn = await aio_pika.connect_robust(url)
-    queue_names = [f"{exchange_name}.raw-sink", f"{exchange_name}.raw-e2e"]
-    try:
-        channel = await publish_conn.channel(publisher_confirms=True)
-        exchange = await channel.declare_exchange(
-            exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
-        )
-        quorum = {"x-queue-type": "quorum"}
-        sink = await channel.declare_queue(queue_names[0], durable=True, arguments=quorum)
-        await sink.bind(exchange, routing_key=BenchTick.event_type)
-
-        async def publish(event: BenchTick) -> None:
-            headers, content_type, body = encode_message(codec, event)
-            await exchange.publish(
-                aio_pika.Message(
-                    body,
-                    headers=dict(headers),
-                    content_type=content_type,
-                    message_id=str(event.event_id),
-                    timestamp=event.occurred_at,
-                    type=event.event_type,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=BenchTick.event_type,
-                mandatory=False,
-            )
-
-        began = time.perf_counter()
-        await _windows(publish, _Run(count).events)
-        publish_rate = count / (time.perf_counter() - began)
-        await sink.delete(if_unused=False, if_empty=False)
-
-        run = _Run(count)
-        consume_channel = await consume_conn.channel(publisher_confirms=False)
-        await consume_channel.set_qos(prefetch_count=PREFETCH)
-        queue = await consume_channel.declare_queue(queue_names[1], durable=True, arguments=quorum)
-        await queue.bind(exchange_name, routing_key=BenchTick.event_type)
-
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            event, _ = decode_message(codec, message.headers, message.content_type, message.body)
-            run.received(event.event_id)
-            await message.ack()
-
-        tag = await queue.consume(on_message)
-
-        async def send(event: BenchTick) -> None:
-            run.sent_at[event.event_id] = time.perf_counter()
-            await publish(event)
-
-        began = time.perf_counter()
-        await _windows(send, run.events)
-        await asyncio.wait_for(run.done.wait(), 120)
-        e2e_rate = count / (time.perf_counter() - began)
-        await queue.cancel(tag)
-    finally:
-        await consume_conn.close()
-        await publish_conn.close()
-    await _delete_queues(url, queue_names)
-    return publish_rate, e2e_rate, run.latencies
-
-
-async def _delete_queues(url: str, names: list[str], exchange: str | None = None) -> None:
+async def _declare_sink(url: str, exchange: str, queue: str, routing_key: str) -> None:
+    """The stored-and-replicated destination of the publish-only rows, as hexbus's
+    subscriptions declare theirs: a durable quorum queue bound to the exchange."""
     connection = await aio_pika.connect(url)
     async with connection:
         channel = await connection.channel()
-        for name in names:
-            await channel.queue_delete(name)
-        if exchange is not None:
+        x = await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+        q = await channel.declare_queue(queue, durable=True, arguments=_QUORUM)
+        await q.bind(x, routing_key=routing_key)
+
+
+async def _delete(url: str, exchange: str, queues: list[str]) -> None:
+    with contextlib.suppress(Exception):  # clean-up is best effort
+        connection = await aio_pika.connect(url)
+        async with connection:
+            channel = await connection.channel()
+            for name in queues:
+                await channel.queue_delete(name)
             await channel.exchange_delete(exchange)
+
+
+async def delete_run(settings: HexbusSettings) -> None:
+    """Delete a soak run's exchange (its queues went with its subscription)."""
+    await _delete(split_urls(settings.rabbitmq_url)[0], settings.rabbitmq_exchange, [])
+
+
+# -- hexbus --------------------------------------------------------------------------
+
+
+class _HexbusEndpoint:
+    def __init__(self, url: str, bus: RabbitMQEventBus, events: list[BenchTick], sink: str):
+        self.url, self.bus, self.events, self.sink = url, bus, events, sink
+
+    async def send(self, seq: int) -> None:
+        await self.bus.publish(self.events[seq])
+
+    async def send_many(self, start: int, stop: int) -> None:
+        await self.bus.publish_many(self.events[start:stop])
+
+    async def close(self) -> None:
+        queues = sorted(self.bus.declared_queues | {self.sink})
+        await self.bus.stop()
+        await _delete(self.url, self.bus.config.exchange, queues)
+
+
+class HexbusSide:
+    name = "hexbus"
+    batch_note = "publish_many (publishes pipelined, returns when all are confirmed)"
+    consumer_note = f"a subscription (prefetch {PREFETCH}), ack after the handler"
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url, self.prefix = url, prefix
+
+    def config(self, exchange: str, service: str) -> RabbitMQConfig:
+        return RabbitMQConfig(
+            url=self.url,
+            exchange=exchange,
+            service_name=service,
+            prefetch=PREFETCH,
+            publish_timeout=60,
+            max_attempts=1,
+        )
+
+    async def endpoint(self, items: int, consume: Consume | None) -> _HexbusEndpoint:
+        exchange, service = _names(self.prefix)
+        bus = RabbitMQEventBus(self.config(exchange, service))
+        sink = f"{exchange}.sink"
+        if consume is None:
+            await _declare_sink(self.url, exchange, sink, BenchTick.event_type)
+        else:
+
+            async def handler(event: BenchTick) -> None:
+                consume(event.seq)
+
+            bus.subscribe(BenchTick, handler, name="e2e")
+        await bus.start()
+        if consume is not None:
+            await bus.wait_ready(60)
+        return _HexbusEndpoint(self.url, bus, _ticks(items), sink)
+
+
+# -- raw aio-pika --------------------------------------------------------------------
+
+
+class _RawEndpoint:
+    def __init__(
+        self,
+        *,
+        url: str,
+        exchange_name: str,
+        queue: str,
+        connections: list[aio_pika.abc.AbstractConnection],
+        exchange: aio_pika.abc.AbstractExchange,
+        messages: list[aio_pika.Message],
+    ) -> None:
+        self.url, self.exchange_name, self.queue = url, exchange_name, queue
+        self.connections, self.exchange, self.messages = connections, exchange, messages
+
+    async def send(self, seq: int) -> None:
+        await self.exchange.publish(
+            self.messages[seq], routing_key=BenchTick.event_type, mandatory=False
+        )
+
+    async def send_many(self, start: int, stop: int) -> None:
+        # N sends, then wait: aio-pika's publish returns its confirm, so "send all, then
+        # wait for every confirm" is one gather over the sends.
+        await asyncio.gather(*(self.send(seq) for seq in range(start, stop)))
+
+    async def close(self) -> None:
+        for connection in reversed(self.connections):
+            await connection.close()
+        await _delete(self.url, self.exchange_name, [self.queue])
+
+
+class RawSide:
+    """aio-pika alone. ``same_bytes``: hexbus's message (headers, properties, body) built
+    by hexbus's own encoder; else a plain persistent 200-byte JSON body."""
+
+    def __init__(self, url: str, prefix: str, *, same_bytes: bool) -> None:
+        self.url, self.prefix, self.same_bytes = url, prefix, same_bytes
+        self.name = "raw_same_bytes" if same_bytes else "raw_plain"
+        self.batch_note = "N publishes gathered, then every confirm awaited"
+        self.consumer_note = (
+            f"queue.consume (prefetch {PREFETCH}), "
+            + ("decoded into the event, " if same_bytes else "json.loads, ")
+            + "ack after the handler"
+        )
+        # A bus that is never started: only its message builder is used.
+        self._encoder = RabbitMQEventBus(
+            RabbitMQConfig(url=url, exchange="unused", service_name="bench-raw")
+        ).publisher
+
+    def _messages(self, items: int) -> list[aio_pika.Message]:
+        if self.same_bytes:
+            return [self._encoder.message(Admitted(tick)) for tick in _ticks(items)]
+        return [
+            aio_pika.Message(
+                plain_body(i),
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            for i in range(items)
+        ]
+
+    def _seq(self, message: AbstractIncomingMessage) -> int:
+        if self.same_bytes:  # decoded into the event, as hexbus's consumer does
+            event, _ = decode_message(
+                self._encoder.codec, message.headers, message.content_type, message.body
+            )
+            return int(event.seq)  # type: ignore[attr-defined]
+        return int(json.loads(message.body)["seq"])
+
+    async def endpoint(self, items: int, consume: Consume | None) -> _RawEndpoint:
+        exchange_name, _ = _names(self.prefix)
+        queue = f"{exchange_name}.raw"
+        await _declare_sink(self.url, exchange_name, queue, BenchTick.event_type)
+        publishing = await aio_pika.connect_robust(self.url)
+        connections: list[aio_pika.abc.AbstractConnection] = [publishing]
+        channel = await publishing.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(
+            exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        if consume is not None:
+            consuming = await aio_pika.connect_robust(self.url)
+            connections.append(consuming)
+            consume_channel = await consuming.channel(publisher_confirms=False)
+            await consume_channel.set_qos(prefetch_count=PREFETCH)
+            q = await consume_channel.declare_queue(queue, durable=True, arguments=_QUORUM)
+
+            async def on_message(message: AbstractIncomingMessage) -> None:
+                consume(self._seq(message))
+                await message.ack()
+
+            await q.consume(on_message)
+        return _RawEndpoint(
+            url=self.url,
+            exchange_name=exchange_name,
+            queue=queue,
+            connections=connections,
+            exchange=exchange,
+            messages=self._messages(items),
+        )
+
+
+# -- FastStream ----------------------------------------------------------------------
+
+
+class _FastStreamEndpoint:
+    def __init__(
+        self,
+        url: str,
+        broker: RabbitBroker,
+        exchange: RabbitExchange,
+        queue: str,
+        payloads: list[Payload],
+    ) -> None:
+        self.url, self.broker, self.exchange, self.queue = url, broker, exchange, queue
+        self.payloads = payloads
+
+    async def send(self, seq: int) -> None:
+        await self.broker.publish(
+            self.payloads[seq],
+            exchange=self.exchange,
+            routing_key=BenchTick.event_type,
+            persist=True,
+            mandatory=False,
+        )
+
+    async def send_many(self, start: int, stop: int) -> None:
+        await asyncio.gather(*(self.send(seq) for seq in range(start, stop)))
+
+    async def close(self) -> None:
+        await self.broker.stop()
+        await _delete(self.url, self.exchange.name, [self.queue])
+
+
+class FastStreamSide:
+    name = "faststream"
+    batch_note = "publishes gathered (FastStream's RabbitMQ broker has no batch publish)"
+    consumer_note = (
+        f"a subscriber (prefetch {PREFETCH}, pydantic model), its default ack after the handler"
+    )
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url, self.prefix = url, prefix
+
+    async def endpoint(self, items: int, consume: Consume | None) -> _FastStreamEndpoint:
+        exchange_name, _ = _names(self.prefix)
+        queue_name = f"{exchange_name}.fs"
+        exchange = RabbitExchange(exchange_name, type=ExchangeType.TOPIC, durable=True)
+        queue = RabbitQueue(
+            queue_name,
+            queue_type=QueueType.QUORUM,
+            durable=True,
+            routing_key=BenchTick.event_type,
+        )
+        broker = RabbitBroker(
+            self.url,
+            # publisher confirms are FastStream's default on its channel; said explicitly
+            default_channel=Channel(prefetch_count=PREFETCH, publisher_confirms=True),
+            logger=None,
+            log_level=logging.WARNING,
+        )
+        if consume is None:
+            await _declare_sink(self.url, exchange_name, queue_name, BenchTick.event_type)
+        else:
+
+            @broker.subscriber(queue, exchange)
+            async def handler(message: Payload) -> None:
+                consume(message.seq)
+
+        await broker.start()
+        payloads = [Payload(seq=i, text=body_text(i)) for i in range(items)]
+        return _FastStreamEndpoint(self.url, broker, exchange, queue_name, payloads)
+
+
+def sides(url: str, prefix: str, names: tuple[str, ...] | None = None) -> list[Side]:
+    """The contenders on ``url`` (all of them, or those named)."""
+    every: list[Side] = [
+        HexbusSide(url, prefix),
+        RawSide(url, prefix, same_bytes=False),
+        RawSide(url, prefix, same_bytes=True),
+        FastStreamSide(url, prefix),
+    ]
+    return [side for side in every if names is None or side.name in names]
 
 
 async def run_rabbitmq_bench(
     url: str,
     *,
-    events: int,
+    plan: Plan,
     exchange_prefix: str,
-    rounds: int = 5,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, float]:
-    """Median figures over ``rounds`` (latencies in ms) and median per-round ratios.
+    target: str = "",
+    progress: Progress | None = None,
+    only: tuple[str, ...] | None = None,
+) -> dict[str, Any]:
+    """Run ``plan`` on every side; the report of ``hexbus.bench.harness.report``."""
+    contenders = sides(url, exchange_prefix, only)
+    results = await run_plan(contenders, plan, progress)
+    notes = {
+        side.name: f"batch: {side.batch_note}; consumer: {side.consumer_note}"
+        for side in contenders
+    }
+    return build_report(
+        results,
+        adapter="rabbitmq",
+        plan=plan,
+        durability=DURABILITY,
+        notes=notes,
+        target=target,
+    )
 
-    Each round runs both sides back to back, alternating which goes first, after one
-    unmeasured warm-up pass; ratios are taken per round (pairs close in time see the
-    same machine load) and their median reported, which keeps a shared, noisy machine
-    from deciding the ratio.
-    """
-    if events < 1 or rounds < 1:
-        raise ValueError("events and rounds must be positive")
-    tag = uuid.uuid4().hex[:8]
-    hexbus_exchange = f"{exchange_prefix}.hexbus.{tag}"
-    raw_exchange = f"{exchange_prefix}.raw.{tag}"
-    service = f"bench-{tag}"
-    results: dict[str, list[float]] = {}
 
-    def add(side: str, figures: tuple[float, float, list[float]]) -> None:
-        publish, e2e, latencies = figures
-        results.setdefault(f"{side}_publish_per_s", []).append(publish)
-        results.setdefault(f"{side}_e2e_per_s", []).append(e2e)
-        results.setdefault(f"{side}_p50_ms", []).append(_percentile(latencies, 0.50) * 1000)
-        results.setdefault(f"{side}_p99_ms", []).append(_percentile(latencies, 0.99) * 1000)
-
-    async def hexbus_side() -> None:
-        add("hexbus", await _hexbus_side(url, hexbus_exchange, service, events))
-
-    async def raw_side() -> None:
-        add("raw", await _raw_side(url, raw_exchange, events))
-
-    try:
-        warm_up = min(events, 1000)
-        await _hexbus_side(url, hexbus_exchange, service, warm_up)
-        await _raw_side(url, raw_exchange, warm_up)
-        for round_no in range(1, rounds + 1):
-            sides = (hexbus_side, raw_side) if round_no % 2 else (raw_side, hexbus_side)
-            for side in sides:
-                await side()
-            for kind in ("publish", "e2e"):
-                results.setdefault(f"{kind}_ratio", []).append(
-                    results[f"hexbus_{kind}_per_s"][-1] / results[f"raw_{kind}_per_s"][-1]
-                )
-            if progress is not None:
-                progress(
-                    f"round {round_no}/{rounds}: "
-                    + ", ".join(f"{k}={v[-1]:,.2f}" for k, v in results.items())
-                )
-    finally:
-        await _delete_queues(url, [], hexbus_exchange)
-        await _delete_queues(url, [], raw_exchange)
-    out = {name: statistics.median(values) for name, values in results.items()}
-    out["events"] = float(events)
-    out["rounds"] = float(rounds)
-    return out
+async def run_bench(
+    settings: HexbusSettings,
+    *,
+    prefix: str,
+    rows: str = "all",
+    repeats: int | None = None,
+    events: int | None = None,
+    rate: float | None = None,
+    target: str = "",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """What ``hexbus bench --adapter rabbitmq`` runs: the plan from the command's options
+    (``make_plan``; ``ValueError`` before any connection if one is wrong), on the
+    configured broker."""
+    plan = make_plan(rows=rows, repeats=repeats, events=events, rate=rate)
+    return await run_rabbitmq_bench(
+        split_urls(settings.rabbitmq_url)[0],
+        plan=plan,
+        exchange_prefix=prefix,
+        target=target,
+        progress=progress,
+    )

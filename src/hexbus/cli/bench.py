@@ -11,11 +11,15 @@ Why interleaved repeats and medians: a laptop's clock and a shared CI box drift;
 the contenders in turn, several times, and taking medians keeps that noise out of the
 ratio. Functions, not a script, so ``benchmarks/bench_memory.py`` reuses them.
 
-``--adapter rabbitmq|kafka`` measures hexbus against the raw client on the configured
-broker; that work is in ``hexbus.bench.<adapter>``, loaded lazily by name (``importlib``):
-those modules import their broker client, which the CLI must not (import-linter
-contract, and the extras are optional). Which adapters exist and which extra each needs
-is the adapter registry's (``ADAPTERS``, ``availability``, ``missing_extra``).
+``--adapter rabbitmq|kafka`` measures hexbus against the raw client (a plain body, and
+hexbus's own bytes) and FastStream on the configured broker, row by row (single,
+concurrent, batch, end-to-end, paced latency); ``--soak N`` runs N events through one
+consumer and reads the process's memory as it goes. That work is in ``hexbus.bench``
+(``harness``, ``<adapter>``, ``soak``), loaded lazily by name (``importlib``): those
+modules import their broker client and FastStream, which the CLI must not
+(import-linter contract, and the extras are optional); here it is only rendered. Which
+adapters exist and which extra each needs is the adapter registry's (``ADAPTERS``,
+``availability``, ``missing_extra``).
 """
 
 from __future__ import annotations
@@ -44,14 +48,18 @@ from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.adapters import ADAPTERS, AdapterInfo, availability, missing_extra
 from hexbus.infrastructure.memory import InMemoryEventBus
-from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url, split_urls
+from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url
 
 __all__ = [
+    "BROKER_ROWS",
     "CONTENDERS",
+    "BrokerOptions",
     "BenchEvent",
     "GatherBus",
     "Measurement",
     "bench_command",
+    "broker_notes",
+    "broker_table",
     "measure",
     "results_table",
     "run_benchmark",
@@ -59,9 +67,22 @@ __all__ = [
 ]
 
 CONTENDERS = ("hexbus", "gather", "sequential")
+#: The broker benchmark's rows (``hexbus.bench.harness.ROWS``, which the CLI may not
+#: import: it loads the broker benchmarks by name only).
+BROKER_ROWS = ("single", "concurrent", "batch", "e2e", "paced")
 Publish = Callable[[DomainEvent], Awaitable[None]]
 AsyncHandler = Callable[[DomainEvent], Awaitable[None]]
 ProgressHook = Callable[[str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """The broker benchmark's options as given (``None``: the benchmark's default)."""
+
+    rows: str = "all"
+    repeats: int | None = None
+    events: int | None = None
+    rate: float | None = None
 
 
 class BenchEvent(DomainEvent, event_type="hexbus.bench.ping", abstract=True):
@@ -225,6 +246,9 @@ def to_json(results: Sequence[Measurement], *, events: int, repeats: int) -> dic
         for name, m in per.items():
             row[name] = {k: v for k, v in asdict(m).items() if k not in ("contender", "handlers")}
         row["ratio_hexbus_vs_gather"] = per["hexbus"].events_per_s / per["gather"].events_per_s
+        row["ratio_hexbus_vs_sequential"] = (
+            per["hexbus"].events_per_s / per["sequential"].events_per_s
+        )
         rows.append(row)
     return {
         "adapter": "memory",
@@ -243,8 +267,10 @@ def results_table(results: Sequence[Measurement]) -> Table:
     table.add_column("p50 µs", justify="right")
     table.add_column("p99 µs", justify="right")
     table.add_column("vs gather", justify="right")
+    table.add_column("vs sequential", justify="right")
     for count, per in sorted(_by_count(results).items()):
         gather_rate = per["gather"].events_per_s
+        floor_rate = per["sequential"].events_per_s
         for name in CONTENDERS:
             m = per[name]
             table.add_row(
@@ -254,6 +280,7 @@ def results_table(results: Sequence[Measurement]) -> Table:
                 f"{m.p50_us:.1f}",
                 f"{m.p99_us:.1f}",
                 f"{m.events_per_s / gather_rate:.2f}x",
+                f"{m.events_per_s / floor_rate:.0%}",
                 end_section=name == CONTENDERS[-1],
             )
     return table
@@ -288,71 +315,159 @@ def _has_bench(name: str) -> bool:
     return name == "memory" or importlib.util.find_spec(f"hexbus.bench.{name}") is not None
 
 
-async def _run_broker_bench(
-    bench: Any, info: AdapterInfo, settings: HexbusSettings, events: int, prefix: str
-) -> dict[str, float]:
-    """The adapter's benchmark; each takes its own connection setting and name prefix."""
-    result: dict[str, float]
-    if info.name == "rabbitmq":
-        result = await bench.run_rabbitmq_bench(
-            split_urls(settings.rabbitmq_url)[0], events=events, exchange_prefix=prefix
-        )
-    else:
-        result = await bench.run_kafka_bench(
-            settings.kafka_bootstrap_servers, events=events, topic_prefix=prefix
-        )
-    return result
+SIDE_LABELS = {
+    "hexbus": "hexbus",
+    "raw_plain": "raw plain",
+    "raw_same_bytes": "raw same bytes",
+    "faststream": "FastStream",
+}
+SHORT_LABELS = {"raw_plain": "plain", "raw_same_bytes": "same", "faststream": "FS"}
 
 
 def _broker_bench(
-    info: AdapterInfo, events: int, as_json: bool, app_settings: HexbusSettings | None = None
+    info: AdapterInfo,
+    options: BrokerOptions,
+    as_json: bool,
+    app_settings: HexbusSettings | None = None,
 ) -> None:
-    """hexbus against the raw client on the configured broker (``HEXBUS_*`` settings, or
-    the ``--app`` container's)."""
-    settings = app_settings
-    if settings is None:
-        try:
-            settings = load_settings()
-        except ConfigurationError as exc:
-            fail(str(exc))
+    """hexbus against the raw client (two ways) and FastStream on the configured broker
+    (``HEXBUS_*`` settings, or the ``--app`` container's)."""
+    settings = _settings(app_settings)
     adapter = info.name
     bench = _bench_module(info)  # no benchmark / no extra: say so before the spinner
-    prefix = f"hexbus-bench-{uuid.uuid4().hex[:8]}"
     target = _target(adapter, settings)
     console = out_console()
-    with console.status(f"benchmarking {adapter}: {events:,} events x 5 rounds", spinner="dots"):
+    with console.status(f"benchmarking {adapter} against {target}", spinner="dots") as status:
         try:
-            result = asyncio.run(_run_broker_bench(bench, info, settings, events, prefix))
+            result: dict[str, Any] = asyncio.run(
+                bench.run_bench(
+                    settings,
+                    prefix=f"hexbus-bench-{uuid.uuid4().hex[:8]}",
+                    rows=options.rows,
+                    repeats=options.repeats,
+                    events=options.events,
+                    rate=options.rate,
+                    target=target,
+                    progress=lambda text: status.update(f"{adapter}: {text}"),
+                )
+            )
+        except ValueError as exc:  # the options (rows, counts): nothing was sent
+            raise typer.BadParameter(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the raw clients raise their own errors
             message = redact(settings, f"{type(exc).__name__}: {exc}")
             fail(f"bench --adapter {adapter} against {target} failed: {message}")
     if as_json:
-        print(json.dumps({"adapter": adapter, "target": target, **result}, indent=2))
+        print(json.dumps(result, indent=2))
         return
-    raw = (info.client or adapter).replace("_", "-")
-    table = Table(title=f"hexbus {adapter} adapter vs raw {raw} (medians of 5 rounds)")
-    for column in ("", "hexbus", f"raw {raw}", "hexbus / raw"):
+    console.print(broker_table(result))
+    for line in broker_notes(result):
+        console.print(line)
+
+
+def broker_table(result: dict[str, Any]) -> Table:
+    """The ``--adapter rabbitmq|kafka`` report as a table: one line per row, the ratios
+    of hexbus to each other side in one column (narrow enough for 80 columns)."""
+    sides = list(result["sides"])
+    others = sides[1:]
+    table = Table(
+        title=f"hexbus on {result['adapter']} vs raw client and FastStream "
+        f"(medians of {result['repeats']} interleaved repeats)",
+        caption="events/s; paced: publish→handler p50/p99 ms",
+    )
+    table.add_column("row")
+    for side in sides:
+        table.add_column(SIDE_LABELS.get(side, side), justify="right")
+    table.add_column(
+        "hexbus ÷ " + " / ".join(SHORT_LABELS.get(side, side) for side in others),
+        justify="right",
+    )
+    for row in result["rows"]:
+        latency = row["figure"] != "events_per_s"
+        cells = [row["row"]]
+        for side in sides:
+            figures = row.get(side, {})
+            if latency:
+                cells.append(f"{_num(figures.get('p50_ms'), 1)}/{_num(figures.get('p99_ms'), 1)}")
+            else:
+                cells.append(_num(figures.get("events_per_s"), 0))
+        cells.append(" / ".join(_ratio(row["ratios"].get(f"hexbus/{side}")) for side in others))
+        table.add_row(*cells)
+    return table
+
+
+def broker_notes(result: dict[str, Any]) -> list[str]:
+    """What the table's figures mean: durability, body, batch paths, ratio direction."""
+    return [
+        f"{result['target']}: {result['durability']}; {result['body_bytes']}-byte JSON bodies; "
+        f"paced row at {result['rate_per_s']:,.0f} events/s.",
+        *(f"{SIDE_LABELS.get(side, side)}: {note}" for side, note in result["sides"].items()),
+        "hexbus ÷ plain / same / FS: hexbus's median over raw plain's, raw same bytes' and "
+        "FastStream's; events/s above 1 = hexbus faster, latency (p50) above 1 = slower.",
+    ]
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _settings(app_settings: HexbusSettings | None) -> HexbusSettings:
+    if app_settings is not None:
+        return app_settings
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        fail(str(exc))
+
+
+def _soak(
+    adapter: str, events: int, as_json: bool, app_settings: HexbusSettings | None = None
+) -> None:
+    """``--soak N``: N events through one hexbus consumer; memory at checkpoints."""
+    info = ADAPTERS[adapter]
+    if info.name != "memory":
+        usable, _ = availability(info.name)
+        if not usable:
+            fail(str(missing_extra(info, f"hexbus bench --adapter {info.name} --soak")))
+    settings = _settings(app_settings).model_copy(update={"adapter": adapter})
+    soak = importlib.import_module("hexbus.bench.soak")  # lazily, as the broker benches
+    target = "in process" if adapter == "memory" else _target(adapter, settings)
+    console = out_console()
+    with console.status(f"soak: {events:,} events on {adapter}", spinner="dots") as status:
+        try:
+            result: dict[str, Any] = asyncio.run(
+                soak.run_soak(
+                    settings,
+                    events=events,
+                    progress=lambda text: status.update(f"soak {adapter}: {text}"),
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - the raw clients raise their own errors
+            message = redact(settings, f"{type(exc).__name__}: {exc}")
+            fail(f"bench --soak on {adapter} ({target}) failed: {message}")
+    result["target"] = target
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"soak: {events:,} events through one hexbus consumer on {adapter}")
+    for column in ("handled", "seconds", "RSS MiB", "peak RSS MiB", "gc objects"):
         table.add_column(column, justify="right")
-    table.add_row(
-        "publish events/s (confirmed)",
-        f"{result['hexbus_publish_per_s']:,.0f}",
-        f"{result['raw_publish_per_s']:,.0f}",
-        f"{result['publish_ratio']:.0%}",
-    )
-    table.add_row(
-        "end-to-end events/s",
-        f"{result['hexbus_e2e_per_s']:,.0f}",
-        f"{result['raw_e2e_per_s']:,.0f}",
-        f"{result['e2e_ratio']:.0%}",
-    )
-    table.add_row(
-        "end-to-end p50 / p99 ms",
-        f"{result['hexbus_p50_ms']:.1f} / {result['hexbus_p99_ms']:.1f}",
-        f"{result['raw_p50_ms']:.1f} / {result['raw_p99_ms']:.1f}",
-        "",
-    )
+    for point in result["checkpoints"]:
+        table.add_row(
+            f"{point['handled']:,}",
+            f"{point['seconds']:.1f}",
+            _num(point.get("rss_mib"), 1),
+            _num(point.get("peak_rss_mib"), 1),
+            f"{point['gc_objects']:,}",
+        )
     console.print(table)
-    console.print(f"{int(result['events']):,} events per round against {target}.")
+    console.print(
+        f"{result['events_per_s']:,} events/s; RSS growth from the first checkpoint to the "
+        f"last: {_num(result['rss_growth_mib'], 1)} MiB ({target})."
+    )
 
 
 def _target(adapter: str, settings: HexbusSettings) -> str:
@@ -368,22 +483,52 @@ def bench_command(
     ] = "memory",
     events: Annotated[
         int | None,
-        typer.Option(min=1, help="Events per measurement (default 20,000; brokers 5,000)."),
+        typer.Option(
+            min=1,
+            help="Events per measurement (memory: 20,000; brokers: 2,000 for the concurrent, "
+            "batch and end-to-end rows, single at most 300).",
+        ),
     ] = None,
-    handlers: Annotated[str, typer.Option(help="Comma-separated handler counts.")] = "1,4,16",
-    repeats: Annotated[int, typer.Option(min=1, max=20, help="Interleaved repeats.")] = 5,
+    handlers: Annotated[
+        str, typer.Option(help="Memory: comma-separated handler counts.")
+    ] = "1,4,16",
+    repeats: Annotated[
+        int | None,
+        typer.Option(min=1, max=20, help="Interleaved repeats (memory 5, brokers 3)."),
+    ] = None,
+    rows: Annotated[
+        str,
+        typer.Option(help="Brokers: rows to run, comma-separated: " + ", ".join(BROKER_ROWS)),
+    ] = "all",
+    rate: Annotated[
+        float, typer.Option(min=1, help="Brokers: events/s of the paced latency row.")
+    ] = 1_000.0,
+    soak: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Instead: publish and consume this many events through one hexbus "
+            "consumer (e.g. 1000000) and report memory at checkpoints.",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results.")] = False,
     app: AppOption = None,
 ) -> None:
     """Throughput and latency: memory against gather and a plain loop; brokers against
-    their raw client doing the same work with the same durability."""
+    their raw client (plain body and hexbus's bytes) and FastStream, with the same
+    durability; ``--soak N``: memory of a long-running consumer."""
     info = ADAPTERS.get(adapter)
     if info is None:
         fail(f"unknown adapter {adapter!r}; choose one of: {', '.join(ADAPTERS)}", EXIT_UNAVAILABLE)
+    if soak is not None:
+        _soak(info.name, soak, as_json, settings_of(app))
+        return
     if info.name != "memory":
-        _broker_bench(info, events or 5_000, as_json, settings_of(app))
+        options = BrokerOptions(rows=rows, repeats=repeats, events=events, rate=rate)
+        _broker_bench(info, options, as_json, settings_of(app))
         return
     events = events or 20_000
+    repeats = repeats or 5
     counts = _parse_counts(handlers)
     console = out_console()
     with Progress(
