@@ -181,7 +181,7 @@ class _RawEndpoint:
         side: RawSide,
         prefix: str,
         producer: AIOKafkaProducer,
-        records: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]],
+        records: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]],
         consumer: asyncio.Task[None] | None,
     ) -> None:
         self.side, self.prefix, self.producer = side, prefix, producer
@@ -223,7 +223,7 @@ class RawSide:
 
     def _records(
         self, cfg: KafkaConfig, topic: str, items: int
-    ) -> tuple[list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]], Any]:
+    ) -> tuple[list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]], Any]:
         if self.same_bytes:
             # A bus that is never started: only its record builder is used.
             publisher = KafkaEventBus(cfg).publisher
