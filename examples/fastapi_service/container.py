@@ -19,7 +19,7 @@ from examples.fastapi_service.adapters import InMemoryMailer, InMemoryUserDirect
 from examples.fastapi_service.handlers import WelcomeMail
 from examples.fastapi_service.use_cases import RegisterUser
 from hexbus import AuditLogHandler, Container, HexbusSettings
-from hexbus.infrastructure.container import running_bus
+from hexbus.infrastructure.container import lifecycle
 
 __all__ = ["DEFAULT_AUDIT_LOG", "ServiceContainer"]
 
@@ -46,7 +46,7 @@ class ServiceContainer(Container):
     routers = providers.List()
     #: ``EventHandler`` objects the bus registers; it flushes the audit log when it stops.
     handlers = providers.List(audit_log, welcome_mail)
-    #: Re-declared because ``routers`` and ``handlers`` are (see ``running_bus``).
-    bus_lifecycle = providers.Resource(running_bus, Container.event_bus, routers, handlers)
+    #: Re-declared because ``routers`` and ``handlers`` are (see ``lifecycle``).
+    bus_lifecycle = lifecycle(routers, handlers)
 
     register_user = providers.Factory(RegisterUser, users=users, bus=Container.event_bus)

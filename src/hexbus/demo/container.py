@@ -21,7 +21,7 @@ from hexbus import (
 )
 from hexbus.demo import adapters, handlers, use_cases
 from hexbus.demo.activity import ActivityLog, EventTap
-from hexbus.infrastructure.container import running_bus
+from hexbus.infrastructure.container import lifecycle
 
 __all__ = ["DemoContainer", "default_audit_path"]
 
@@ -72,7 +72,7 @@ class DemoContainer(Container):
     routers = providers.List(providers.Object(default_router), router)
     #: Registered, not routed: the bus flushes the audit log when it stops.
     handlers = providers.List(audit_log)
-    bus_lifecycle = providers.Resource(running_bus, Container.event_bus, routers, handlers)
+    bus_lifecycle = lifecycle(routers, handlers)
 
     register_user = providers.Factory(use_cases.RegisterUser, users=users, bus=Container.event_bus)
     log_in = providers.Factory(use_cases.LogIn, users=users, bus=Container.event_bus)

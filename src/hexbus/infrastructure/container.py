@@ -36,7 +36,7 @@ from hexbus.infrastructure.settings import HexbusSettings, load_settings
 if TYPE_CHECKING:
     from hexbus.infrastructure.outbox import Outbox
 
-__all__ = ["Container", "build_bus", "build_outbox", "running_bus"]
+__all__ = ["Container", "build_bus", "build_outbox", "lifecycle", "running_bus"]
 
 logger = logging.getLogger("hexbus.container")
 
@@ -85,8 +85,8 @@ async def running_bus(
     it is drained while the bus can still send.
 
     A container subclass that overrides ``routers`` or ``handlers`` must declare its own
-    ``bus_lifecycle = providers.Resource(running_bus, ...)``: dependency-injector binds
-    a provider to the parent's providers it was declared with.
+    ``bus_lifecycle = lifecycle(routers, handlers)``: dependency-injector binds a provider
+    to the parent's providers it was declared with.
     """
     for router in routers:
         bus.include(router)
@@ -158,4 +158,24 @@ class Container(containers.DeclarativeContainer):
         handlers,
         outbox,
         providers.Callable(_relay_enabled, settings),
+    )
+
+
+def lifecycle(routers: Any, handlers: Any) -> providers.Resource[EventBus]:
+    """``bus_lifecycle`` for a ``Container`` subclass with routers / handlers of its own.
+
+    Everything else (the bus, the outbox, whether the relay runs) comes from ``Container``
+    itself, so a subclass written this way keeps every feature the base wires::
+
+        class MyContainer(Container):
+            routers = providers.List(providers.Object(my_router))
+            bus_lifecycle = lifecycle(routers, Container.handlers)
+    """
+    return providers.Resource(
+        running_bus,
+        Container.event_bus,
+        routers,
+        handlers,
+        Container.outbox,
+        providers.Callable(_relay_enabled, Container.settings),
     )
