@@ -261,3 +261,33 @@ def test_the_demo_app_is_wired_correctly() -> None:
     assert report["wiring"]["errors"] == [] and report["wiring"]["warnings"] == []
     names = {s["name"] for s in report["subscriptions"]}
     assert {"demo.event_tap", "demo.audit_counter", "hexbus.audit"} <= names
+
+
+def test_an_idempotent_handler_without_an_inbox_is_a_wiring_error(tmp_path: Path) -> None:
+    code, report = _check_json("check_apps.idempotent:IdempotentContainer")
+    assert code == 1
+    assert any("idempotent" in e and "HEXBUS_OUTBOX_URL" in e for e in report["wiring"]["errors"])
+    assert report["outbox"] is None
+    database = f"sqlite+aiosqlite:///{tmp_path / 'inbox.db'}"
+    code, report = _check_json(
+        "check_apps.idempotent:IdempotentContainer",
+        env={**MEMORY, "HEXBUS_OUTBOX_URL": database},
+    )
+    assert code == 0, report
+    assert report["outbox"]["ok"] is True
+    assert report["outbox"]["tables"] is False  # created when the service starts
+
+
+def test_an_unreachable_outbox_database_fails_the_check_without_its_password() -> None:
+    url = f"postgresql+asyncpg://svc:N0t-for-logs@127.0.0.1:{_closed_port()}/svc"
+    result = runner.invoke(app, ["check", "--json"], env={**MEMORY, "HEXBUS_OUTBOX_URL": url})
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["outbox"]["ok"] is False
+    assert "HEXBUS_OUTBOX_URL" in report["outbox"]["error"]
+    assert "N0t-for-logs" not in result.output
+    offline = runner.invoke(
+        app, ["check", "--json", "--offline"], env={**MEMORY, "HEXBUS_OUTBOX_URL": url}
+    )
+    assert offline.exit_code == 0  # --offline contacts nothing
+    assert json.loads(offline.stdout)["outbox"]["checked"] is False

@@ -37,6 +37,7 @@ from hexbus.application.patterns import compile_pattern
 from hexbus.application.wiring import handler_name, is_async_handler
 from hexbus.cli._common import EXIT_ERROR, err_console, fail, out_console, redact
 from hexbus.cli.app import HOW_TO, AppOption, LoadedApp, load_app
+from hexbus.cli.outbox import outbox_configured, outbox_status, print_outbox_status
 from hexbus.domain.errors import (
     ConfigurationError,
     DuplicateEventTypeError,
@@ -490,9 +491,17 @@ def check_wiring(loaded: LoadedApp) -> WiringReport:
     _flag_unmatched_patterns(report)
     if report.ok:
         try:  # belt and braces: the table the bus would build must accept it all too
-            loaded.subscriptions()
+            table = loaded.subscriptions()
         except Exception as exc:  # noqa: BLE001 - a finding, reported
             report.errors.append(f"the bus would refuse this wiring: {type(exc).__name__}: {exc}")
+        else:
+            idempotent = table.idempotent_names()
+            if idempotent and not outbox_configured(loaded.settings(), loaded):
+                report.errors.append(
+                    f"subscription(s) {', '.join(idempotent)} are idempotent but no inbox "
+                    "database is configured: set HEXBUS_OUTBOX_URL (the bus would refuse to "
+                    "start)"
+                )
     return report
 
 
@@ -582,8 +591,9 @@ def check_command(
         settings, endpoint=endpoint, session=session, error=session_error, timeout=timeout
     )
     wiring = check_wiring(loaded) if loaded else None
+    outbox = outbox_status(settings, loaded, contact=not skip_brokers)
     config_ok = usable and all(p.reachable for p in probes) and session in (None, SESSION_OK)
-    ok = config_ok and (wiring is None or wiring.ok)
+    ok = config_ok and (wiring is None or wiring.ok) and (outbox is None or outbox["ok"])
     if as_json:
         report: dict[str, Any] = {
             "ok": ok,
@@ -596,6 +606,7 @@ def check_command(
             "security": security.as_dict() if security else None,
             "subscriptions": [s.as_dict() for s in wiring.subscriptions] if wiring else [],
             "wiring": wiring.as_dict() if wiring else _unchecked_wiring(),
+            "outbox": outbox,
         }
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -605,6 +616,7 @@ def check_command(
             out_console().print(Text.assemble("session: ", (session, style)))
         _print_security(security)
         _print_wiring(wiring)
+        print_outbox_status(outbox)
     if not ok:
         problems = [] if usable else [detail]
         problems += [
@@ -612,6 +624,8 @@ def check_command(
         ]
         if session not in (None, SESSION_OK):
             problems.append(f"session: {session}")
+        if outbox is not None and not outbox["ok"]:
+            problems.append(f"outbox: {outbox['error']}")
         if wiring is not None and not wiring.ok:
             count = len(wiring.errors)
             problems.append(f"{count} wiring error{'s' if count != 1 else ''} in {wiring.app}")

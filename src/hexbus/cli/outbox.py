@@ -34,12 +34,18 @@ from hexbus.cli._common import (
 from hexbus.cli.app import AppOption, load_app_or_none
 from hexbus.domain.errors import ConfigurationError
 from hexbus.infrastructure.container import build_outbox
-from hexbus.infrastructure.settings import HexbusSettings, load_settings
+from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url
 
 if TYPE_CHECKING:
     from hexbus.infrastructure.outbox import Outbox
 
-__all__ = ["outbox_app", "relay_command"]
+__all__ = [
+    "outbox_app",
+    "outbox_configured",
+    "outbox_status",
+    "print_outbox_status",
+    "relay_command",
+]
 
 NO_OUTBOX = (
     "no outbox is configured: set HEXBUS_OUTBOX_URL (e.g. sqlite+aiosqlite:///hexbus.db or "
@@ -62,9 +68,15 @@ def _settings(app: str | None) -> tuple[HexbusSettings, Any]:
     return settings, loaded
 
 
+def _app_database(loaded: Any) -> Any:
+    """The ``database`` of the app's container (its engine / session factory), if any."""
+    provider = getattr(getattr(loaded, "container", None), "database", None)
+    return provider() if callable(provider) else None
+
+
 def _outbox(settings: HexbusSettings, loaded: Any) -> Outbox:
     try:
-        box = loaded.container.outbox() if loaded is not None else build_outbox(settings)
+        box = build_outbox(settings, _app_database(loaded))
     except ImportError as exc:
         fail(f"the outbox needs its extra: pip install 'hexbus[outbox]' ({exc})", EXIT_UNAVAILABLE)
     except ConfigurationError as exc:
@@ -250,3 +262,71 @@ def dead_letters_command(
     console = out_console()
     console.print(table)
     console.print(f"{len(rows)} dead letter(s)")
+
+
+def outbox_configured(settings: HexbusSettings, loaded: Any) -> bool:
+    """Is there an outbox: ``HEXBUS_OUTBOX_URL``, or a ``database`` in the app's container?"""
+    return bool(settings.outbox_url) or _app_database(loaded) is not None
+
+
+def outbox_status(settings: HexbusSettings, loaded: Any, *, contact: bool) -> dict[str, Any] | None:
+    """For ``hexbus check``: the outbox database reachable? Its tables, pending rows and
+    dead letters; ``None`` when no outbox is configured. ``contact=False`` (``--offline``)
+    only reports the configuration."""
+    if not outbox_configured(settings, loaded):
+        return None
+    status: dict[str, Any] = {
+        "database": redact_url(settings.outbox_url) if settings.outbox_url else "the app's engine",
+        "checked": contact,
+        "ok": True,
+        "error": None,
+        "tables": None,
+        "pending": None,
+        "dead_letters": None,
+        "relay_in_process": settings.outbox_relay,
+    }
+    if not contact:
+        return status
+    try:
+        box = build_outbox(settings, _app_database(loaded))
+        if box is None:  # configured a moment ago: only a racing environment gets here
+            raise ConfigurationError(NO_OUTBOX)
+
+        async def probe() -> None:
+            try:
+                await box.check()
+                status["tables"] = await box.has_tables()
+                if status["tables"]:
+                    pending, _, dead = await box.store.pending()
+                    status["pending"], status["dead_letters"] = pending, dead
+            finally:
+                await box.close()
+
+        asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001 - a finding, reported with the password masked
+        status["ok"] = False
+        status["error"] = redact(settings, str(exc) if isinstance(exc, ConfigurationError)
+                                 else f"{type(exc).__name__}: {exc}")
+    return status
+
+
+def print_outbox_status(status: dict[str, Any] | None) -> None:
+    console = out_console()
+    if status is None:
+        console.print("outbox: not configured (HEXBUS_OUTBOX_URL unset)")
+        return
+    if not status["checked"]:
+        console.print(f"outbox: {status['database']} (not contacted)", soft_wrap=True)
+        return
+    if not status["ok"]:
+        console.print(f"outbox: {status['database']}: [red]{status['error']}[/red]", soft_wrap=True)
+        return
+    tables = "tables present" if status["tables"] else "tables missing (created at start)"
+    detail = (
+        f"; {status['pending']} pending, {status['dead_letters']} dead letter(s)"
+        if status["tables"]
+        else ""
+    )
+    console.print(
+        f"outbox: {status['database']}: [green]ok[/green], {tables}{detail}", soft_wrap=True
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import MetaData
+from sqlalchemy import MetaData, inspect
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from hexbus.infrastructure.codec import CloudEventCodec
@@ -95,6 +95,13 @@ class Outbox:
     async def check(self) -> None:
         """Connect once: a wrong URL fails here, naming the variable, password masked."""
         await check_database(self.engine)
+
+    async def has_tables(self) -> bool:
+        """Does the database have the outbox table (created, or migrated in)?"""
+        name = self.tables.outbox.name
+        async with self.engine.connect() as connection:
+            found: bool = await connection.run_sync(lambda sync: inspect(sync).has_table(name))
+        return found
 
     async def open(self) -> None:
         """Connect once (a wrong URL fails here, naming the variable) and create the
