@@ -22,11 +22,15 @@ from contextvars import Context, copy_context
 from dataclasses import dataclass
 from functools import partial
 from threading import get_ident
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hexbus.application.handlers import Subscription
+from hexbus.application.observing import trace_id_of, traced_call
 from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.events import DomainEvent
+
+if TYPE_CHECKING:
+    from hexbus.application.observing import Instrumentation
 
 __all__ = ["DispatchStats", "Dispatcher", "run_handler"]
 
@@ -197,6 +201,8 @@ class Dispatcher:
         self.on_failure: (
             Callable[[Subscription, DomainEvent, BaseException, DeliveryContext], None] | None
         ) = None
+        #: Spans and metrics (``hexbus.application.observing``); ``None``: off.
+        self.instrumentation: Instrumentation | None = None
         # Reused between publishes until a handler suspends and keeps it (see start()).
         self._stand_in: _EagerTaskStandIn | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -226,6 +232,9 @@ class Dispatcher:
                 "event_id": str(event.event_id),
                 "event_type": event.event_type,
                 "handler": sub.name,
+                "subscription": sub.name,
+                "attempt": context.attempt if context is not None else 1,
+                "trace_id": trace_id_of(context.metadata) if context is not None else None,
                 "error": type(exc).__name__,
             },
         )
@@ -286,6 +295,7 @@ class Dispatcher:
             stand_in = _EagerTaskStandIn(loop)
         pending: list[asyncio.Task[None]] | None = None
         not_done = 0  # handlers that failed or suspended (counted elsewhere)
+        traced = self.instrumentation
         token = delivery_context.set(context)
         previous = registry.get(loop)
         registry[loop] = stand_in
@@ -293,7 +303,11 @@ class Dispatcher:
             for sub in subs:
                 ctx = copy_context()
                 try:
-                    coro: Any = sub.call(event)
+                    coro: Any = (
+                        sub.call(event)
+                        if traced is None
+                        else traced_call(traced, sub, event, context)
+                    )
                     # next(iterator, default) finishes without raising StopIteration,
                     # which halves the cost of a handler that never suspends.
                     yielded = ctx.run(next, coro.__await__(), _DONE)
@@ -338,13 +352,14 @@ class Dispatcher:
     ) -> list[asyncio.Task[None]] | None:
         loop = asyncio.get_running_loop()
         token = delivery_context.set(context)
+        traced = self.instrumentation
         try:
             return [
                 self._spawn(
                     loop,
                     sub,
                     event,
-                    sub.call(event),
+                    sub.call(event) if traced is None else traced_call(traced, sub, event, context),
                     copy_context(),
                     context=context,
                 )

@@ -131,16 +131,29 @@ class Admission:
         """Steps 1-5 for each event, in order; dropped ones are left out.
 
         Every event is checked before any is sent, so a bad item in the middle raises
-        before the transport saw the first (nothing half-published by admission).
+        before the transport saw the first (nothing half-published by admission). With
+        instrumentation, each event's metadata gets its creation context (``traceparent``:
+        the ``send`` span of this batch); a single ``publish`` gets it from the ``send``
+        wrapper (``hexbus.application.observing``) before admission.
         """
         items = list(events)
         for event in items:
             self.check(event)
-        if not self._bus.middleware.items:
-            return [Admitted(stamp_causation(event)) for event in items]
+        bus = self._bus
+        traced = bus.instrumentation
+        if not bus.middleware.items:
+            if traced is None:
+                return [Admitted(stamp_causation(event)) for event in items]
+            return [
+                Admitted(
+                    stamp_causation(event), traced.creation_metadata(event, None) or _NO_METADATA
+                )
+                for event in items
+            ]
         admitted: list[Admitted] = []
         for event in items:
-            ready = await self.admit(event)
+            metadata = None if traced is None else traced.creation_metadata(event, None)
+            ready = await self.admit(event, metadata)
             if ready is not None:
                 admitted.append(ready)
         return admitted

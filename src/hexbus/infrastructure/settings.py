@@ -178,6 +178,11 @@ class HexbusSettings(BaseSettings):
     memory_retries: bool = False
     memory_dead_letter_limit: int = Field(default=1000, ge=1)
     audit_log_path: str | None = None
+    #: OpenTelemetry spans and metrics (``hexbus.infrastructure.telemetry``): ``auto`` = on
+    #: when the API is installed and the application configured an SDK provider.
+    otel: Literal["auto", "on", "off"] = "auto"
+    #: ``json``: hexbus's log records as one JSON object per line (``configure_logging``).
+    log_format: Literal["text", "json"] = "text"
     # -- TLS and SASL (docs/architecture/security.md); validated for the selected adapter.
     #: RabbitMQ over TLS (``amqps://`` URLs): the CA that signed the broker's certificate
     #: (default: the system's CAs), and a client certificate + key if the broker wants one.

@@ -1,0 +1,402 @@
+"""``Telemetry``: the pipelines' ``Instrumentation`` implemented with the OpenTelemetry API.
+
+Follows the OpenTelemetry messaging semantic conventions (spans ``send {destination}``
+PRODUCER and ``process {destination}`` CONSUMER; metrics ``messaging.client.*`` and
+``messaging.process.duration``), plus hexbus's own attributes (``hexbus.*``) for what the
+conventions have no name for (the delivery attempt, the outcome of a failure).
+
+The creation context travels in the CloudEvents distributed-tracing extension
+(``traceparent`` / ``tracestate``, W3C Trace Context): always the W3C format, whatever
+global propagator the application configured, because the CloudEvents extension is
+defined as W3C.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from time import perf_counter
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context, attach, detach
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from hexbus.application.consuming import Action, Outcome, error_text
+from hexbus.application.observing import TRACEPARENT, TRACESTATE, forwarded_trace
+from hexbus.domain.events import DomainEvent
+
+__all__ = ["Telemetry", "register_gauge", "sdk_configured"]
+
+logger = logging.getLogger("hexbus.telemetry")
+
+_SCOPE = "hexbus"
+_VERSION = "0.1.0"
+#: The semantic conventions' advice for messaging durations, seconds.
+_DURATION_BUCKETS = (
+    0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
+    7.5, 10.0,
+)
+#: ``messaging.system`` per adapter; unknown adapters report their own name.
+_SYSTEMS = {"memory": "hexbus.memory", "rabbitmq": "rabbitmq", "kafka": "kafka"}
+#: Kafka's ``where`` (``ConsumePipeline.deliver``): ``topic[partition]@offset``.
+_KAFKA_WHERE = re.compile(r"(?P<topic>.+)\[(?P<partition>\d+)\]@(?P<offset>\d+)")
+#: RabbitMQ's ``where``: ``queue 'name'``.
+_QUEUE_WHERE = re.compile(r"queue '(?P<queue>.+)'")
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def sdk_configured() -> bool:
+    """Is a real tracer or meter provider installed (not the API's proxy / no-op)?
+
+    The API's own providers live in ``opentelemetry.trace`` / ``opentelemetry.metrics``;
+    anything else (the SDK's, a vendor's) is a configured one.
+    """
+    tracer = type(trace.get_tracer_provider()).__module__
+    meter = type(metrics.get_meter_provider()).__module__
+    return not tracer.startswith("opentelemetry.trace") or not meter.startswith(
+        "opentelemetry.metrics"
+    )
+
+
+class _ProcessScope:
+    """The open ``process`` span of one delivery attempt (``ProcessScope``)."""
+
+    __slots__ = ("attempt", "error_type", "span", "subscription", "telemetry")
+
+    def __init__(self, telemetry: Telemetry, span: Span, subscription: str, attempt: int):
+        self.telemetry = telemetry
+        self.span = span
+        self.subscription = subscription
+        self.attempt = attempt
+        self.error_type: str | None = None
+
+    def failed(self, exc: BaseException, outcome: Outcome | None = None) -> None:
+        if self.error_type is not None:
+            return
+        span = self.span
+        self.error_type = error_type = type(exc).__qualname__
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, error_text(exc)))
+        span.set_attribute("error.type", error_type)
+        self.telemetry.failures.add(
+            1,
+            {
+                "messaging.system": self.telemetry.system,
+                "messaging.consumer.group.name": self.subscription,
+                "error.type": error_type,
+            },
+        )
+        if outcome is None:
+            return
+        span.set_attribute("hexbus.outcome", outcome.action.value)
+        if outcome.action is Action.RETRY:
+            span.add_event(
+                "hexbus.retry",
+                {
+                    "hexbus.retry.delay": outcome.delay,
+                    "hexbus.retry.next_attempt": outcome.attempt + 1,
+                    "hexbus.failure.reason": outcome.reason or "",
+                },
+            )
+        elif outcome.action is Action.DEAD_LETTER:
+            span.add_event(
+                "hexbus.dead_letter",
+                {
+                    "hexbus.failure.reason": outcome.reason or "",
+                    "hexbus.failure.error": outcome.error or "",
+                    "hexbus.delivery.attempt": outcome.attempt,
+                },
+            )
+
+
+class Telemetry:
+    """Spans and metrics of one bus (``hexbus.application.observing.Instrumentation``)."""
+
+    def __init__(self, bus: Any, *, tracer_provider: Any = None, meter_provider: Any = None):
+        adapter = str(getattr(bus, "adapter_name", "hexbus"))
+        self.adapter = adapter
+        self.system = _SYSTEMS.get(adapter, adapter)
+        self.tracer = trace.get_tracer(_SCOPE, _VERSION, tracer_provider)
+        meter = metrics.get_meter(_SCOPE, _VERSION, meter_provider)
+        # Where events go, in the adapter's own terms (semantic conventions per system).
+        config = getattr(bus, "config", None)
+        self.exchange: str | None = (
+            getattr(config, "exchange", None) if adapter == "rabbitmq" else None
+        )
+        self._topic_for: Callable[[type[DomainEvent]], str] | None = (
+            getattr(bus, "topic_for", None) if adapter == "kafka" else None
+        )
+        self.operation_duration = meter.create_histogram(
+            "messaging.client.operation.duration",
+            unit="s",
+            description="Duration of a publish (send), from the call to the broker's confirm",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.sent = meter.create_counter(
+            "messaging.client.sent.messages",
+            unit="{message}",
+            description="Messages a producer attempted to send",
+        )
+        self.consumed = meter.create_counter(
+            "messaging.client.consumed.messages",
+            unit="{message}",
+            description="Messages delivered to the handlers of a subscription (per attempt)",
+        )
+        self.process_duration = meter.create_histogram(
+            "messaging.process.duration",
+            unit="s",
+            description="Duration of one run of a subscription's handlers for one message",
+            explicit_bucket_boundaries_advisory=_DURATION_BUCKETS,
+        )
+        self.failures = meter.create_counter(
+            "hexbus.handler.failures",
+            unit="{failure}",
+            description="Handler runs that raised (including timeouts)",
+        )
+        self.retries = meter.create_counter(
+            "hexbus.retries", unit="{retry}", description="Retries scheduled after a failure"
+        )
+        self.dead_letters = meter.create_counter(
+            "hexbus.dead_letters",
+            unit="{message}",
+            description="Messages moved to a dead-letter queue / topic / store",
+        )
+
+    # -- where ---------------------------------------------------------------------------
+    def destination(self, event: DomainEvent) -> str:
+        """``messaging.destination.name`` of a publish: topic, exchange, or the event type."""
+        if self._topic_for is not None:
+            return self._topic_for(type(event))
+        if self.exchange is not None:
+            return self.exchange
+        return event.event_type
+
+    # -- publish ---------------------------------------------------------------------------
+    @contextmanager
+    def send(self, events: Sequence[DomainEvent], key: str | None = None) -> Iterator[Span]:
+        items = [event for event in events if isinstance(event, DomainEvent)]
+        first = items[0] if items else None
+        destination = self.destination(first) if first is not None else "(none)"
+        metric_attributes: dict[str, Any] = {
+            "messaging.system": self.system,
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": destination,
+        }
+        attributes = dict(metric_attributes)
+        if len(items) == 1 and first is not None:
+            attributes["messaging.message.id"] = str(first.event_id)
+            attributes["messaging.message.conversation_id"] = first.correlation_id
+            attributes["hexbus.event.type"] = first.event_type
+            if self.adapter == "kafka":
+                attributes["messaging.kafka.message.key"] = (
+                    key if key is not None else str(first.event_id)
+                )
+            elif self.adapter == "rabbitmq":
+                attributes["messaging.rabbitmq.destination.routing_key"] = first.event_type
+        else:
+            attributes["messaging.batch.message_count"] = len(items)
+        start = perf_counter()
+        span = self.tracer.start_span(
+            f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
+        )
+        token = attach(trace.set_span_in_context(span))
+        try:
+            yield span
+        except BaseException as exc:
+            error_type = type(exc).__qualname__
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, error_text(exc)))
+            span.set_attribute("error.type", error_type)
+            metric_attributes["error.type"] = error_type
+            raise
+        finally:
+            detach(token)
+            span.end()
+            self.operation_duration.record(perf_counter() - start, metric_attributes)
+            self.sent.add(len(items), metric_attributes)
+
+    def creation_metadata(
+        self, event: DomainEvent, metadata: Mapping[str, str] | None
+    ) -> Mapping[str, str] | None:
+        """``metadata`` with the creation context: kept if there, else the current span's.
+
+        The current span is the ``send`` span of this publish, so a consumer's ``process``
+        span links to (and is a child of) the publish that created the event.
+        """
+        if metadata and TRACEPARENT in metadata:
+            self._link_current(metadata)
+            return metadata
+        forwarded = forwarded_trace(event)
+        if forwarded is not None:
+            self._link_current(forwarded)
+            return {**metadata, **forwarded} if metadata else forwarded
+        carrier: dict[str, str] = {}
+        _PROPAGATOR.inject(carrier)
+        if not carrier:  # no recording span (API without SDK): nothing to carry
+            return metadata
+        return {**metadata, **carrier} if metadata else carrier
+
+    def _link_current(self, carrier: Mapping[str, str]) -> None:
+        """The ``send`` of an event that already has a creation context links to it."""
+        context = self._extract(carrier, None)
+        if context is not None:
+            trace.get_current_span().add_link(trace.get_current_span(context).get_span_context())
+
+    # -- consume ---------------------------------------------------------------------------
+    def _extract(self, metadata: Mapping[str, str], event: DomainEvent | None) -> Context | None:
+        """The creation context in ``metadata``; ``None`` (and a debug log) if malformed."""
+        traceparent = metadata.get(TRACEPARENT)
+        if traceparent is None:
+            return None
+        carrier = {TRACEPARENT: traceparent}
+        tracestate = metadata.get(TRACESTATE)
+        if tracestate is not None:
+            carrier[TRACESTATE] = tracestate
+        context = _PROPAGATOR.extract(carrier)
+        if trace.get_current_span(context).get_span_context().is_valid:
+            return context
+        logger.debug(
+            "ignoring malformed traceparent %r%s (not W3C Trace Context); the process span "
+            "starts without a link",
+            traceparent[:100],
+            "" if event is None else f" of {event.event_type} event {event.event_id}",
+            extra={}
+            if event is None
+            else {"event_id": str(event.event_id), "event_type": event.event_type},
+        )
+        return None
+
+    def _consume_attributes(
+        self, subscription: str, where: str, event: DomainEvent | None
+    ) -> tuple[str, dict[str, Any]]:
+        attributes: dict[str, Any] = {
+            "messaging.system": self.system,
+            "messaging.operation.name": "process",
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": subscription,
+        }
+        destination = ""
+        if self.adapter == "kafka":
+            found = _KAFKA_WHERE.fullmatch(where)
+            if found is not None:
+                destination = found["topic"]
+                attributes["messaging.destination.partition.id"] = found["partition"]
+                attributes["messaging.kafka.offset"] = int(found["offset"])
+            elif event is not None and self._topic_for is not None:
+                destination = self._topic_for(type(event))
+        elif self.exchange is not None:
+            destination = self.exchange
+            found = _QUEUE_WHERE.fullmatch(where)
+            if found is not None:
+                attributes["messaging.destination.subscription.name"] = found["queue"]
+        elif event is not None:
+            destination = event.event_type
+        attributes["messaging.destination.name"] = destination
+        return destination or subscription, attributes
+
+    @contextmanager
+    def process(
+        self,
+        subscription: str,
+        event: DomainEvent,
+        metadata: Mapping[str, str],
+        *,
+        attempt: int = 1,
+        key: str | None = None,
+        where: str = "",
+    ) -> Iterator[_ProcessScope]:
+        destination, metric_attributes = self._consume_attributes(subscription, where, event)
+        attributes = dict(metric_attributes)
+        attributes["messaging.message.id"] = str(event.event_id)
+        attributes["messaging.message.conversation_id"] = event.correlation_id
+        attributes["hexbus.event.type"] = event.event_type
+        attributes["hexbus.delivery.attempt"] = attempt
+        attributes["hexbus.delivery.retry_count"] = attempt - 1
+        if self.adapter == "kafka" and key is not None:
+            attributes["messaging.kafka.message.key"] = key
+        elif self.adapter == "rabbitmq":
+            attributes["messaging.rabbitmq.destination.routing_key"] = event.event_type
+        created = self._extract(metadata, event) if metadata else None
+        links = None
+        if created is not None:
+            links = [Link(trace.get_current_span(created).get_span_context())]
+        start = perf_counter()
+        span = self.tracer.start_span(
+            f"process {destination}",
+            context=created,  # the creation context is the parent (one message: its child)
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
+        )
+        token = attach(trace.set_span_in_context(span))
+        scope = _ProcessScope(self, span, subscription, attempt)
+        try:
+            yield scope
+        except BaseException as exc:
+            scope.failed(exc)
+            raise
+        finally:
+            detach(token)
+            span.end()
+            if scope.error_type is not None:
+                metric_attributes["error.type"] = scope.error_type
+            self.process_duration.record(perf_counter() - start, metric_attributes)
+            self.consumed.add(1, metric_attributes)
+
+    def undeliverable(self, subscription: str, outcome: Outcome, where: str = "") -> None:
+        """A ``process`` span (error) for a message no handler ran for; it is counted."""
+        destination, metric_attributes = self._consume_attributes(subscription, where, None)
+        reason = outcome.reason or "undeliverable"
+        metric_attributes["error.type"] = reason
+        span = self.tracer.start_span(
+            f"process {destination}", kind=SpanKind.CONSUMER, attributes=metric_attributes
+        )
+        span.set_attribute("hexbus.delivery.attempt", outcome.attempt)
+        span.set_attribute("hexbus.outcome", outcome.action.value)
+        span.set_status(Status(StatusCode.ERROR, outcome.error or reason))
+        span.add_event(
+            "hexbus.dead_letter",
+            {"hexbus.failure.reason": reason, "hexbus.failure.error": outcome.error or ""},
+        )
+        span.end()
+        self.consumed.add(1, metric_attributes)
+
+    def settled(self, outcome: Outcome) -> None:
+        attributes = {
+            "messaging.system": self.system,
+            "messaging.consumer.group.name": outcome.subscription or "",
+            "hexbus.failure.reason": outcome.reason or "",
+        }
+        if outcome.action is Action.RETRY:
+            self.retries.add(1, attributes)
+        elif outcome.action is Action.DEAD_LETTER:
+            self.dead_letters.add(1, attributes)
+
+
+def register_gauge(
+    name: str,
+    callback: Callable[[], float | int | Iterable[tuple[float | int, dict[str, Any]]]],
+    *,
+    unit: str = "",
+    description: str = "",
+    meter_provider: Any = None,
+) -> Any:
+    """An observable gauge whose value ``callback`` returns at each collection."""
+
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        value = callback()
+        if isinstance(value, int | float):
+            return [Observation(value)]
+        return [Observation(v, attributes) for v, attributes in value]
+
+    meter = metrics.get_meter(_SCOPE, _VERSION, meter_provider)
+    return meter.create_observable_gauge(
+        name, callbacks=[observe], unit=unit, description=description
+    )
