@@ -41,6 +41,7 @@ __all__ = [
     "instrument",
     "register_gauge",
     "sdk_configured",
+    "trace_log_filter",
 ]
 
 _MISSING = (
@@ -110,3 +111,14 @@ def register_gauge(
     return _otel().register_gauge(
         name, callback, unit=unit, description=description, meter_provider=meter_provider
     )
+
+
+def trace_log_filter() -> Any:
+    """A ``logging.Filter`` that gives records the current span's ``trace_id`` / ``span_id``.
+
+    Only for records that carry no ``trace_id`` of their own (the pipelines' records name
+    the event's trace already). ``None`` without the OpenTelemetry API.
+    """
+    if not available():
+        return None
+    return _otel().TraceLogFilter()

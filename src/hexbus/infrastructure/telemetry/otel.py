@@ -30,7 +30,7 @@ from hexbus.application.consuming import Action, Outcome, error_text
 from hexbus.application.observing import TRACEPARENT, TRACESTATE, forwarded_trace
 from hexbus.domain.events import DomainEvent
 
-__all__ = ["Telemetry", "register_gauge", "sdk_configured"]
+__all__ = ["Telemetry", "TraceLogFilter", "register_gauge", "sdk_configured"]
 
 logger = logging.getLogger("hexbus.telemetry")
 
@@ -400,3 +400,15 @@ def register_gauge(
     return meter.create_observable_gauge(
         name, callbacks=[observe], unit=unit, description=description
     )
+
+
+class TraceLogFilter(logging.Filter):
+    """Adds the current span's ids to a record that has no ``trace_id`` (never drops one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "trace_id", None) is None:
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                record.trace_id = format(context.trace_id, "032x")
+                record.span_id = format(context.span_id, "016x")
+        return True
