@@ -61,16 +61,21 @@ class Otel:
         found = [s for s in self.exporter.get_finished_spans() if s.name.startswith(prefix)]
         return sorted(found, key=lambda s: s.start_time or 0)
 
-    def total(self, name: str) -> float:
+    def points(self, name: str) -> list[Any]:
         data = self.reader.get_metrics_data()
-        total = 0.0
+        found: list[Any] = []
         for resource in data.resource_metrics if data else []:
             for scope in resource.scope_metrics:
                 for metric in scope.metrics:
                     if metric.name == name:
-                        for point in metric.data.data_points:
-                            total += getattr(point, "value", None) or getattr(point, "count", 0)
-        return total
+                        found.extend(metric.data.data_points)
+        return found
+
+    def total(self, name: str) -> float:
+        return sum(
+            getattr(point, "value", None) or getattr(point, "count", 0)
+            for point in self.points(name)
+        )
 
     def close(self) -> None:
         self.tracer_provider.shutdown()
@@ -170,6 +175,10 @@ async def test_process_span_continues_the_producers_trace(
     assert producer_otel.total("messaging.client.operation.duration") == 1
     assert consumer_otel.total("messaging.client.consumed.messages") == 1
     assert consumer_otel.total("messaging.process.duration") == 1
+    (point,) = consumer_otel.points("messaging.client.consumed.messages")
+    assert point.attributes["messaging.consumer.group.name"] == "warehouse"
+    assert point.attributes["messaging.destination.name"] == p["messaging.destination.name"]
+    assert "messaging.kafka.offset" not in point.attributes  # one series per message: never
 
 
 async def test_a_failing_handlers_spans_record_retries_and_the_dead_letter(

@@ -275,31 +275,37 @@ class Telemetry:
 
     def _consume_attributes(
         self, subscription: str, where: str, event: DomainEvent | None
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """``process`` span name's destination, metric attributes, span-only attributes.
+
+        Span-only: what would give a metric one series per message (the Kafka offset) or
+        per queue name already implied by the subscription.
+        """
         attributes: dict[str, Any] = {
             "messaging.system": self.system,
             "messaging.operation.name": "process",
             "messaging.operation.type": "process",
             "messaging.consumer.group.name": subscription,
         }
+        extra: dict[str, Any] = {}
         destination = ""
         if self.adapter == "kafka":
             found = _KAFKA_WHERE.fullmatch(where)
             if found is not None:
                 destination = found["topic"]
                 attributes["messaging.destination.partition.id"] = found["partition"]
-                attributes["messaging.kafka.offset"] = int(found["offset"])
+                extra["messaging.kafka.offset"] = int(found["offset"])
             elif event is not None and self._topic_for is not None:
                 destination = self._topic_for(type(event))
         elif self.exchange is not None:
             destination = self.exchange
             found = _QUEUE_WHERE.fullmatch(where)
             if found is not None:
-                attributes["messaging.destination.subscription.name"] = found["queue"]
+                extra["messaging.destination.subscription.name"] = found["queue"]
         elif event is not None:
             destination = event.event_type
         attributes["messaging.destination.name"] = destination
-        return destination or subscription, attributes
+        return destination or subscription, attributes, extra
 
     @contextmanager
     def process(
@@ -312,8 +318,10 @@ class Telemetry:
         key: str | None = None,
         where: str = "",
     ) -> Iterator[_ProcessScope]:
-        destination, metric_attributes = self._consume_attributes(subscription, where, event)
-        attributes = dict(metric_attributes)
+        destination, metric_attributes, extra = self._consume_attributes(
+            subscription, where, event
+        )
+        attributes = {**metric_attributes, **extra}
         attributes["messaging.message.id"] = str(event.event_id)
         attributes["messaging.message.conversation_id"] = event.correlation_id
         attributes["hexbus.event.type"] = event.event_type
@@ -352,11 +360,15 @@ class Telemetry:
 
     def undeliverable(self, subscription: str, outcome: Outcome, where: str = "") -> None:
         """A ``process`` span (error) for a message no handler ran for; it is counted."""
-        destination, metric_attributes = self._consume_attributes(subscription, where, None)
+        destination, metric_attributes, extra = self._consume_attributes(
+            subscription, where, None
+        )
         reason = outcome.reason or "undeliverable"
         metric_attributes["error.type"] = reason
         span = self.tracer.start_span(
-            f"process {destination}", kind=SpanKind.CONSUMER, attributes=metric_attributes
+            f"process {destination}",
+            kind=SpanKind.CONSUMER,
+            attributes={**metric_attributes, **extra},
         )
         span.set_attribute("hexbus.delivery.attempt", outcome.attempt)
         span.set_attribute("hexbus.outcome", outcome.action.value)
