@@ -18,12 +18,14 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from hexbus import DomainEvent
+from hexbus import DomainEvent, EventBus
 from hexbus.application.observing import TRACEPARENT, trace_id_of
 from hexbus.domain.context import current_context
+from hexbus.infrastructure.codec import CloudEventCodec
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
 from hexbus.infrastructure.settings import load_settings
 from hexbus.infrastructure.telemetry import configure, instrument, register_gauge
+from hexbus.testing import BusFactory, Capabilities, EventBusContract
 
 
 class OrderPlaced(DomainEvent, event_type="telemetry.order_placed"):
@@ -327,3 +329,75 @@ def test_register_gauge_reports_what_the_callback_returns(otel: Otel) -> None:
     points = otel.metrics()
     assert [p.value for p in points["hexbus.outbox.pending"]] == [5]
     assert sorted(p.value for p in points["hexbus.outbox.lag"]) == [0.5, 1.5]
+
+
+class TestMemoryTracedContract(EventBusContract):
+    """The adapter contract holds with tracing and metrics on (an SDK recording spans)."""
+
+    capabilities = Capabilities(
+        durable=False,
+        redelivery=True,
+        dead_letter=True,
+        ordering="publisher",
+        consumer_groups=False,
+        delivers_in_publish=True,
+        max_attempts=3,
+    )
+    adapter_name = "memory (traced, retries)"
+    timeout = 5.0
+    retry_timeout = 5.0
+
+    @pytest.fixture
+    def bus_factory(self, otel: Otel) -> BusFactory:
+        async def make() -> EventBus:
+            bus = InMemoryEventBus(
+                MemoryConfig(max_attempts=3, retry_delays=(0.01,), dead_letter_limit=100)
+            )
+            otel.instrument(bus)
+            return bus
+
+        return make
+
+
+async def test_outbox_hooks_create_then_relay_continue_the_stored_trace(otel: Otel) -> None:
+    """What the outbox does: a publish that stores reports ``create``; the relay's send,
+    later and elsewhere, continues the trace stored with the row's CloudEvents attributes."""
+    bus = InMemoryEventBus()
+    telemetry = otel.instrument(bus)
+    stored: list[dict[str, str]] = []
+
+    async def store_instead_of_send(event: OrderPlaced) -> None:
+        telemetry.deferred()  # the outbox's admission hook: the event goes to a table
+        stored.append(dict(current_context().metadata))
+
+    bus.subscribe(OrderPlaced, store_instead_of_send, name="outbox-stand-in")
+    async with bus:
+        event = OrderPlaced(order=9)
+        await bus.publish(event, metadata={"ip": "1.2.3.4"})
+    (publish,) = otel.spans("send ") + otel.spans("create ")
+    assert publish.name == "send telemetry.order_placed"  # deferred() outside its send: no-op
+
+    otel.exporter.clear()
+    codec = CloudEventCodec(source="orders")
+    with telemetry.send((event,)):
+        telemetry.deferred()
+        attributes, _body = codec.encode(event, telemetry.creation_metadata(event, None))
+    (create,) = otel.spans("create ")
+    assert create.name == "create telemetry.order_placed"
+    assert dict(create.attributes or {})["messaging.operation.type"] == "create"
+    assert otel.total("messaging.client.sent.messages") == 1  # the first publish only
+
+    with telemetry.relay(attributes, key=None):
+        pass
+    (relayed,) = otel.spans("send ")
+    assert create.context is not None and relayed.context is not None
+    assert relayed.context.trace_id == create.context.trace_id
+    assert relayed.parent is not None and relayed.parent.span_id == create.context.span_id
+    assert [link.context.span_id for link in relayed.links] == [create.context.span_id]
+    attrs = dict(relayed.attributes or {})
+    assert attrs["messaging.message.id"] == str(event.event_id)
+    assert attrs["hexbus.outbox.relayed"] is True
+    assert otel.total("messaging.client.sent.messages") == 2
+    assert otel.total(
+        "messaging.client.operation.duration", **{"messaging.operation.type": "create"}
+    ) == 1

@@ -11,6 +11,8 @@ Where each hook is called:
 
 - ``send``: around a whole ``publish`` / ``publish_many`` (admission, encoding, the
   broker's confirm), by the wrapper ``instrument_publishing`` puts on the bus instance;
+- ``deferred`` / ``relay``: the outbox: a publish that only stored its events reports
+  ``create``, and the relay's later send a ``send`` linked to the stored context;
 - ``creation_metadata``: by admission (``Admission.admit_many``) and by that wrapper:
   the event's creation context (W3C ``traceparent`` / ``tracestate``) joins its metadata,
   so it travels as the CloudEvents distributed-tracing extension on every transport
@@ -108,6 +110,22 @@ class Instrumentation(Protocol):
     ) -> Mapping[str, str] | None:
         """``metadata`` plus the event's creation context, when it has none yet."""
 
+    def deferred(self) -> None:
+        """The open ``send`` only stored its events (the outbox): it becomes ``create``.
+
+        Called by whatever stores instead of sending, inside the publish; the relay's
+        later send is reported by ``relay``.
+        """
+
+    def relay(
+        self, attributes: Mapping[str, str], key: str | None = None
+    ) -> AbstractContextManager[Any]:
+        """Around the send of an already encoded event (the outbox relay's ``send_encoded``).
+
+        ``attributes`` are its CloudEvents attributes (``EncodedEvent.attributes``): the
+        span links to (and continues) the ``traceparent`` stored with them.
+        """
+
     def process(
         self,
         subscription: str,
@@ -148,15 +166,6 @@ async def traced_call(
         await sub.call(event)
 
 
-class _Publishing(Protocol):
-    adapter_name: str
-    instrumentation: Instrumentation | None
-
-    async def publish(self, event: DomainEvent, **kwargs: Any) -> None: ...
-
-    async def publish_many(self, events: Iterable[DomainEvent], **kwargs: Any) -> None: ...
-
-
 def instrument_publishing(
     bus: Any, instrumentation: Instrumentation | None, *, batch_span: bool = True
 ) -> None:
@@ -171,40 +180,38 @@ def instrument_publishing(
         vars(bus).pop(name, None)
     if instrumentation is None:
         return
-    cls = type(bus)
-    bus.publish = functools.partial(_publish, cls.publish, bus, instrumentation)
+    bus.publish = _traced_publish(bus, type(bus).publish, instrumentation)
     if batch_span:
-        bus.publish_many = functools.partial(_publish_many, cls.publish_many, bus, instrumentation)
+        bus.publish_many = _traced_publish_many(bus, type(bus).publish_many, instrumentation)
 
 
-async def _publish(
-    publish: Callable[..., Coroutine[Any, Any, None]],
-    bus: Any,
-    instrumentation: Instrumentation,
-    event: DomainEvent,
-    /,
-    *,
-    metadata: Mapping[str, str] | None = None,
-    key: str | None = None,
-    **kwargs: Any,
-) -> None:
-    if not isinstance(event, DomainEvent):  # admission reports it, without a span
-        await publish(bus, event, metadata=metadata, key=key, **kwargs)
-        return
-    with instrumentation.send((event,), key):
-        if metadata is None or isinstance(metadata, Mapping):  # else admission refuses it
-            metadata = instrumentation.creation_metadata(event, metadata)
-        await publish(bus, event, metadata=metadata, key=key, **kwargs)
+def _traced_publish(
+    bus: Any, publish: Callable[..., Coroutine[Any, Any, None]], traced: Instrumentation
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    async def traced_publish(
+        event: DomainEvent,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        key: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(event, DomainEvent):  # admission reports it, without a span
+            await publish(bus, event, metadata=metadata, key=key, **kwargs)
+            return
+        with traced.send((event,), key):
+            if metadata is None or isinstance(metadata, Mapping):  # else admission refuses
+                metadata = traced.creation_metadata(event, metadata)
+            await publish(bus, event, metadata=metadata, key=key, **kwargs)
+
+    return functools.update_wrapper(traced_publish, publish)
 
 
-async def _publish_many(
-    publish_many: Callable[..., Coroutine[Any, Any, None]],
-    bus: Any,
-    instrumentation: Instrumentation,
-    events: Iterable[DomainEvent],
-    /,
-    **kwargs: Any,
-) -> None:
-    items = list(events)
-    with instrumentation.send(items):
-        await publish_many(bus, items, **kwargs)
+def _traced_publish_many(
+    bus: Any, publish_many: Callable[..., Coroutine[Any, Any, None]], traced: Instrumentation
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    async def traced_publish_many(events: Iterable[DomainEvent], **kwargs: Any) -> None:
+        items = list(events)
+        with traced.send(items):
+            await publish_many(bus, items, **kwargs)
+
+    return functools.update_wrapper(traced_publish_many, publish_many)

@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from time import perf_counter
 from typing import Any
 
@@ -28,7 +29,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from hexbus.application.consuming import Action, Outcome, error_text
 from hexbus.application.observing import TRACEPARENT, TRACESTATE, forwarded_trace
-from hexbus.domain.events import DomainEvent
+from hexbus.domain.events import DomainEvent, EventRegistry
 
 __all__ = ["Telemetry", "TraceLogFilter", "register_gauge", "sdk_configured"]
 
@@ -49,6 +50,21 @@ _KAFKA_WHERE = re.compile(r"(?P<topic>.+)\[(?P<partition>\d+)\]@(?P<offset>\d+)"
 _QUEUE_WHERE = re.compile(r"queue '(?P<queue>.+)'")
 
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class _SendScope:
+    """The open ``send`` of a publish: what ``deferred`` changes into ``create``."""
+
+    __slots__ = ("destination", "metric_attributes", "sent", "span")
+
+    def __init__(self, span: Span, destination: str, metric_attributes: dict[str, Any]):
+        self.span = span
+        self.destination = destination
+        self.metric_attributes = metric_attributes
+        self.sent = True
+
+
+_send_scope: ContextVar[_SendScope | None] = ContextVar("hexbus_send_scope", default=None)
 
 
 def sdk_configured() -> bool:
@@ -132,6 +148,7 @@ class Telemetry:
         self._topic_for: Callable[[type[DomainEvent]], str] | None = (
             getattr(bus, "topic_for", None) if adapter == "kafka" else None
         )
+        self._registry: EventRegistry | None = getattr(bus, "registry", None)
         self.operation_duration = meter.create_histogram(
             "messaging.client.operation.duration",
             unit="s",
@@ -206,21 +223,109 @@ class Telemetry:
         span = self.tracer.start_span(
             f"send {destination}", kind=SpanKind.PRODUCER, attributes=attributes
         )
+        scope = _SendScope(span, destination, metric_attributes)
+        scope_token = _send_scope.set(scope)
         token = attach(trace.set_span_in_context(span))
         try:
             yield span
         except BaseException as exc:
-            error_type = type(exc).__qualname__
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, error_text(exc)))
-            span.set_attribute("error.type", error_type)
-            metric_attributes["error.type"] = error_type
+            self._failed(span, exc, metric_attributes)
+            raise
+        finally:
+            detach(token)
+            _send_scope.reset(scope_token)
+            span.end()
+            self.operation_duration.record(perf_counter() - start, metric_attributes)
+            if scope.sent:
+                self.sent.add(len(items), metric_attributes)
+
+    @staticmethod
+    def _failed(span: Span, exc: BaseException, metric_attributes: dict[str, Any]) -> None:
+        error_type = type(exc).__qualname__
+        span.record_exception(exc)
+        span.set_status(Status(StatusCode.ERROR, error_text(exc)))
+        span.set_attribute("error.type", error_type)
+        metric_attributes["error.type"] = error_type
+
+    def deferred(self) -> None:
+        """The open ``send`` only stored its events (the outbox): report it as ``create``.
+
+        Its span is renamed ``create {destination}`` with ``messaging.operation.type`` /
+        ``.name`` ``create``; its duration is recorded as a ``create`` operation and
+        ``messaging.client.sent.messages`` is left to the relay's real send.
+        """
+        scope = _send_scope.get()
+        if scope is None:
+            return
+        scope.sent = False
+        scope.span.update_name(f"create {scope.destination}")
+        scope.span.set_attribute("messaging.operation.type", "create")
+        scope.span.set_attribute("messaging.operation.name", "create")
+        scope.metric_attributes["messaging.operation.type"] = "create"
+        scope.metric_attributes["messaging.operation.name"] = "create"
+
+    @contextmanager
+    def relay(self, attributes: Mapping[str, str], key: str | None = None) -> Iterator[Span]:
+        """The ``send`` of an encoded event (the outbox relay), continuing its stored trace.
+
+        Parent and link: the ``traceparent`` stored with the event (its creation context,
+        the ``create`` span of the publish that stored it), so the relay's send and the
+        consumers' ``process`` spans join the request's trace.
+        """
+        event_type = attributes.get("type", "")
+        destination = self._wire_destination(event_type)
+        metric_attributes: dict[str, Any] = {
+            "messaging.system": self.system,
+            "messaging.operation.name": "send",
+            "messaging.operation.type": "send",
+            "messaging.destination.name": destination,
+        }
+        span_attributes: dict[str, Any] = {
+            **metric_attributes,
+            "messaging.message.id": attributes.get("id", ""),
+            "messaging.message.conversation_id": attributes.get("correlationid", ""),
+            "hexbus.event.type": event_type,
+            "hexbus.outbox.relayed": True,
+        }
+        if self.adapter == "kafka":
+            span_attributes["messaging.kafka.message.key"] = (
+                key if key is not None else attributes.get("id", "")
+            )
+        elif self.adapter == "rabbitmq":
+            span_attributes["messaging.rabbitmq.destination.routing_key"] = event_type
+        created = self._extract(attributes, None)
+        links = None
+        if created is not None:
+            links = [Link(trace.get_current_span(created).get_span_context())]
+        start = perf_counter()
+        span = self.tracer.start_span(
+            f"send {destination}",
+            context=created,
+            kind=SpanKind.PRODUCER,
+            attributes=span_attributes,
+            links=links,
+        )
+        token = attach(trace.set_span_in_context(span))
+        try:
+            yield span
+        except BaseException as exc:
+            self._failed(span, exc, metric_attributes)
             raise
         finally:
             detach(token)
             span.end()
             self.operation_duration.record(perf_counter() - start, metric_attributes)
-            self.sent.add(len(items), metric_attributes)
+            self.sent.add(1, metric_attributes)
+
+    def _wire_destination(self, event_type: str) -> str:
+        """``destination`` for an event known only by its wire type (the relay)."""
+        if self._topic_for is not None and self._registry is not None and (
+            event_type in self._registry
+        ):
+            return self._topic_for(self._registry.get(event_type))
+        if self.exchange is not None:
+            return self.exchange
+        return event_type
 
     def creation_metadata(
         self, event: DomainEvent, metadata: Mapping[str, str] | None
@@ -344,6 +449,9 @@ class Telemetry:
             links=links,
         )
         token = attach(trace.set_span_in_context(span))
+        # A handler is not inside the publish that delivered it (memory runs it there):
+        # ``deferred`` in a handler must not turn that publish's send into a create.
+        send_token = _send_scope.set(None)
         scope = _ProcessScope(self, span, subscription, attempt)
         try:
             yield scope
@@ -351,6 +459,7 @@ class Telemetry:
             scope.failed(exc)
             raise
         finally:
+            _send_scope.reset(send_token)
             detach(token)
             span.end()
             if scope.error_type is not None:
