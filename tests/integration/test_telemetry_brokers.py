@@ -228,12 +228,15 @@ async def test_a_malformed_traceparent_from_a_foreign_producer_never_fails_deliv
 
     consumer.subscribe(ShipmentBooked, on_booked, name="lenient")
     caplog.set_level(logging.DEBUG, logger="hexbus.telemetry")
-    await _started(consumer, producer)
+    startup = consumer_otel.tracer_provider.get_tracer("service")
+    with startup.start_as_current_span("service start-up"):  # consumer tasks inherit it
+        await _started(consumer, producer)
     await producer.publish(ShipmentBooked(shipment=1), metadata={TRACEPARENT: "01-not-a-trace"})
     await eventually(lambda: handled == ["01-not-a-trace"], timeout=60, message="handled")
     await eventually(lambda: len(consumer_otel.spans("process ")) == 1, timeout=10)
     (process,) = consumer_otel.spans("process ")
     assert process.status.status_code is StatusCode.UNSET
+    # without a creation context the delivery starts its own trace (not start-up's)
     assert list(process.links) == [] and process.parent is None
     assert "ignoring malformed traceparent '01-not-a-trace'" in caplog.text
     assert consumer.stats.dead_lettered == 0 and consumer.stats.failed == 0

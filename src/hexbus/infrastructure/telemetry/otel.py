@@ -44,6 +44,7 @@ _DURATION_BUCKETS = (
 )
 #: ``messaging.system`` per adapter; unknown adapters report their own name.
 _SYSTEMS = {"memory": "hexbus.memory", "rabbitmq": "rabbitmq", "kafka": "kafka"}
+_BROKERS = frozenset({"rabbitmq", "kafka"})
 #: Kafka's ``where`` (``ConsumePipeline.deliver``): ``topic[partition]@offset``.
 _KAFKA_WHERE = re.compile(r"(?P<topic>.+)\[(?P<partition>\d+)\]@(?P<offset>\d+)")
 #: RabbitMQ's ``where``: ``queue 'name'``.
@@ -138,6 +139,9 @@ class Telemetry:
         adapter = str(getattr(bus, "adapter_name", "hexbus"))
         self.adapter = adapter
         self.system = _SYSTEMS.get(adapter, adapter)
+        #: Handlers run inside the publish (memory, the recording bus): a delivery without
+        #: a creation context is still a child of the current (publishing) span.
+        self.in_process = adapter not in _BROKERS
         self.tracer = trace.get_tracer(_SCOPE, _VERSION, tracer_provider)
         meter = metrics.get_meter(_SCOPE, _VERSION, meter_provider)
         # Where events go, in the adapter's own terms (semantic conventions per system).
@@ -440,6 +444,10 @@ class Telemetry:
         links = None
         if created is not None:
             links = [Link(trace.get_current_span(created).get_span_context())]
+        if created is None and not self.in_process:
+            # A broker delivery without (a valid) creation context starts a trace of its
+            # own, never a child of whatever span was current when the consumer started.
+            created = Context()
         start = perf_counter()
         span = self.tracer.start_span(
             f"process {destination}",
