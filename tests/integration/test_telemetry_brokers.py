@@ -28,11 +28,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from hexbus import DomainEvent
+from hexbus import DomainEvent, EventBus
 from hexbus.application.observing import TRACEPARENT
 from hexbus.domain.context import current_context
 from hexbus.domain.ports import Readiness
 from hexbus.infrastructure.telemetry import instrument
+from hexbus.testing import BusFactory, Capabilities, EventBusContract
 from hexbus.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -310,3 +311,55 @@ async def test_the_trace_crosses_into_a_separate_producer_process(
         (sent["trace_id"], sent["span_id"])
     ]
     assert process.context is not None and process.context.trace_id == sent["trace_id"]
+
+
+class TestRabbitMQTracedContract(EventBusContract):
+    """The contract holds on RabbitMQ with tracing and metrics on (SDK recording)."""
+
+    capabilities = Capabilities(
+        durable=True,
+        redelivery=True,
+        dead_letter=True,
+        ordering="per_queue",
+        consumer_groups=True,
+        delivers_in_publish=False,
+        max_attempts=3,
+    )
+    adapter_name = "rabbitmq (traced)"
+    timeout = 15.0
+    retry_timeout = 30.0
+
+    @pytest.fixture
+    def bus_factory(self, rabbit_bus_maker: RabbitBusMaker, consumer_otel: Otel) -> BusFactory:
+        async def make() -> EventBus:
+            bus = rabbit_bus_maker(max_attempts=self.capabilities.max_attempts)
+            consumer_otel.instrument(bus)
+            return bus
+
+        return make
+
+
+class TestKafkaTracedContract(EventBusContract):
+    """The contract holds on Kafka with tracing and metrics on (SDK recording)."""
+
+    capabilities = Capabilities(
+        durable=True,
+        redelivery=True,
+        dead_letter=True,
+        ordering="per_key",
+        consumer_groups=True,
+        delivers_in_publish=False,
+        max_attempts=3,
+    )
+    adapter_name = "kafka (traced)"
+    timeout = 20.0
+    retry_timeout = 30.0
+
+    @pytest.fixture
+    def bus_factory(self, kafka_bus_maker: KafkaBusMaker, consumer_otel: Otel) -> BusFactory:
+        async def make() -> EventBus:
+            bus = kafka_bus_maker(max_attempts=self.capabilities.max_attempts)
+            consumer_otel.instrument(bus)
+            return bus
+
+        return make
