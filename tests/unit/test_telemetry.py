@@ -6,6 +6,7 @@ producer process) are in tests/integration/test_telemetry_brokers.py.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -19,10 +20,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from hexbus import DomainEvent, EventBus
-from hexbus.application.observing import TRACEPARENT, trace_id_of
+from hexbus.application.observing import TRACEPARENT, TRACESTATE, trace_id_of
 from hexbus.domain.context import current_context
-from hexbus.infrastructure.codec import CloudEventCodec
+from hexbus.infrastructure.codec import STRUCTURED_CONTENT_TYPE, CloudEventCodec
+from hexbus.infrastructure.kafka.marshal import encode_record, read_record
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
+from hexbus.infrastructure.rabbitmq.marshal import encode_message, read_message
 from hexbus.infrastructure.settings import load_settings
 from hexbus.infrastructure.telemetry import configure, instrument, register_gauge
 from hexbus.testing import BusFactory, Capabilities, EventBusContract
@@ -401,3 +404,34 @@ async def test_outbox_hooks_create_then_relay_continue_the_stored_trace(otel: Ot
     assert otel.total(
         "messaging.client.operation.duration", **{"messaging.operation.type": "create"}
     ) == 1
+
+
+def test_the_creation_context_is_a_cloudevents_extension_on_both_wires() -> None:
+    """``traceparent`` / ``tracestate`` travel as CloudEvents extension attributes: Kafka
+    ``ce_`` headers, AMQP ``cloudEvents:`` headers, members of a structured document."""
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    carried = {TRACEPARENT: parent, TRACESTATE: "vendor=opaque"}
+    codec = CloudEventCodec(source="orders")
+    event = OrderPlaced(order=1)
+
+    headers, value = encode_record(codec, event, carried)
+    assert ("ce_traceparent", parent.encode()) in headers
+    assert ("ce_tracestate", b"vendor=opaque") in headers
+    assert read_record(codec, headers, value)[1] == carried
+
+    amqp, content_type, body = encode_message(codec, event, carried)
+    assert amqp["cloudEvents:traceparent"] == parent
+    assert read_message(codec, amqp, content_type, body)[1] == carried
+
+    foreign = {
+        "specversion": "1.0",
+        "id": "order-42",
+        "type": OrderPlaced.event_type,
+        "source": "shop",
+        "traceparent": parent,
+        "data": {"order": 3},
+    }
+    _, metadata, _ = codec.decode_structured(
+        json.dumps(foreign).encode(), STRUCTURED_CONTENT_TYPE
+    )
+    assert metadata == {TRACEPARENT: parent}
