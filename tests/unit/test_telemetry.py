@@ -23,6 +23,7 @@ from hexbus import DomainEvent, EventBus
 from hexbus.application.observing import TRACEPARENT, TRACESTATE, trace_id_of
 from hexbus.domain.context import current_context
 from hexbus.infrastructure.codec import STRUCTURED_CONTENT_TYPE, CloudEventCodec
+from hexbus.infrastructure.container import Container
 from hexbus.infrastructure.kafka.marshal import encode_record, read_record
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
 from hexbus.infrastructure.rabbitmq.marshal import encode_message, read_message
@@ -435,3 +436,13 @@ def test_the_creation_context_is_a_cloudevents_extension_on_both_wires() -> None
         json.dumps(foreign).encode(), STRUCTURED_CONTENT_TYPE
     )
     assert metadata == {TRACEPARENT: parent}
+
+
+async def test_the_container_and_registry_apply_hexbus_otel() -> None:
+    container = Container()
+    container.config.from_dict({"adapter": "memory", "otel": "on"})
+    bus = container.event_bus()
+    assert bus.instrumentation is not None  # type: ignore[attr-defined]
+    off = Container()
+    off.config.from_dict({"adapter": "memory", "otel": "off"})
+    assert off.event_bus().instrumentation is None  # type: ignore[attr-defined]

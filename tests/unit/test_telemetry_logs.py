@@ -16,8 +16,10 @@ from hexbus.application.dispatch import DispatchStats
 from hexbus.application.handlers import SubscriptionTable
 from hexbus.application.observing import TRACEPARENT
 from hexbus.cli.tail import event_line, event_record
+from hexbus.infrastructure.adapters import build_bus
 from hexbus.infrastructure.logging import JsonFormatter, configure_logging
 from hexbus.infrastructure.memory import InMemoryEventBus
+from hexbus.infrastructure.settings import load_settings
 from hexbus.infrastructure.telemetry import instrument, trace_log_filter
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -137,3 +139,20 @@ def test_tail_shows_the_trace_id() -> None:
     assert "ip_address=10.0.0.1" in line and "traceparent=" not in line
     untraced = event_record(event, {"ip_address": "10.0.0.1"})
     assert untraced["trace_id"] is None and "trace=" not in event_line(untraced).plain
+
+
+def test_hexbus_log_format_json_is_applied_when_the_registry_builds_a_bus() -> None:
+    logger = logging.getLogger("hexbus")
+    before = (logger.level, logger.propagate, list(logger.handlers))
+    try:
+        build_bus(load_settings(log_format="text"))
+        assert logger.handlers == before[2]
+        build_bus(load_settings(log_format="json"))
+        added = [h for h in logger.handlers if h not in before[2]]
+        assert len(added) == 1 and isinstance(added[0].formatter, JsonFormatter)
+        assert logger.propagate is False
+    finally:
+        for handler in [h for h in logger.handlers if h not in before[2]]:
+            logger.removeHandler(handler)
+        logger.setLevel(before[0])
+        logger.propagate = before[1]
