@@ -193,7 +193,10 @@ class Telemetry:
     def destination(self, event: DomainEvent) -> str:
         """``messaging.destination.name`` of a publish: topic, exchange, or the event type."""
         if self._topic_for is not None:
-            return self._topic_for(type(event))
+            try:
+                return self._topic_for(type(event))
+            except Exception:  # noqa: BLE001 - a span name must never fail a publish
+                return event.event_type
         if self.exchange is not None:
             return self.exchange
         return event.event_type
