@@ -3,7 +3,7 @@
 Why a protocol here and not OpenTelemetry calls in the pipelines: the application layer
 never imports a client (import-linter), and a bus without instrumentation must cost
 nothing. Every pipeline holds ``instrumentation`` (``None`` by default) and tests that one
-attribute before doing anything; ``hexbus.infrastructure.telemetry.Telemetry`` implements
+attribute before doing anything; ``hexbus.infrastructure.telemetry.otel.Telemetry`` implements
 the protocol with the OpenTelemetry API, and ``EventBusBase.instrument`` switches a bus
 (its publish, its consume pipeline, the memory dispatcher) over to it.
 
