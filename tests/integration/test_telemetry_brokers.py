@@ -363,3 +363,29 @@ class TestKafkaTracedContract(EventBusContract):
             return bus
 
         return make
+
+
+async def test_publish_many_is_one_send_span_every_event_links_to(
+    maker: Any, producer_otel: Otel, consumer_otel: Otel
+) -> None:
+    producer, consumer = maker(), maker()
+    producer_otel.instrument(producer)
+    consumer_otel.instrument(consumer)
+    handled: list[int] = []
+
+    async def on_booked(event: ShipmentBooked) -> None:
+        handled.append(event.shipment)
+
+    consumer.subscribe(ShipmentBooked, on_booked, name="batch")
+    await _started(consumer, producer)
+    await producer.publish_many([ShipmentBooked(shipment=i) for i in range(3)])
+    await eventually(lambda: sorted(handled) == [0, 1, 2], timeout=60, message="3 handled")
+    await eventually(lambda: len(consumer_otel.spans("process ")) == 3, timeout=10)
+    (send,) = producer_otel.spans("send ")
+    assert _attrs(send)["messaging.batch.message_count"] == 3
+    assert "messaging.message.id" not in _attrs(send)
+    assert send.context is not None
+    for process in consumer_otel.spans("process "):
+        assert [link.context.span_id for link in process.links] == [send.context.span_id]
+    assert producer_otel.total("messaging.client.sent.messages") == 3
+    assert producer_otel.total("messaging.client.operation.duration") == 1
