@@ -391,7 +391,7 @@ async def test_outbox_hooks_create_then_relay_continue_the_stored_trace(otel: Ot
     assert dict(create.attributes or {})["messaging.operation.type"] == "create"
     assert otel.total("messaging.client.sent.messages") == 1  # the first publish only
 
-    with telemetry.relay(attributes, key=None):
+    with telemetry.relay([attributes]):
         pass
     (relayed,) = otel.spans("send ")
     assert create.context is not None and relayed.context is not None
@@ -405,6 +405,25 @@ async def test_outbox_hooks_create_then_relay_continue_the_stored_trace(otel: Ot
     assert otel.total(
         "messaging.client.operation.duration", **{"messaging.operation.type": "create"}
     ) == 1
+
+    # a relay batch: one send span linking every stored context, a trace of its own
+    otel.exporter.clear()
+    other = OrderPlaced(order=10)
+    with telemetry.send((other,)):
+        other_attributes, _ = codec.encode(other, telemetry.creation_metadata(other, None))
+    (other_send,) = otel.spans("send ")
+    otel.exporter.clear()
+    with telemetry.relay([attributes, other_attributes]):
+        pass
+    (batch,) = otel.spans("send ")
+    assert batch.parent is None
+    assert other_send.context is not None
+    assert [link.context.span_id for link in batch.links] == [
+        create.context.span_id,
+        other_send.context.span_id,
+    ]
+    assert dict(batch.attributes or {})["messaging.batch.message_count"] == 2
+    assert otel.total("messaging.client.sent.messages") == 5
 
 
 def test_the_creation_context_is_a_cloudevents_extension_on_both_wires() -> None:

@@ -118,12 +118,12 @@ class Instrumentation(Protocol):
         """
 
     def relay(
-        self, attributes: Mapping[str, str], key: str | None = None
+        self, encoded: Sequence[Mapping[str, str]], keys: Sequence[str | None] = ()
     ) -> AbstractContextManager[Any]:
-        """Around the send of an already encoded event (the outbox relay's ``send_encoded``).
+        """Around the send of already encoded events (an outbox relay's ``send_encoded``).
 
-        ``attributes`` are its CloudEvents attributes (``EncodedEvent.attributes``): the
-        span links to (and continues) the ``traceparent`` stored with them.
+        ``encoded``: each event's CloudEvents attributes (``EncodedEvent.attributes``);
+        the span links to (and for one event continues) the ``traceparent`` stored there.
         """
 
     def process(

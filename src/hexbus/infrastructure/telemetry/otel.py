@@ -272,45 +272,57 @@ class Telemetry:
         scope.metric_attributes["messaging.operation.name"] = "create"
 
     @contextmanager
-    def relay(self, attributes: Mapping[str, str], key: str | None = None) -> Iterator[Span]:
-        """The ``send`` of an encoded event (the outbox relay), continuing its stored trace.
+    def relay(
+        self, encoded: Sequence[Mapping[str, str]], keys: Sequence[str | None] = ()
+    ) -> Iterator[Span]:
+        """The ``send`` of encoded events (an outbox relay batch), continuing stored traces.
 
-        Parent and link: the ``traceparent`` stored with the event (its creation context,
-        the ``create`` span of the publish that stored it), so the relay's send and the
-        consumers' ``process`` spans join the request's trace.
+        ``encoded`` holds each event's CloudEvents attributes (``EncodedEvent.attributes``)
+        and ``keys`` their publish keys (optional). The span links to every stored
+        ``traceparent`` (the ``create`` spans of the publishes that stored them); for one
+        event it is also that context's child, so request, ``create``, the relay's
+        ``send`` and the consumers' ``process`` spans are one trace.
         """
-        event_type = attributes.get("type", "")
+        items = list(encoded)
+        first = items[0] if items else {}
+        event_type = first.get("type", "")
         destination = self._wire_destination(event_type)
+        if any(self._wire_destination(i.get("type", "")) != destination for i in items[1:]):
+            destination = "(several)"
         metric_attributes: dict[str, Any] = {
             "messaging.system": self.system,
             "messaging.operation.name": "send",
             "messaging.operation.type": "send",
             "messaging.destination.name": destination,
         }
-        span_attributes: dict[str, Any] = {
-            **metric_attributes,
-            "messaging.message.id": attributes.get("id", ""),
-            "messaging.message.conversation_id": attributes.get("correlationid", ""),
-            "hexbus.event.type": event_type,
-            "hexbus.outbox.relayed": True,
-        }
-        if self.adapter == "kafka":
-            span_attributes["messaging.kafka.message.key"] = (
-                key if key is not None else attributes.get("id", "")
-            )
-        elif self.adapter == "rabbitmq":
-            span_attributes["messaging.rabbitmq.destination.routing_key"] = event_type
-        created = self._extract(attributes, None)
-        links = None
-        if created is not None:
-            links = [Link(trace.get_current_span(created).get_span_context())]
+        span_attributes: dict[str, Any] = {**metric_attributes, "hexbus.outbox.relayed": True}
+        if len(items) == 1:
+            span_attributes["messaging.message.id"] = first.get("id", "")
+            span_attributes["messaging.message.conversation_id"] = first.get("correlationid", "")
+            span_attributes["hexbus.event.type"] = event_type
+            key = keys[0] if keys else None
+            if self.adapter == "kafka":
+                span_attributes["messaging.kafka.message.key"] = (
+                    key if key is not None else first.get("id", "")
+                )
+            elif self.adapter == "rabbitmq":
+                span_attributes["messaging.rabbitmq.destination.routing_key"] = event_type
+        else:
+            span_attributes["messaging.batch.message_count"] = len(items)
+        stored = [self._extract(item, None) for item in items]
+        links = [
+            Link(trace.get_current_span(context).get_span_context())
+            for context in stored
+            if context is not None
+        ]
+        parent = stored[0] if len(items) == 1 else None
         start = perf_counter()
         span = self.tracer.start_span(
             f"send {destination}",
-            context=created,
+            context=parent if parent is not None else Context(),
             kind=SpanKind.PRODUCER,
             attributes=span_attributes,
-            links=links,
+            links=links or None,
         )
         token = attach(trace.set_span_in_context(span))
         try:
@@ -322,7 +334,7 @@ class Telemetry:
             detach(token)
             span.end()
             self.operation_duration.record(perf_counter() - start, metric_attributes)
-            self.sent.add(1, metric_attributes)
+            self.sent.add(len(items), metric_attributes)
 
     def _wire_destination(self, event_type: str) -> str:
         """``destination`` for an event known only by its wire type (the relay)."""
