@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
+from hexbus.application.consuming import ConsumePipeline
+from hexbus.application.dispatch import Dispatcher
 from hexbus.application.handlers import (
     EventRouter,
     Inbox,
@@ -21,6 +23,7 @@ from hexbus.application.handlers import (
 )
 from hexbus.application.lifecycle import BusState
 from hexbus.application.middleware import MiddlewareChain
+from hexbus.application.observing import Instrumentation, instrument_publishing
 from hexbus.application.publishing import Admission, OutboxWriter, validate_metadata
 from hexbus.domain.errors import BusClosedError, ConfigurationError, NotStartedError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
@@ -57,6 +60,11 @@ class EventBusBase:
     """Subscriptions, middleware and lifecycle; adapters add ``publish``/``start``/``stop``."""
 
     adapter_name = "base"
+    #: Tracing and metrics hooks (``hexbus.application.observing``); ``None``: off, free.
+    instrumentation: Instrumentation | None = None
+    #: Does ``publish_many`` send the batch itself (one ``send`` span for it)? ``False``
+    #: for a bus whose ``publish_many`` calls ``publish`` per event (a span each).
+    batch_send_span = True
 
     def __init__(self, *, registry: EventRegistry = event_registry) -> None:
         self.registry = registry
@@ -134,6 +142,20 @@ class EventBusBase:
 
     def _unsubscribed(self, sub: Subscription) -> None:
         """Hook for adapters that must tear something down for a removed subscription."""
+
+    # -- observing ---------------------------------------------------------------------
+    def instrument(self, instrumentation: Instrumentation | None) -> None:
+        """Report spans and metrics to ``instrumentation`` (``None``: stop reporting).
+
+        Reaches the publish wrapper and every consume pipeline and dispatcher the bus
+        holds, so one call covers the whole bus whatever the transport.
+        ``hexbus.infrastructure.telemetry.instrument`` builds the OpenTelemetry one.
+        """
+        self.instrumentation = instrumentation
+        for part in vars(self).values():
+            if isinstance(part, ConsumePipeline | Dispatcher):
+                part.instrumentation = instrumentation
+        instrument_publishing(self, instrumentation, batch_span=self.batch_send_span)
 
     # -- publishing --------------------------------------------------------------------
     def _check_publish(self, event: Any) -> None:

@@ -30,13 +30,17 @@ import enum
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from hexbus.application.dispatch import DispatchStats, run_handler
 from hexbus.application.handlers import Subscription, SubscriptionTable
+from hexbus.application.observing import trace_id_of
 from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
+
+if TYPE_CHECKING:
+    from hexbus.application.observing import Instrumentation, ProcessScope
 
 __all__ = [
     "ACK",
@@ -131,6 +135,8 @@ class ConsumePipeline:
         self.handler_timeout = handler_timeout
         self.stats = stats
         self.adapter = adapter
+        #: Spans and metrics (``hexbus.application.observing``); ``None``: off.
+        self.instrumentation: Instrumentation | None = None
 
     async def deliver(
         self,
@@ -166,12 +172,15 @@ class ConsumePipeline:
                 "%s: %s; dead-lettered",
                 self.adapter,
                 error,
-                extra=_extra(event, subscription, attempt),
+                extra=_extra(event, subscription, attempt, metadata),
             )
-            return Outcome(Action.DEAD_LETTER, attempt, 0.0, error, "no_handler", subscription)
+            outcome = Outcome(Action.DEAD_LETTER, attempt, 0.0, error, "no_handler", subscription)
+            if self.instrumentation is not None:
+                self.instrumentation.undeliverable(subscription, outcome, where)
+            return outcome
         return await self.run(
             subs, event, metadata, subscription=subscription, attempt=attempt, key=key,
-            session=session, cloudevent_id=cloudevent_id,
+            session=session, cloudevent_id=cloudevent_id, where=where,
         )
 
     def undecodable(
@@ -187,7 +196,7 @@ class ConsumePipeline:
             exc,
             extra={"subscription": subscription, "reason": exc.reason, "attempt": attempt},
         )
-        return Outcome(
+        outcome = Outcome(
             Action.DEAD_LETTER,
             attempt,
             0.0,
@@ -195,6 +204,9 @@ class ConsumePipeline:
             exc.reason,
             subscription,
         )
+        if self.instrumentation is not None:
+            self.instrumentation.undeliverable(subscription, outcome, where)
+        return outcome
 
     async def run(
         self,
@@ -207,8 +219,36 @@ class ConsumePipeline:
         key: str | None = None,
         session: Any = None,
         cloudevent_id: str | None = None,
+        where: str = "",
     ) -> Outcome:
         """Run ``subs`` (handlers of one subscription) once for ``event``; the outcome."""
+        traced = self.instrumentation
+        if traced is None:
+            return await self._run(
+                subs, event, metadata, subscription=subscription, attempt=attempt, key=key,
+                session=session, cloudevent_id=cloudevent_id,
+            )
+        with traced.process(
+            subscription, event, metadata, attempt=attempt, key=key, where=where
+        ) as scope:
+            return await self._run(
+                subs, event, metadata, subscription=subscription, attempt=attempt, key=key,
+                session=session, cloudevent_id=cloudevent_id, scope=scope,
+            )
+
+    async def _run(
+        self,
+        subs: Sequence[Subscription],
+        event: DomainEvent,
+        metadata: Mapping[str, str],
+        *,
+        subscription: str,
+        attempt: int,
+        key: str | None,
+        session: Any,
+        cloudevent_id: str | None,
+        scope: ProcessScope | None = None,
+    ) -> Outcome:
         token = delivery_context.set(
             DeliveryContext(event, metadata, attempt, session, key, subscription, cloudevent_id)
         )
@@ -216,14 +256,22 @@ class ConsumePipeline:
             for sub in subs:
                 await run_handler(sub, event, self.handler_timeout)
         except Exception as exc:  # noqa: BLE001 - a handler failure is an outcome
-            return self.failed(subscription, event, exc, attempt)
+            outcome = self.failed(subscription, event, exc, attempt, metadata)
+            if scope is not None:
+                scope.failed(exc, outcome)
+            return outcome
         finally:
             delivery_context.reset(token)
         self.stats.handled += 1
         return ACK
 
     def failed(
-        self, subscription: str, event: DomainEvent, exc: BaseException, attempt: int
+        self,
+        subscription: str,
+        event: DomainEvent,
+        exc: BaseException,
+        attempt: int,
+        metadata: Mapping[str, str] | None = None,
     ) -> Outcome:
         """A handler raised on ``attempt``: retry after the policy's delay, or dead-letter."""
         stats = self.stats
@@ -244,7 +292,10 @@ class ConsumePipeline:
             error_text(exc),
             "dead-lettered" if final else "retrying",
             exc_info=exc if final else None,
-            extra={**_extra(event, subscription, attempt), "error": type(exc).__name__},
+            extra={
+                **_extra(event, subscription, attempt, metadata),
+                "error": type(exc).__name__,
+            },
         )
         return self.decide(subscription, exc, attempt)
 
@@ -269,12 +320,21 @@ class ConsumePipeline:
             self.stats.retried += 1
         elif outcome.action is Action.DEAD_LETTER:
             self.stats.dead_lettered += 1
+        if self.instrumentation is not None:
+            self.instrumentation.settled(outcome)
 
 
-def _extra(event: DomainEvent, subscription: str, attempt: int) -> dict[str, Any]:
+def _extra(
+    event: DomainEvent,
+    subscription: str,
+    attempt: int,
+    metadata: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The ``extra`` of a log record about a delivery: what joins it to the trace."""
     return {
         "event_id": str(event.event_id),
         "event_type": event.event_type,
         "subscription": subscription,
         "attempt": attempt,
+        "trace_id": trace_id_of(metadata),
     }

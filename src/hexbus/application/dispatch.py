@@ -32,11 +32,15 @@ from contextvars import Context, copy_context
 from dataclasses import dataclass
 from functools import partial
 from threading import get_ident
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hexbus.application.handlers import Subscription
+from hexbus.application.observing import trace_id_of, traced_call
 from hexbus.domain.context import DeliveryContext, delivery_context
 from hexbus.domain.events import DomainEvent
+
+if TYPE_CHECKING:
+    from hexbus.application.observing import Instrumentation
 
 __all__ = ["DispatchStats", "Dispatcher", "run_handler"]
 
@@ -207,6 +211,8 @@ class Dispatcher:
         self.on_failure: (
             Callable[[Subscription, DomainEvent, BaseException, DeliveryContext], None] | None
         ) = None
+        #: Spans and metrics (``hexbus.application.observing``); ``None``: off.
+        self.instrumentation: Instrumentation | None = None
         # Reused between publishes until a handler suspends and keeps it (see start()).
         self._stand_in: _EagerTaskStandIn | None = None
         self._restart = False  # set by a runner that stopped early (see _run_eagerly)
@@ -237,6 +243,9 @@ class Dispatcher:
                 "event_id": str(event.event_id),
                 "event_type": event.event_type,
                 "handler": sub.name,
+                "subscription": sub.name,
+                "attempt": context.attempt if context is not None else 1,
+                "trace_id": trace_id_of(context.metadata) if context is not None else None,
                 "error": type(exc).__name__,
             },
         )
@@ -341,9 +350,13 @@ class Dispatcher:
         delivery_context.set(context)
         clean = ctx.copy()
         handled = 0  # added to the stats once: an attribute increment per handler costs
+        traced = self.instrumentation
         for sub in remaining:
             try:
-                yield from sub.call(event)
+                if traced is None:
+                    yield from sub.call(event)
+                else:  # a process span around the handler (hexbus.application.observing)
+                    yield from traced_call(traced, sub, event, context)
             except Exception as exc:  # noqa: BLE001 - fail-open by contract
                 self.failed(sub, event, exc, context=context)
             except asyncio.CancelledError as exc:
@@ -388,13 +401,14 @@ class Dispatcher:
     ) -> list[asyncio.Task[None]] | None:
         loop = asyncio.get_running_loop()
         token = delivery_context.set(context)
+        traced = self.instrumentation
         try:
             return [
                 self._spawn(
                     loop,
                     sub,
                     event,
-                    sub.call(event),
+                    sub.call(event) if traced is None else traced_call(traced, sub, event, context),
                     copy_context(),
                     context=context,
                 )

@@ -143,8 +143,11 @@ class Admission:
                 return None
             event = changed
         admitted = Admitted(stamp_causation(event), checked, key, session)
-        outbox = self._bus.outbox
+        bus = self._bus
+        outbox = bus.outbox
         if session is not None and outbox is not None:
+            if bus.instrumentation is not None:  # stored, not sent: the relay sends it
+                bus.instrumentation.deferred()
             await outbox.write(session, (admitted,))
             return None
         return admitted
@@ -156,22 +159,44 @@ class Admission:
         empty when they went into the outbox (``session`` given, an outbox configured).
 
         Every event is checked before any is sent, so a bad item in the middle raises
-        before the transport saw the first (nothing half-published by admission).
+        before the transport saw the first (nothing half-published by admission). With
+        instrumentation, each event's metadata gets its creation context (``traceparent``:
+        the ``send`` span of this batch); a single ``publish`` gets it from the ``send``
+        wrapper (``hexbus.application.observing``) before admission.
         """
         items = list(events)
         for event in items:
             self.check(event)
-        if not self._bus.middleware.items:
-            admitted = [Admitted(stamp_causation(event), session=session) for event in items]
+        bus = self._bus
+        traced = bus.instrumentation
+        if not bus.middleware.items:
+            if traced is None:
+                admitted = [Admitted(stamp_causation(e), session=session) for e in items]
+            else:
+                admitted = [
+                    Admitted(
+                        stamp_causation(e),
+                        traced.creation_metadata(e, None) or _NO_METADATA,
+                        session=session,
+                    )
+                    for e in items
+                ]
         else:
             admitted = []
             for event in items:
-                changed = await self._bus.middleware.apply(event)
+                changed = await bus.middleware.apply(event)
                 if changed is not None:
-                    admitted.append(Admitted(stamp_causation(changed), session=session))
-        outbox = self._bus.outbox
+                    metadata = None if traced is None else traced.creation_metadata(changed, None)
+                    admitted.append(
+                        Admitted(
+                            stamp_causation(changed), metadata or _NO_METADATA, session=session
+                        )
+                    )
+        outbox = bus.outbox
         if session is not None and outbox is not None:
             if admitted:
+                if traced is not None:  # stored, not sent: the relay sends them
+                    traced.deferred()
                 await outbox.write(session, admitted)
             return []
         return admitted

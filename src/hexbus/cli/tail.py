@@ -40,6 +40,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
+from hexbus.application.observing import TRACEPARENT, TRACESTATE, trace_id_of
 from hexbus.cli._common import (
     START_TIMEOUT,
     broker_settings,
@@ -65,12 +66,17 @@ MEMORY_TAIL = (
     "tail process can never see them"
 )
 _ENVELOPE = frozenset(DomainEvent.model_fields)
+_TRACE_KEYS = frozenset({TRACEPARENT, TRACESTATE})
 #: How long clean-up may take before tail gives up and names what is left.
 CLEANUP_TIMEOUT = 15.0
 
 
 def event_record(event: DomainEvent, metadata: Any = None) -> dict[str, Any]:
-    """One event as the ``--json`` line: envelope, metadata and the event's own fields."""
+    """One event as the ``--json`` line: envelope, trace id, metadata and the event's fields.
+
+    ``trace_id`` is the trace of the event's creation context (its ``traceparent``), to
+    find the producer's and consumers' spans; ``None`` when the producer did not trace.
+    """
     data = event.to_dict()
     return {
         "event_type": event.event_type,
@@ -80,18 +86,25 @@ def event_record(event: DomainEvent, metadata: Any = None) -> dict[str, Any]:
         "correlation_id": event.correlation_id,
         "causation_id": event.causation_id,
         "source": event.source,
+        "trace_id": trace_id_of(metadata),
         "metadata": dict(metadata or {}),
         "data": {k: v for k, v in data.items() if k not in _ENVELOPE},
     }
 
 
 def event_line(record: dict[str, Any]) -> Text:
-    """One event as a human line: time, type, id, correlation id, metadata, fields."""
-    meta = " ".join(f"{k}={v}" for k, v in record["metadata"].items())
+    """One event as a human line: time, type, id, correlation id, trace, metadata, fields."""
+    trace_id = record.get("trace_id")
+    meta = " ".join(
+        f"{k}={v}"
+        for k, v in record["metadata"].items()
+        if not (trace_id and k in _TRACE_KEYS)  # shown as trace=
+    )
     return Text.assemble(
         (f"{record['occurred_at']} ", "dim"),
         (record["event_type"], "bold cyan"),
         f" id={record['event_id']} corr={record['correlation_id']}",
+        (f" trace={trace_id}" if trace_id else "", "green"),
         (f" meta[{meta}]" if meta else "", "magenta"),
         " ",
         json.dumps(record["data"], ensure_ascii=False, default=str),

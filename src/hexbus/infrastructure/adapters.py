@@ -18,6 +18,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from hexbus.domain.errors import ConfigurationError
+from hexbus.infrastructure.logging import configure_logging
+from hexbus.infrastructure.telemetry import configure as configure_telemetry
 
 if TYPE_CHECKING:
     from hexbus.domain.ports import EventBus
@@ -121,4 +123,6 @@ def build_bus(settings: HexbusSettings, **overrides: Any) -> EventBus:
     info = adapter_info(settings.adapter)
     bus_class = getattr(_module(info), info.bus_class)
     bus: EventBus = bus_class.from_settings(settings, **overrides)
+    configure_telemetry(bus, settings)  # HEXBUS_OTEL
+    configure_logging(settings.log_format)  # HEXBUS_LOG_FORMAT=json
     return bus

@@ -236,6 +236,11 @@ class HexbusSettings(BaseSettings):
     memory_retries: bool = False
     memory_dead_letter_limit: int = Field(default=1000, ge=1)
     audit_log_path: str | None = None
+    #: OpenTelemetry spans and metrics (``hexbus.infrastructure.telemetry``): ``auto`` = on
+    #: when the API is installed and the application configured an SDK provider.
+    otel: Literal["auto", "on", "off"] = "auto"
+    #: ``json``: hexbus's log records as one JSON object per line (``configure_logging``).
+    log_format: Literal["text", "json"] = "text"
     # -- the transactional outbox and the inbox (docs/architecture/adr-0004-outbox.md) ----
     #: SQLAlchemy async URL of the outbox/inbox database (``sqlite+aiosqlite:///file.db``,
     #: ``postgresql+asyncpg://user:pw@host/db``); unset = no outbox, no inbox.

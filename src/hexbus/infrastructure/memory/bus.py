@@ -44,6 +44,7 @@ class InMemoryEventBus(EventBusBase):
     """Runs handlers in this process, concurrently, as events are published."""
 
     adapter_name = "memory"
+    batch_send_span = False  # publish_many publishes each event: one send span each
 
     def __init__(
         self,

@@ -176,7 +176,14 @@ class OutboxRelay:
                     self.store.claim(self.batch_size, self.lease)
                 )
             if items:
-                await self.sender.send_encoded(items)
+                traced = getattr(self.sender, "instrumentation", None)
+                if traced is None:
+                    await self.sender.send_encoded(items)
+                else:  # a send span linked to the traceparent stored with each row
+                    with traced.relay(
+                        [item.attributes for item in items], [item.key for item in items]
+                    ):
+                        await self.sender.send_encoded(items)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.release(claim))
