@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -540,3 +542,46 @@ async def test_tables_live_on_the_applications_metadata(sqlite_url: str) -> None
 
 def test_relay_type_is_public() -> None:
     assert OutboxRelay.__module__ == "hexbus.infrastructure.outbox.relay"
+
+
+async def test_the_relay_reports_pending_rows_and_lag_as_gauges(outbox: Outbox) -> None:
+    class Down:
+        """A transport that is down: nothing leaves, the backlog grows."""
+
+        async def send_encoded(self, items: Any) -> None:
+            raise ConnectionError("broker down")
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    async with InMemoryEventBus() as bus:
+        outbox.attach(bus)
+        async with outbox.sessions() as session, session.begin():
+            await bus.publish_many([Noted(text=str(i)) for i in range(4)], session=session)
+        relay = OutboxRelay(outbox.store, Down(), poll_interval=0.05)
+        relay.stats_interval = 0.0
+        relay.register_metrics(meter_provider=provider)
+        await relay.start()
+        try:
+            await eventually(lambda: relay.stats.send_failures >= 1, timeout=10)
+
+            def gauges() -> dict[str, float]:
+                data = reader.get_metrics_data()
+                return {
+                    metric.name: point.value
+                    for rm in data.resource_metrics
+                    for sm in rm.scope_metrics
+                    for metric in sm.metrics
+                    for point in metric.data.data_points
+                }
+
+            def backlog_reported() -> bool:
+                values = gauges()
+                assert values["hexbus.outbox.pending"] == 4
+                assert values["hexbus.outbox.relay.lag"] > 0
+                assert values["hexbus.outbox.dead_letters"] == 0
+                return True
+
+            await eventually(backlog_reported, timeout=10, message=lambda: str(gauges()))
+        finally:
+            await relay.stop()
+    provider.shutdown()

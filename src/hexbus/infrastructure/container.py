@@ -103,6 +103,8 @@ async def running_bus(
             if relay:
                 running_relay = outbox.relay(bus)  # type: ignore[arg-type]
                 await running_relay.start()
+                if getattr(bus, "instrumentation", None) is not None:  # HEXBUS_OTEL is on
+                    running_relay.register_metrics()
         yield bus
     finally:
         try:

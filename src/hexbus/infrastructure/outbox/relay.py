@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -110,6 +110,11 @@ class OutboxRelay:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._listener: Any = None  # the SQLAlchemy connection holding the LISTEN
+        #: The figures read last by the running relay (every ``stats_interval`` s), what
+        #: metrics read: a gauge callback cannot query the database itself.
+        self.last: OutboxStats | None = None
+        self.stats_interval = 5.0
+        self._stats_read = 0.0
         self._ahead: asyncio.Task[Claim] | None = None  # the next batch, claimed early
         self._completing: asyncio.Task[None] | None = None  # the last batch's deletion
         self._lock_renewed = 0.0
@@ -300,6 +305,7 @@ class OutboxRelay:
     async def _run(self) -> None:
         backoff = 0.0
         while not self._stopping:
+            await self._refresh_stats()  # also while sends fail: the backlog is news then
             try:
                 await self._keep_lock()
                 handled = await self.run_once()
@@ -330,6 +336,54 @@ class OutboxRelay:
                 continue
             if handled == 0:
                 await self._idle()
+
+    async def _refresh_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._stats_read < self.stats_interval:
+            return
+        self._stats_read = now
+        with contextlib.suppress(SQLAlchemyError, OSError):
+            self.last = await self.stats_now()
+
+    def register_metrics(self, *, meter_provider: Any = None) -> list[Any]:
+        """OpenTelemetry gauges of this relay's figures (read every ``stats_interval``):
+        ``hexbus.outbox.pending``, ``hexbus.outbox.relay.lag`` (age of the oldest row not
+        sent, s) and ``hexbus.outbox.dead_letters``; nothing without the ``[otel]`` extra.
+        """
+        # Imported here: the telemetry package imports OpenTelemetry only when asked.
+        from hexbus.infrastructure.telemetry import register_gauge  # noqa: PLC0415
+
+        def figure(name: str) -> Callable[[], float]:
+            def read() -> float:
+                last = self.last
+                return 0.0 if last is None else float(getattr(last, name))
+
+            return read
+
+        gauges = [
+            register_gauge(
+                "hexbus.outbox.pending",
+                figure("pending"),
+                unit="{message}",
+                description="Outbox rows written and not yet sent",
+                meter_provider=meter_provider,
+            ),
+            register_gauge(
+                "hexbus.outbox.relay.lag",
+                figure("oldest_pending_age"),
+                unit="s",
+                description="Age of the oldest outbox row not yet sent",
+                meter_provider=meter_provider,
+            ),
+            register_gauge(
+                "hexbus.outbox.dead_letters",
+                figure("dead_letters"),
+                unit="{message}",
+                description="Outbox rows that could not be read back",
+                meter_provider=meter_provider,
+            ),
+        ]
+        return [gauge for gauge in gauges if gauge is not None]
 
     async def _idle(self) -> None:
         if self._listener is None and self.store.dialect == "postgresql":
