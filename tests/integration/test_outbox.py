@@ -585,3 +585,30 @@ async def test_the_relay_reports_pending_rows_and_lag_as_gauges(outbox: Outbox) 
         finally:
             await relay.stop()
     provider.shutdown()
+
+
+async def test_a_handler_publishing_through_its_inbox_session_is_atomic_with_it(
+    outbox: Outbox,
+) -> None:
+    """The chain that makes "exactly once in effect" compose: an idempotent handler that
+    publishes a follow-up with its own session writes it into the same transaction as
+    its inbox row, so a failed attempt leaves neither, and a retry writes both once."""
+    attempts: list[int] = []
+
+    async def handler(event: Placed) -> None:
+        context = current_context()
+        attempts.append(context.attempt)
+        await bus.publish(Noted(text=f"for {event.order}"), session=context.session)
+        if context.attempt == 1:
+            raise RuntimeError("fails after publishing")
+
+    config = MemoryConfig(max_attempts=3, retry_delays=(0.01,))
+    async with InMemoryEventBus(config) as bus:
+        bus.subscribe(Placed, handler, name="follow-up", idempotent=True)
+        outbox.attach(bus)
+        await bus.publish(Placed(order="o-7"))
+        await eventually(lambda: attempts == [1, 2], timeout=5)
+        await eventually(lambda: outbox.inbox.stats.handled == 1, timeout=5)
+    async with outbox.engine.connect() as connection:
+        rows = (await connection.execute(select(outbox.tables.outbox.c.data))).all()
+    assert [row[0] for row in rows] == ['{"text":"for o-7"}']
