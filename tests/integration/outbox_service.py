@@ -44,6 +44,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 from hexbus import DomainEvent, current_context
 from hexbus.domain.ports import Readiness
 from hexbus.infrastructure.container import Container
+from hexbus.infrastructure.outbox import Outbox
 
 #: The idempotent subscription of ``consume``.
 SUBSCRIPTION = "side-effects"
@@ -81,6 +82,25 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
+def _outbox(container: Container) -> Outbox:
+    outbox = container.outbox()
+    if outbox is None:
+        raise SystemExit("HEXBUS_OUTBOX_URL is not set: the outbox service needs its database")
+    return outbox
+
+
+async def _start(container: Container) -> None:
+    started = container.init_resources()  # the bus, the outbox, (serve) the relay
+    if started is not None:
+        await started
+
+
+async def _shutdown(container: Container) -> None:
+    stopped = container.shutdown_resources()
+    if stopped is not None:
+        await stopped
+
+
 async def _ready(bus: Any, state: Path, timeout: float) -> None:
     if isinstance(bus, Readiness):
         await bus.wait_ready(timeout)
@@ -88,9 +108,9 @@ async def _ready(bus: Any, state: Path, timeout: float) -> None:
 
 
 async def _write(args: argparse.Namespace, container: Container) -> None:
-    await container.init_resources()
+    await _start(container)
     bus = container.event_bus()
-    outbox = container.outbox()
+    outbox = _outbox(container)
     for start in range(args.first, args.first + args.count, args.chunk):
         stop = min(start + args.chunk, args.first + args.count)
         events = [OutboxFaultEvent(seq=seq) for seq in range(start, stop)]
@@ -98,16 +118,16 @@ async def _write(args: argparse.Namespace, container: Container) -> None:
             await bus.publish_many(events, session=session)
     _write_atomically(args.state.with_name(args.state.name + ".written"), f"{args.count}\n")
     if args.then == "exit":
-        await container.shutdown_resources()
+        await _shutdown(container)
         return
     await asyncio.Event().wait()  # hang: the test SIGKILLs this process
 
 
 async def _relay(args: argparse.Namespace, container: Container) -> None:
     stop = _stop_on_signals()
-    await container.init_resources()
+    await _start(container)
     bus = container.event_bus()
-    relay = container.outbox().relay(bus)
+    relay = _outbox(container).relay(bus)
     stats_file = args.state.with_name(args.state.name + ".stats")
 
     def report() -> None:
@@ -133,17 +153,17 @@ async def _relay(args: argparse.Namespace, container: Container) -> None:
     finally:
         await relay.stop()
         report()
-        await container.shutdown_resources()
+        await _shutdown(container)
 
 
 async def _serve(args: argparse.Namespace, container: Container) -> None:
     stop = _stop_on_signals()
-    await container.init_resources()
+    await _start(container)
     try:
         await _ready(container.event_bus(), args.state, args.ready_timeout)
         await stop.wait()
     finally:
-        await container.shutdown_resources()
+        await _shutdown(container)
 
 
 async def _consume(args: argparse.Namespace, container: Container) -> None:
@@ -155,12 +175,14 @@ async def _consume(args: argparse.Namespace, container: Container) -> None:
         if session is None:
             raise RuntimeError("the idempotent handler ran without the inbox's session")
         await session.execute(
-            insert(side_effects).values(event_id=event.event_id, seq=event.seq, pid=os.getpid())
+            insert(side_effects).values(
+                event_id=str(event.event_id), seq=event.seq, pid=os.getpid()
+            )
         )
 
     bus.subscribe(OutboxFaultEvent, record, name=SUBSCRIPTION, idempotent=True)
-    await container.init_resources()
-    inbox = container.outbox().inbox
+    await _start(container)
+    inbox = _outbox(container).inbox
     stats_file = args.state.with_name(args.state.name + ".stats")
     try:
         await _ready(bus, args.state, args.ready_timeout)
@@ -169,7 +191,7 @@ async def _consume(args: argparse.Namespace, container: Container) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.2)
     finally:
-        await container.shutdown_resources()
+        await _shutdown(container)
         _write_atomically(stats_file, json.dumps(asdict(inbox.stats)))
 
 

@@ -228,7 +228,7 @@ class World:
             for start in range(0, count, chunk):
                 async with outbox.sessions() as session, session.begin():
                     await bus.publish_many(events[start : start + chunk], session=session)
-        ids = [event.event_id for event in events]
+        ids = [str(event.event_id) for event in events]
         self.written.extend(ids)
         return ids
 
@@ -377,12 +377,10 @@ async def test_a_relay_killed_mid_batch_loses_nothing_and_doubles_nothing(
 ) -> None:
     async with world(request, adapter, postgres_database_url, unique_name, tmp_path) as w:
         consumer = await w.consumer()
-        await w.write(N_EVENTS, chunk=2500)
-        assert await w.outbox() == (N_EVENTS, 0)
-
         # A short lease: the restarted relay re-claims what the killed one held.
         relay_env = {"outbox_lease": "3", "outbox_batch_size": "500"}
         first = await w.service("relay-1", "relay", **relay_env).start()
+        await w.write(N_EVENTS, chunk=N_EVENTS)  # one transaction; the relay wakes on commit
         seen: dict[str, int] = {}
 
         async def some_sent_some_held() -> bool:
@@ -436,16 +434,18 @@ async def test_the_relay_rides_out_a_broker_outage_and_delivers_everything(
         await w.write(100)
         await w.wait_all_delivered_once()  # the relay works before the outage
 
+        await w.write(50)  # just before the outage: sent before it, or caught by it
         async with broker_outage(adapter, w.port, at_least=OUTAGE):
-            await w.write(50)  # written just as the broker goes (maybe in flight)
+            await w.write(50)  # during the outage: the relay tries, fails, backs off
             await eventually(
                 lambda: relay.stats()["stats"]["send_failures"] > 0,
                 timeout=OUTAGE,
                 interval=0.1,
                 message=lambda: f"the relay saw the outage: {relay.stats()}",
             )
-            await w.write(50)  # written during the outage
-            assert (await w.outbox())[0] > 0
+            await w.write(50)  # during the outage, while the relay backs off
+            assert (await w.outbox())[0] >= 100  # nothing of it can have gone out
+            failing = relay.stats()
 
         await w.wait_all_delivered_once()
         after = relay.stats()
@@ -455,7 +455,9 @@ async def test_the_relay_rides_out_a_broker_outage_and_delivers_everything(
         assert after["stats"]["send_failures"] > 0
         assert after["stats"]["sent"] >= len(w.written)
         assert await relay.stop() == 0, relay.output()
-        await w.final_check([consumer])
+        stats = await w.final_check([consumer])
+        print(f"\n{adapter}: relay during the outage {failing['stats']}, after {after['stats']}")
+        print(f"{adapter}: inbox {stats}")
 
 
 # -- 4. a graceful stop with a batch in flight ---------------------------------------------
@@ -470,11 +472,13 @@ async def test_a_graceful_stop_mid_batch_deletes_only_what_was_sent(
     async with world(request, adapter, postgres_database_url, unique_name, tmp_path) as w:
         consumer = await w.consumer()
         total = 5000
-        await w.write(total)
-        # The container's relay (serve mode); a long lease: a claim the stop left behind
-        # would block the next relay for a minute, so leaving none is visible.
-        service = await w.service("service-1", "serve", outbox_batch_size="200",
-                                  outbox_lease="60").start()
+        # The container's relay (serve mode), idle until the events come in one commit;
+        # small batches keep it busy for a while; a long lease: a claim the stop left
+        # behind would block the next relay for a minute, so leaving none is visible.
+        service = await w.service(
+            "service-1", "serve", outbox_batch_size="50", outbox_lease="60"
+        ).start()
+        await w.write(total, chunk=total)
         seen: dict[str, int] = {}
 
         async def sending() -> bool:
@@ -482,8 +486,12 @@ async def test_a_graceful_stop_mid_batch_deletes_only_what_was_sent(
             seen.update(rows=rows, claimed=claimed)
             return rows < total and claimed > 0
 
-        await eventually(sending, timeout=DELIVERY_TIMEOUT, interval=0.005,
-                         message=lambda: f"the relay is mid-stream; outbox {seen}")
+        await eventually(
+            sending,
+            timeout=DELIVERY_TIMEOUT,
+            interval=0.005,
+            message=lambda: f"the relay is mid-stream; outbox {seen}",
+        )
         began = time.monotonic()
         assert await service.stop() == 0, service.output()  # container.shutdown_resources()
         stopped_in = time.monotonic() - began
@@ -500,3 +508,58 @@ async def test_a_graceful_stop_mid_batch_deletes_only_what_was_sent(
         stats = await w.final_check([consumer])
         print(f"\n{adapter}: stopped in {stopped_in:.1f}s with {left} rows left; inbox {stats}")
 
+
+# -- 5. a service killed with its relay running, restarted right away -----------------------
+async def test_a_service_killed_with_its_relay_running_can_be_restarted_right_away(
+    request: pytest.FixtureRequest, database_url: str, unique_name: str, tmp_path: Path
+) -> None:
+    """SQLite: the dead relay's lock is taken over at once (its process is gone)."""
+    async with world(request, "rabbitmq", database_url, unique_name, tmp_path) as w:
+        consumer = await w.consumer()
+        first = await w.service("service-1", "serve").start()
+        await w.write(10)
+        await w.wait_all_delivered_once()  # its relay runs
+        first.kill()  # the relay dies holding whatever it held (SQLite: the relay lock)
+        await w.write(10)  # committed while no relay runs
+
+        restarted = await w.service("service-2", "serve").start()  # what a supervisor does
+        await w.wait_all_delivered_once()
+        assert await restarted.stop() == 0, restarted.output()
+        await w.final_check([consumer])
+
+
+# -- 6. the consumer SIGKILLed mid-stream: the inbox absorbs the redeliveries ---------------
+@pytest.mark.parametrize("adapter", ADAPTERS)
+async def test_a_consumer_killed_mid_stream_runs_each_handler_once_in_effect(
+    request: pytest.FixtureRequest,
+    adapter: str,
+    postgres_database_url: str,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    async with world(request, adapter, postgres_database_url, unique_name, tmp_path) as w:
+        first = await w.consumer("consumer-1")
+        relay = await w.service("relay", "serve").start()
+        total = 2000
+        await w.write(total)
+        seen: dict[str, int] = {}
+
+        async def halfway() -> bool:
+            seen["rows"] = (await w.effects())[0]
+            return total // 10 <= seen["rows"] < total
+
+        await eventually(
+            halfway,
+            timeout=DELIVERY_TIMEOUT,
+            interval=0.01,
+            message=lambda: f"consumer-1 mid-stream; side effects {seen}",
+        )
+        first.kill()  # handlers in flight: their inbox rows roll back with their writes
+        rows, ids = await w.effects()
+        assert rows == len(ids) < total
+
+        second = await w.consumer("consumer-2")  # gets the unacknowledged ones again
+        await w.wait_all_delivered_once()
+        assert await relay.stop() == 0, relay.output()
+        stats = await w.final_check([second])
+        print(f"\n{adapter}: consumer-1 killed after {rows} side effects; inbox {stats}")

@@ -8,7 +8,12 @@
   consumer SIGKILL, poison handler, undecodable records, ``stop()`` with handlers in
   flight) every broker adapter passes; ``ConsumerProcesses`` spawns the consumer
   processes they kill; ``restart_test_broker`` restarts this session's broker in
-  place (its container, or a native broker of ``scripts/brokers.py``).
+  place (its container, or a native broker of ``scripts/brokers.py``);
+  ``stop_test_broker`` / ``start_test_broker`` and ``broker_outage(kind, port,
+  at_least=15)`` take it away for a while (the outbox relay's outage test).
+- The database fixtures (``hexbus.testing.databases``): ``sqlite_url``,
+  ``postgres_database_url`` (a fresh PostgreSQL database per test) and ``database_url``
+  (both), for code on the outbox and inbox.
 - ``eventually``: wait for an asynchronous condition with a deadline.
 - The pytest plugin (``hexbus.testing.plugin``, loaded automatically) adds the fixtures
   ``event_bus``, ``recording_bus`` and the broker fixtures of ``hexbus.testing.brokers``.
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from hexbus.testing.contract import BusFactory, Capabilities, EventBusContract, Probe
     from hexbus.testing.faults import (
         EventBusFaultSuite,
+        broker_outage,
         FaultBusFactory,
         FaultCapabilities,
         FaultEvent,
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
         require_restartable_broker,
         restart_native_broker,
         restart_test_broker,
+        start_test_broker,
+        stop_test_broker,
     )
     from hexbus.testing.processes import ConsumerProcess, ConsumerProcesses
 
@@ -58,12 +66,15 @@ __all__ = [
     "PublishedRecord",
     "RecordingEventBus",
     "Undecodable",
+    "broker_outage",
     "eventually",
     "publish_until_acked",
     "require_native_broker",
     "require_restartable_broker",
     "restart_native_broker",
     "restart_test_broker",
+    "start_test_broker",
+    "stop_test_broker",
 ]
 
 #: Lazily imported name -> the module defining it.
@@ -78,11 +89,14 @@ _LAZY: dict[str, str] = {
             "FaultCapabilities",
             "FaultEvent",
             "Undecodable",
+            "broker_outage",
             "publish_until_acked",
             "require_native_broker",
             "require_restartable_broker",
             "restart_test_broker",
             "restart_native_broker",
+            "start_test_broker",
+            "stop_test_broker",
         ),
         "hexbus.testing.faults",
     ),

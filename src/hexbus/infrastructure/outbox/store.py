@@ -19,6 +19,8 @@ relay renews; a second one fails at start with a message saying who holds it.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -286,6 +288,17 @@ class SqliteOutboxStore(OutboxStore):
                     )
                 )
             ).first()
+            if current is not None and _dead_here(current[0]):
+                # Its process on this host is gone (killed): the lock is void now, not
+                # when it expires, so a service restarted at once starts its relay.
+                taken = await connection.execute(
+                    update(lock)
+                    .where(lock.c.name == _RELAY_LOCK_NAME, lock.c.holder == current[0])
+                    .values(holder=holder, expires_at=now + ttl)
+                )
+                if taken.rowcount:
+                    await self._free_claims(connection)
+                    return
             if current is None:
                 await connection.execute(
                     insert(lock).values(
@@ -296,7 +309,8 @@ class SqliteOutboxStore(OutboxStore):
                 return
         raise ConfigurationError(
             f"another outbox relay ({current[0]}) is running on this SQLite outbox (its "
-            f"lock expires in {max(0.0, current[1] - now):.0f}s unless renewed): SQLite "
+            f"lock expires in {max(0.0, current[1] - now):.0f}s unless renewed; a holder "
+            "on this host whose process is gone is taken over at once): SQLite "
             "supports one relay at a time. Stop the other one (or set "
             "HEXBUS_OUTBOX_RELAY=false in all but one process), or use PostgreSQL for "
             "several relays"
@@ -330,6 +344,27 @@ class SqliteOutboxStore(OutboxStore):
                 .where(lock.c.name == _RELAY_LOCK_NAME, lock.c.holder == holder)
                 .values(holder=None, expires_at=None)
             )
+
+
+def _dead_here(holder: str | None) -> bool:
+    """Is ``holder`` (``host:pid:...``, a relay's name) a process of this host that no
+    longer exists?"""
+    if not holder:
+        return False
+    host, _, rest = holder.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
 
 
 def open_store(engine: AsyncEngine, tables: OutboxTables) -> OutboxStore:
