@@ -37,11 +37,11 @@ if TYPE_CHECKING:
     from hexbus.testing.contract import BusFactory, Capabilities, EventBusContract, Probe
     from hexbus.testing.faults import (
         EventBusFaultSuite,
-        broker_outage,
         FaultBusFactory,
         FaultCapabilities,
         FaultEvent,
         Undecodable,
+        broker_outage,
         publish_until_acked,
         require_native_broker,
         require_restartable_broker,
