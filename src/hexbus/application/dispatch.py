@@ -28,7 +28,7 @@ import operator
 import sys
 import types
 from collections.abc import Awaitable, Callable, Generator, Iterator, Sequence
-from contextvars import Context, copy_context
+from contextvars import Context, ContextVar, copy_context
 from dataclasses import dataclass
 from functools import partial
 from threading import get_ident
@@ -50,6 +50,7 @@ _current_tasks: dict[Any, Any] | None = (
     None if _HAS_EAGER_TASKS else getattr(asyncio.tasks, "_current_tasks", None)
 )
 _DONE: Any = object()  # what next() returns for a handler that finished without suspending
+_cancelled_eagerly: ContextVar[bool] = ContextVar("hexbus_cancelled_eagerly", default=False)
 
 
 @dataclass(slots=True)
@@ -93,6 +94,9 @@ class _EagerTaskStandIn:
             return self._task.cancel(msg)
         self._cancels += 1
         self._cancel_msg = msg
+        # In the handler's own context (the eager part runs nowhere else): the runner
+        # sees its context changed after this handler and starts the next one clean.
+        _cancelled_eagerly.set(True)
         return True
 
     def cancelling(self) -> int:
@@ -353,7 +357,7 @@ class Dispatcher:
                 self.failed(sub, event, exc, context=context)  # raised by the handler itself
             else:
                 handled += 1
-            if stand_in._cancels or ctx != clean:
+            if ctx != clean:  # a contextvar set, or its stand-in cancelled (it sets one)
                 # Still eager (no Task yet): the handlers left must not see this.
                 # Resumed in a Task: the others were started already; nothing to do.
                 self._restart = stand_in._task is None
