@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 from hexbus import DomainEvent, InMemoryEventBus, current_context
+from hexbus.application.dispatch import Dispatcher
+from hexbus.application.handlers import Subscription
+from hexbus.domain.context import DeliveryContext
 
 BOUND = 5.0  # seconds: generous upper bound for anything that should be immediate
 
@@ -589,10 +592,6 @@ async def test_a_suspended_handler_that_times_out_is_counted_once() -> None:
 def test_one_dispatcher_serves_successive_event_loops() -> None:
     """The dispatcher caches its loop; a later ``asyncio.run`` must not reuse a stale
     one (the current-task stand-in would be registered under the wrong loop)."""
-    from hexbus.application.dispatch import Dispatcher
-    from hexbus.application.handlers import Subscription
-    from hexbus.domain.context import DeliveryContext
-
     seen: list[bool] = []
 
     async def handler(event: UtDispA) -> None:
