@@ -87,15 +87,42 @@ def test_demo_runs_on_the_broker(
 
 
 @pytest.mark.parametrize("adapter", ["rabbitmq", "kafka"])
-def test_bench_against_the_broker_reports_both_sides(
+def test_bench_against_the_broker_reports_every_side_and_row(
     adapter: str, rabbitmq_url: str, kafka_bootstrap_servers: str, unique_name: str
 ) -> None:
     env = _env(adapter, rabbitmq_url, kafka_bootstrap_servers, unique_name)
-    args = ["bench", "--adapter", adapter, "--events", "200", "--json"]
-    result = runner.invoke(app, args, env=env)
+    args = ["bench", "--adapter", adapter, "--events", "200", "--repeats", "1"]
+    result = runner.invoke(app, [*args, "--rate", "400", "--json"], env=env)
 
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    for key in ("hexbus_publish_per_s", "raw_publish_per_s", "hexbus_e2e_per_s", "raw_e2e_per_s"):
-        assert data[key] > 0, key
-    assert data["hexbus_p99_ms"] >= data["hexbus_p50_ms"] > 0
+    sides = ["hexbus", "raw_plain", "raw_same_bytes", "faststream"]
+    assert data["adapter"] == adapter and list(data["sides"]) == sides
+    assert ("confirms" if adapter == "rabbitmq" else "acks=all") in data["durability"]
+    assert [row["row"] for row in data["rows"]] == ["single", "concurrent", "batch", "e2e", "paced"]
+    for row in data["rows"]:
+        for side in sides:
+            figures = row[side]
+            if row["row"] == "paced":
+                assert figures["p99_ms"] >= figures["p50_ms"] > 0, (row["row"], side)
+            else:
+                assert figures["events_per_s"] > 0, (row["row"], side)
+            assert len(figures["repeats"]) == 1
+        assert set(row["ratios"]) == {f"hexbus/{side}" for side in sides[1:]}
+        assert all(ratio > 0 for ratio in row["ratios"].values())
+
+
+@pytest.mark.parametrize("adapter", ["rabbitmq", "kafka"])
+def test_bench_soak_on_the_broker_reads_memory_at_checkpoints(
+    adapter: str, rabbitmq_url: str, kafka_bootstrap_servers: str, unique_name: str
+) -> None:
+    env = _env(adapter, rabbitmq_url, kafka_bootstrap_servers, unique_name)
+    result = runner.invoke(
+        app, ["bench", "--adapter", adapter, "--soak", "1000", "--json"], env=env
+    )
+
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["adapter"] == adapter and data["handled"] >= 1_000
+    assert [point["checkpoint"] for point in data["checkpoints"]] == [10, 100, 500, 1_000]
+    assert all(point["peak_rss_mib"] > 0 for point in data["checkpoints"])

@@ -249,3 +249,14 @@ def test_memory_json_has_the_sequential_floor_ratio() -> None:
     assert row["ratio_hexbus_vs_sequential"] == pytest.approx(
         row["hexbus"]["events_per_s"] / row["sequential"]["events_per_s"]
     )
+
+
+def test_cli_soak_on_an_unreachable_broker_fails_without_leaking_the_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HEXBUS_RABBITMQ_URL", "amqp://bench:s3cret-pw@127.0.0.1:1/")
+    result = runner.invoke(app, ["bench", "--adapter", "rabbitmq", "--soak", "10"])
+
+    assert result.exit_code == 1
+    assert "127.0.0.1:1" in result.output
+    assert "s3cret-pw" not in result.output

@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 from hexbus import DomainEvent, InMemoryEventBus, current_context
+from hexbus.application.dispatch import Dispatcher
+from hexbus.application.handlers import Subscription
+from hexbus.domain.context import DeliveryContext
 
 BOUND = 5.0  # seconds: generous upper bound for anything that should be immediate
 
@@ -584,3 +587,28 @@ async def test_a_suspended_handler_that_times_out_is_counted_once() -> None:
             await bus.publish(UtDispA())
         assert done == ["quick"]
         assert (bus.stats.handled, bus.stats.failed, bus.stats.timed_out) == (1, 1, 1)
+
+
+def test_one_dispatcher_serves_successive_event_loops() -> None:
+    """The dispatcher caches its loop; a later ``asyncio.run`` must not reuse a stale
+    one (the current-task stand-in would be registered under the wrong loop)."""
+    seen: list[bool] = []
+
+    async def handler(event: UtDispA) -> None:
+        async with asyncio.timeout(BOUND):  # reads asyncio.current_task() eagerly
+            await asyncio.sleep(0)
+        seen.append(True)
+
+    dispatcher = Dispatcher(handler_timeout=BOUND)
+    subs = (Subscription(UtDispA, handler, "h", True),)
+
+    async def publish_once() -> None:
+        event = UtDispA()
+        pending = dispatcher.start(event, subs, DeliveryContext(event=event))
+        assert pending is not None
+        await asyncio.wait(pending)
+
+    asyncio.run(publish_once())
+    asyncio.run(publish_once())
+    assert seen == [True, True]
+    assert dispatcher.stats.failed == 0

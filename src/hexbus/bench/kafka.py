@@ -399,10 +399,11 @@ async def run_kafka_bench(
 ) -> dict[str, Any]:
     """Run ``plan`` on every side; the report of ``hexbus.bench.harness.report``."""
     contenders = sides(bootstrap_servers, topic_prefix, only)
-    # Fresh topics make the clients log "topic not found in metadata" until it propagates.
+    # Fresh topics make the clients log errors ("topic not found in cluster metadata",
+    # "NotLeaderForPartition") until the topic has propagated; they retry and succeed.
     client_log = logging.getLogger("aiokafka")
     level = client_log.level
-    client_log.setLevel(logging.ERROR)
+    client_log.setLevel(logging.CRITICAL)
     try:
         results = await run_plan(contenders, plan, progress)
     finally:
