@@ -44,6 +44,7 @@ from rich.table import Table
 
 from hexbus.cli._common import EXIT_UNAVAILABLE, fail, out_console, redact
 from hexbus.cli.app import AppOption, settings_of
+from hexbus.cli.outbox import outbox_bench
 from hexbus.domain.errors import ConfigurationError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.adapters import ADAPTERS, AdapterInfo, availability, missing_extra
@@ -511,6 +512,16 @@ def bench_command(
             "consumer (e.g. 1000000) and report memory at checkpoints.",
         ),
     ] = None,
+    outbox: Annotated[
+        str | None,
+        typer.Option(
+            "--outbox",
+            help="Instead: the transactional outbox on this database (sqlite+aiosqlite:/// "
+            "or postgresql+asyncpg:// URL): relay vs publish_many, the write's cost, "
+            "commit-to-handler latency, on --adapter.",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results.")] = False,
     app: AppOption = None,
 ) -> None:
@@ -522,6 +533,15 @@ def bench_command(
         fail(f"unknown adapter {adapter!r}; choose one of: {', '.join(ADAPTERS)}", EXIT_UNAVAILABLE)
     if soak is not None:
         _soak(info.name, soak, as_json, settings_of(app))
+        return
+    if outbox is not None:
+        outbox_bench(
+            _settings(settings_of(app)).model_copy(update={"adapter": info.name}),
+            outbox,
+            events=events or 5_000,
+            rounds=repeats or 3,
+            as_json=as_json,
+        )
         return
     if info.name != "memory":
         options = BrokerOptions(rows=rows, repeats=repeats, events=events, rate=rate)

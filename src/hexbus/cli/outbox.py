@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
 import signal
 import time
+import uuid
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
@@ -34,13 +37,19 @@ from hexbus.cli._common import (
 from hexbus.cli.app import AppOption, load_app_or_none
 from hexbus.domain.errors import ConfigurationError
 from hexbus.infrastructure.container import build_outbox
-from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact_url
+from hexbus.infrastructure.settings import (
+    HexbusSettings,
+    load_settings,
+    redact_url,
+    split_urls,
+)
 
 if TYPE_CHECKING:
     from hexbus.infrastructure.outbox import Outbox
 
 __all__ = [
     "outbox_app",
+    "outbox_bench",
     "outbox_configured",
     "outbox_status",
     "print_outbox_status",
@@ -330,3 +339,75 @@ def print_outbox_status(status: dict[str, Any] | None) -> None:
     console.print(
         f"outbox: {status['database']}: [green]ok[/green], {tables}{detail}", soft_wrap=True
     )
+
+
+def outbox_bench(
+    settings: HexbusSettings, url: str, *, events: int, rounds: int, as_json: bool
+) -> None:
+    """``hexbus bench --outbox URL``: the outbox benchmark (``hexbus.bench.outbox``) on
+    ``settings.adapter``, with fresh exchange / topic names for the run."""
+    unique = f"hexbus-bench-outbox-{uuid.uuid4().hex[:8]}"
+    settings = settings.model_copy(
+        update={
+            "service_name": unique,
+            "rabbitmq_exchange": f"{unique}.events",
+            "kafka_topic_prefix": f"{unique}.",
+            "outbox_url": None,
+        }
+    )
+    try:  # lazily, like the broker benchmarks: it needs the [outbox] extra
+        bench = importlib.import_module("hexbus.bench.outbox")
+    except (ImportError, ConfigurationError) as exc:
+        fail(f"the outbox benchmark needs its extra: pip install 'hexbus[outbox]' ({exc})", 2)
+    console = out_console()
+    with console.status(f"outbox on {redact_url(url)}, {settings.adapter}") as status:
+        try:
+            figures = asyncio.run(
+                bench.run_outbox_bench(
+                    lambda: build_bus_or_fail(settings),
+                    url,
+                    adapter=settings.adapter,
+                    events=events,
+                    rounds=rounds,
+                    progress=lambda text: status.update(f"outbox: {text}"),
+                )
+            )
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported without a traceback, masked
+            fail(redact(settings, mask_url(url, f"{type(exc).__name__}: {exc}")))
+    summary = figures.summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"Outbox on {summary['database']}, {summary['adapter']}")
+    table.add_column("figure")
+    table.add_column("median", justify="right")
+    latency = f"{summary['commit_to_handler_p50_ms']} / {summary['commit_to_handler_p99_ms']}"
+    rows = [
+        ("relay, events/s", f"{summary['relay_events_per_s']:,}"),
+        ("publish_many, events/s", f"{summary['publish_many_events_per_s']:,}"),
+        ("relay / publish_many", f"{summary['relay_vs_publish_many']:.0%}"),
+        ("transaction with one outbox write, µs", str(summary["transaction_with_outbox_write_us"])),
+        ("the same transaction without it, µs", str(summary["transaction_without_us"])),
+        ("publish_many of 100 into it, µs/event", str(summary["publish_many_100_per_event_us"])),
+        ("commit → handler p50 / p99, ms", latency),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    console.print(
+        f"{summary['events']:,} events per round, {rounds} interleaved rounds, batches of "
+        f"{summary['batch']}; latency: events committed one at a time by a writer sharing "
+        "only the database with the relay (NOTIFY / poll wakes it)."
+    )
+
+
+def mask_url(url: str, text: str) -> str:
+    """``text`` with ``url``'s password masked (the benchmark's database URL)."""
+    with contextlib.suppress(ValueError):
+        for one in split_urls(url):
+            password = urlsplit(one).password
+            if password:
+                text = text.replace(password, "***")
+    return text.replace(url, redact_url(url))
