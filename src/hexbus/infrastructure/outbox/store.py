@@ -23,9 +23,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -58,8 +57,9 @@ class RowError(Exception):
         self.reason = reason
 
 
-@dataclass(slots=True, frozen=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
+    """One row as the relay reads it (a tuple: one is built per event relayed)."""
+
     position: int
     event_id: str
     event_type: str
@@ -100,8 +100,7 @@ class Claim:
 _COLUMNS = ("position", "event_id", "event_type", "key", "attributes", "data", "created_at")
 
 
-def _row(values: Sequence[Any]) -> OutboxRow:
-    return OutboxRow(*values)
+_row = OutboxRow._make
 
 
 class OutboxStore:
@@ -203,9 +202,16 @@ class PostgresOutboxStore(OutboxStore):
         super().__init__(engine, tables)
         quote = engine.dialect.identifier_preparer.quote
         table = quote(tables.outbox.name)
+        # synchronous_commit off for the relay's own transactions (claims, deletions):
+        # losing one in a database crash only means rows are sent again (at-least-once,
+        # the inbox absorbs it), and not waiting for the WAL flush twice per batch is
+        # what lets the relay keep up with the broker. The writer's INSERTs are the
+        # caller's transaction and keep the caller's setting.
         self._lock = text(
-            "SELECT pg_advisory_xact_lock(:lock), extract(epoch FROM clock_timestamp())"
+            "SELECT pg_advisory_xact_lock(:lock), extract(epoch FROM clock_timestamp()),"
+            " set_config('synchronous_commit', 'off', true)"
         )
+        self._no_flush = text("SELECT set_config('synchronous_commit', 'off', true)")
         self._claim = text(
             f"WITH candidates AS ("  # a quoted table name; values are bound
             f" SELECT o.position FROM {table} AS o"
@@ -234,6 +240,14 @@ class PostgresOutboxStore(OutboxStore):
             )
             rows = sorted((_row(r) for r in result), key=lambda r: r.position)
         return Claim(token, rows)
+
+    async def complete(self, claim: Claim) -> int:
+        table = self.tables.outbox
+        async with self.engine.begin() as connection:
+            await connection.execute(self._no_flush)
+            mine = table.c.claimed_by == claim.token
+            result = await connection.execute(delete(table).where(mine))
+        return int(result.rowcount or 0)
 
 
 class SqliteOutboxStore(OutboxStore):
