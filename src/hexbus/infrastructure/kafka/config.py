@@ -126,6 +126,16 @@ class KafkaConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _batch_within_request(self) -> Self:
+        if self.max_batch_size > self.max_request_size:
+            raise ValueError(
+                f"max_batch_size={self.max_batch_size} (HEXBUS_KAFKA_BATCH_SIZE) is larger "
+                f"than max_request_size={self.max_request_size}: a full batch could never "
+                "be sent; lower the batch size or raise max_request_size"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _compression_library(self) -> Self:
         codec = self.compression
         if codec in _CRAMJAM_CODECS and not _has_cramjam():
