@@ -1,7 +1,8 @@
-"""Which prefetch should RabbitMQ subscriptions default to? End-to-end events/s per value.
+"""Which prefetch (and queue type) should RabbitMQ subscriptions default to? End-to-end
+events/s per value.
 
     python benchmarks/bench_rabbitmq_prefetch.py [--events 5000] [--rounds 3]
-        [--prefetch 16,32,64,128,256,512] [--handler-ms 0,2]
+        [--prefetch 16,32,64,128,256,512] [--handler-ms 0,2] [--queue-type quorum,classic]
 
 Per round, every prefetch value in turn (the order rotates each round), for a no-op
 handler and for a handler that awaits ``--handler-ms`` (I/O: a database call, say):
@@ -33,13 +34,16 @@ class PrefetchTick(DomainEvent, event_type="hexbus.bench.prefetch"):
     payload: str = "x" * 200
 
 
-async def _e2e(url: str, prefetch: int, events: int, handler_ms: float) -> float:
+async def _e2e(
+    url: str, prefetch: int, events: int, handler_ms: float, queue_type: str = "quorum"
+) -> float:
     tag = uuid.uuid4().hex[:8]
     config = RabbitMQConfig(
         url=url,
         exchange=f"prefetch.{tag}",
         service_name=f"prefetch-{tag}",
         prefetch=prefetch,
+        queue_type=queue_type,
         publish_timeout=60,
     )
     bus = RabbitMQEventBus(config)
@@ -73,15 +77,21 @@ async def _e2e(url: str, prefetch: int, events: int, handler_ms: float) -> float
 
 
 async def run(
-    url: str, values: list[int], events: int, rounds: int, handler_ms: list[float]
-) -> dict[tuple[float, int], float]:
-    results: dict[tuple[float, int], list[float]] = {}
+    url: str,
+    values: list[int],
+    events: int,
+    rounds: int,
+    handler_ms: list[float],
+    queue_types: list[str],
+) -> dict[tuple[str, float, int], float]:
+    results: dict[tuple[str, float, int], list[float]] = {}
     for round_no in range(rounds):
         order = values[round_no % len(values) :] + values[: round_no % len(values)]
         for ms in handler_ms:
             for prefetch in order:
-                rate = await _e2e(url, prefetch, events, ms)
-                results.setdefault((ms, prefetch), []).append(rate)
+                for queue_type in queue_types:
+                    rate = await _e2e(url, prefetch, events, ms, queue_type)
+                    results.setdefault((queue_type, ms, prefetch), []).append(rate)
     return {key: statistics.median(rates) for key, rates in results.items()}
 
 
@@ -91,14 +101,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--prefetch", default="16,32,64,128,256,512")
     parser.add_argument("--handler-ms", default="0,2")
+    parser.add_argument("--queue-type", default="quorum", help="quorum,classic to compare")
     args = parser.parse_args()
     url = os.environ.get("HEXBUS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
     values = [int(v) for v in args.prefetch.split(",")]
     handler_ms = [float(v) for v in args.handler_ms.split(",")]
-    medians = asyncio.run(run(url, values, args.events, args.rounds, handler_ms))
+    queue_types = args.queue_type.split(",")
+    medians = asyncio.run(run(url, values, args.events, args.rounds, handler_ms, queue_types))
     print(f"end-to-end events/s, median of {args.rounds} rounds, {args.events} events")
-    for (ms, prefetch), rate in sorted(medians.items()):
-        print(f"handler {ms:>4} ms  prefetch {prefetch:>4}  {rate:10,.0f}")
+    for (queue_type, ms, prefetch), rate in sorted(medians.items()):
+        print(f"{queue_type:8} handler {ms:>4} ms  prefetch {prefetch:>4}  {rate:10,.0f}")
 
 
 if __name__ == "__main__":

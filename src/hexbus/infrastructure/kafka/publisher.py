@@ -36,7 +36,7 @@ from hexbus.domain.errors import PublishError, UnknownEventTypeError
 from hexbus.domain.events import EventRegistry
 from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.kafka.config import KafkaConfig
-from hexbus.infrastructure.kafka.marshal import encode_record, to_kafka_headers
+from hexbus.infrastructure.kafka.marshal import to_kafka_headers
 from hexbus.infrastructure.kafka.topology import TopicNames, Topology
 
 __all__ = ["KafkaPublisher", "Record"]
@@ -195,7 +195,8 @@ class KafkaPublisher:
     def record(self, admitted: Admitted) -> Record:
         """The record of an admitted event; ``PublishError`` if Kafka would refuse its size."""
         event, metadata, key = admitted.event, admitted.metadata, admitted.key
-        headers, value = encode_record(self.codec, event, metadata)
+        attributes, value = self.codec.encode(event, metadata)
+        headers = to_kafka_headers(attributes)
         key_bytes = None if key is None else key.encode()
         rough = len(value) + _HEADER_ALLOWANCE + (0 if key_bytes is None else len(key_bytes))
         if metadata:
@@ -206,7 +207,7 @@ class KafkaPublisher:
             value,
             headers,
             event.event_type,
-            str(event.event_id),
+            attributes["id"],  # the id on the wire (a forwarded event's original id)
         )
         return self._checked(record, rough)
 
