@@ -2,7 +2,8 @@
 
 Both sides use one idempotent ``acks=all`` producer (linger, batch size and compression
 as hexbus configures them, ``KafkaConfig.producer_options``) and, end to end, one
-consumer group with manual commits. What is measured, per round (fresh topics each round, medians over the rounds):
+consumer group with manual commits. What is measured, per round (fresh topics each
+round, medians over the rounds):
 
 - produce: ``events`` messages sent in windows of 500, each window awaited (all acked);
 - end to end: the same publishing with a subscriber running; throughput until the last
