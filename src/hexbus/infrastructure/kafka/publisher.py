@@ -313,7 +313,7 @@ class KafkaPublisher:
         producer's batches); several are put into batches here (``_fill``), one per
         partition at a time, which skips the producer's per-record bookkeeping (a
         coroutine, a size estimate, a future per record): ``publish_many`` and
-        ``send_encoded`` cost about a third less CPU per event. The batches are the
+        ``send_encoded`` cost less than half the CPU per event. The batches are the
         producer's own, sent, retried and acknowledged exactly as its others.
         """
         timeout = self.config.publish_timeout
