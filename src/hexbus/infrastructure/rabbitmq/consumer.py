@@ -83,18 +83,21 @@ class SubscriptionConsumer:
 
 
 class _Acks:
-    """The acks of one consumer, sent in batches once per turn of the event loop.
+    """The acks of one consumer, sent in batches by one flusher task.
 
     Deliveries are tracked in delivery-tag order. ``done`` marks one finished (its
-    handler, retry copy or dead letter is through) and schedules ``flush`` for the end
-    of the loop's turn; ``flush`` acks the finished run at the front of the order with
-    one ``basic.ack multiple`` and the finished ones behind an unfinished delivery one by
-    one (so a slow handler does not hold back other acks and their prefetch slots).
-    ``settled`` forgets a delivery that was nacked. Delivery tags belong to a channel:
-    after a reconnection the tracking starts afresh (the broker requeued the old ones).
+    handler, retry copy or dead letter is through) and, at the end of the loop's turn,
+    starts the flusher unless it runs already. The flusher acks the finished run at the
+    front of the order with one ``basic.ack multiple`` and the finished ones behind an
+    unfinished delivery one by one (so a slow handler does not hold back other acks and
+    their prefetch slots), and goes on while more finished meanwhile. One flusher at a
+    time, writing in order: a ``multiple`` ack must never cover a tag whose own ack is
+    still to be written (acking a tag twice closes the channel). ``settled`` forgets a
+    delivery that was nacked. Delivery tags belong to a channel: after a reconnection
+    the tracking starts afresh (the broker requeued the old ones).
     """
 
-    __slots__ = ("_channel", "_done", "_flushing", "_order", "_scheduled")
+    __slots__ = ("_channel", "_done", "_flusher", "_order", "_scheduled", "_strays")
 
     def __init__(self) -> None:
         self._channel: Any = None
@@ -102,7 +105,9 @@ class _Acks:
         self._order: dict[int, AbstractIncomingMessage] = {}
         self._done: set[int] = set()
         self._scheduled = False
-        self._flushing: set[asyncio.Task[None]] = set()
+        self._flusher: asyncio.Task[None] | None = None
+        #: Acks of untracked deliveries (a channel replaced meanwhile), sent on their own.
+        self._strays: set[asyncio.Task[None]] = set()
 
     def received(self, message: AbstractIncomingMessage) -> None:
         tag = message.delivery_tag
@@ -117,13 +122,14 @@ class _Acks:
     def done(self, message: AbstractIncomingMessage) -> None:
         tag = message.delivery_tag
         if tag is None or self._order.get(tag) is not message:
-            # Not tracked (a channel replaced meanwhile): ack it alone, as before.
-            self._spawn(_settle(message.ack(), message))
+            task = asyncio.get_running_loop().create_task(_settle(message.ack(), message))
+            self._strays.add(task)
+            task.add_done_callback(self._strays.discard)
             return
         self._done.add(tag)
-        if not self._scheduled:
+        if not self._scheduled and self._flusher is None:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_soon)
+            asyncio.get_running_loop().call_soon(self._start_flusher)
 
     def settled(self, message: AbstractIncomingMessage) -> None:
         """``message`` was nacked (its frame sent): it needs no ack."""
@@ -132,20 +138,21 @@ class _Acks:
             del self._order[tag]
             self._done.discard(tag)
 
-    def _flush_soon(self) -> None:
+    def _start_flusher(self) -> None:
         self._scheduled = False
-        self._spawn(self.flush())
+        if self._flusher is None and self._done:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._flushing.add(task)
-        task.add_done_callback(self._flushing.discard)
+    async def _flush_all(self) -> None:
+        try:
+            while self._done:
+                await self._flush_once()
+        finally:
+            self._flusher = None
 
-    async def flush(self) -> None:
-        """Ack every finished delivery now (``multiple`` for the run at the front)."""
+    async def _flush_once(self) -> None:
+        """Ack every delivery finished by now (``multiple`` for the run at the front)."""
         done, order = self._done, self._order
-        if not done:
-            return
         # ``order`` is in delivery-tag order (the client starts the deliveries' tasks in
         # frame order): the finished run before the first unfinished delivery is acked
         # with one ``multiple`` ack at its last tag, which covers nothing unfinished.
@@ -163,10 +170,13 @@ class _Acks:
             await _settle(message.ack(), message)
 
     async def drain(self) -> None:
-        """Send the acks still scheduled (``stop()``, before the channel closes)."""
-        await self.flush()
-        if self._flushing:
-            await asyncio.wait(set(self._flushing))
+        """Send every ack still due (``stop()``, before the channel closes)."""
+        while self._flusher is not None or self._done:
+            if self._flusher is None:  # every ack goes through the one flusher
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
+            await asyncio.wait({self._flusher})
+        if self._strays:
+            await asyncio.wait(set(self._strays))
 
 
 def copy_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
