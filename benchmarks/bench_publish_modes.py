@@ -7,9 +7,12 @@ Per round (interleaved: hexbus and the raw client take turns; medians over round
 - ``awaited``: one ``await bus.publish(e)`` at a time (``--awaited`` events), against the
   raw client sending the same bytes one at a time with ITS default settings (aiokafka:
   ``linger_ms=0``, 16 KiB batches; aio-pika: a confirm channel) plus the same
-  durability (``acks=all``, idempotence / persistent messages, confirms);
+  durability (``acks=all``, idempotence / persistent messages, confirms); the
+  contenders alternate event by event (block timings drift with the machine's load);
 - ``concurrent``: ``--burst`` ``bus.publish()`` calls started at once (``gather``),
-  throughput and mean publish latency; against ``publish_many`` of the same burst.
+  throughput and mean publish latency; against ``publish_many`` of the same burst;
+- Kafka ``batches of 500``: ``publish_many`` in awaited windows of 500 against the raw
+  producer sending the same bytes, and the plain body (``model_dump_json``, no headers).
 
 Why a script next to ``hexbus bench``: that command measures batch publishing and end
 to end; these two patterns (a request handler awaiting its one publish; many requests
@@ -59,8 +62,36 @@ async def _timed(run: Callable[[], Awaitable[None]], n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+async def _alternating(
+    out: dict[str, float],
+    events: list[ModesEvent],
+    sends: list[tuple[str, Callable[[ModesEvent], Awaitable[None]]]],
+) -> None:
+    """One awaited send at a time, the contenders taking turns event by event, so a
+    drifting machine load hits all alike; events/s = 1 / the mean time of one send."""
+    spent = dict.fromkeys((name for name, _ in sends), 0.0)
+    for event in events:
+        for name, send in sends:
+            began = time.perf_counter()
+            await send(event)
+            spent[name] += time.perf_counter() - began
+    for name, total in spent.items():
+        out[name] = len(events) / total
+
+
+async def _group(
+    out: dict[str, float],
+    flip: bool,
+    runs: list[tuple[str, Callable[[], Awaitable[None]], int]],
+) -> None:
+    """Run the contenders of one comparison back to back; every other round reversed,
+    so neither always runs first on a machine whose load drifts."""
+    for name, run, n in reversed(runs) if flip else runs:
+        out[name] = await _timed(run, n)
+
+
 # -- Kafka ---------------------------------------------------------------------------
-async def _kafka_round(bootstrap: str, awaited: int, burst: int) -> dict[str, float]:
+async def _kafka_round(bootstrap: str, awaited: int, burst: int, flip: bool) -> dict[str, float]:
 
 
     prefix = f"modes-{uuid.uuid4().hex[:10]}."
@@ -91,17 +122,8 @@ async def _kafka_round(bootstrap: str, awaited: int, burst: int) -> dict[str, fl
             await raw_send(ModesEvent(seq=-1))
             one = _events(awaited)
 
-            async def hex_awaited() -> None:
-                for e in one:
-                    await bus.publish(e)
 
-            async def raw_awaited() -> None:
-                for e in one:
-                    await raw_send(e)
 
-            async def plain_awaited() -> None:
-                for e in one:
-                    await raw_plain(e)
 
             many = _events(burst)
             latencies: list[float] = []
@@ -120,13 +142,51 @@ async def _kafka_round(bootstrap: str, awaited: int, burst: int) -> dict[str, fl
             async def raw_concurrent() -> None:
                 await asyncio.gather(*(raw_send(e) for e in many))
 
-            out["awaited hexbus"] = await _timed(hex_awaited, awaited)
-            out["awaited raw"] = await _timed(raw_awaited, awaited)
-            out["awaited raw plain"] = await _timed(plain_awaited, awaited)
-            out["concurrent hexbus"] = await _timed(hex_concurrent, burst)
+            async def raw_window(window: list[ModesEvent], plain: bool) -> None:
+                futures = []
+                for e in window:
+                    if plain:
+                        futures.append(await raw.send(topic, e.model_dump_json().encode()))
+                    else:
+                        headers, value = encode_record(codec, e)
+                        futures.append(await raw.send(topic, value, headers=headers))
+                await asyncio.gather(*futures)
+
+            async def hex_batches() -> None:
+                for start in range(0, burst, 500):
+                    await bus.publish_many(many[start : start + 500])
+
+            async def raw_batches() -> None:
+                for start in range(0, burst, 500):
+                    await raw_window(many[start : start + 500], plain=False)
+
+            async def plain_batches() -> None:
+                for start in range(0, burst, 500):
+                    await raw_window(many[start : start + 500], plain=True)
+
+            await _alternating(out, one, [
+                ("awaited hexbus", bus.publish),
+                ("awaited raw", raw_send),
+                ("awaited raw plain", raw_plain),
+            ])
+            await _group(out, flip, [
+                ("batches of 500 hexbus", hex_batches, burst),
+                ("batches of 500 raw", raw_batches, burst),
+                ("batches of 500 raw plain", plain_batches, burst),
+            ])
+            await _group(out, flip, [
+                ("concurrent hexbus", hex_concurrent, burst),
+                ("concurrent raw", raw_concurrent, burst),
+                ("publish_many hexbus", hex_many, burst),
+            ])
             out["concurrent hexbus latency ms"] = statistics.mean(latencies) * 1000
-            out["concurrent raw"] = await _timed(raw_concurrent, burst)
-            out["publish_many hexbus"] = await _timed(hex_many, burst)
+            out["ratio awaited hexbus/raw"] = out["awaited hexbus"] / out["awaited raw"]
+            out["ratio batches hexbus/raw"] = (
+                out["batches of 500 hexbus"] / out["batches of 500 raw"]
+            )
+            out["ratio batches hexbus/raw plain"] = (
+                out["batches of 500 hexbus"] / out["batches of 500 raw plain"]
+            )
         finally:
             await raw.stop()
         await bus.topology.delete_topics([bus.topic_for(ModesEvent)])
@@ -134,7 +194,7 @@ async def _kafka_round(bootstrap: str, awaited: int, burst: int) -> dict[str, fl
 
 
 # -- RabbitMQ ------------------------------------------------------------------------
-async def _rabbit_round(url: str, awaited: int, burst: int) -> dict[str, float]:
+async def _rabbit_round(url: str, awaited: int, burst: int, flip: bool) -> dict[str, float]:
 
 
     exchange_name = f"modes-{uuid.uuid4().hex[:10]}"
@@ -170,13 +230,7 @@ async def _rabbit_round(url: str, awaited: int, burst: int) -> dict[str, float]:
             many = _events(burst)
             latencies: list[float] = []
 
-            async def hex_awaited() -> None:
-                for e in one:
-                    await bus.publish(e)
 
-            async def raw_awaited() -> None:
-                for e in one:
-                    await raw_send(e)
 
             async def timed_publish(e: ModesEvent) -> None:
                 t = time.perf_counter()
@@ -192,12 +246,17 @@ async def _rabbit_round(url: str, awaited: int, burst: int) -> dict[str, float]:
             async def hex_many() -> None:
                 await bus.publish_many(many)
 
-            out["awaited hexbus"] = await _timed(hex_awaited, awaited)
-            out["awaited raw"] = await _timed(raw_awaited, awaited)
-            out["concurrent hexbus"] = await _timed(hex_concurrent, burst)
+            await _alternating(out, one, [
+                ("awaited hexbus", bus.publish),
+                ("awaited raw", raw_send),
+            ])
+            await _group(out, flip, [
+                ("concurrent hexbus", hex_concurrent, burst),
+                ("concurrent raw", raw_concurrent, burst),
+                ("publish_many hexbus", hex_many, burst),
+            ])
             out["concurrent hexbus latency ms"] = statistics.mean(latencies) * 1000
-            out["concurrent raw"] = await _timed(raw_concurrent, burst)
-            out["publish_many hexbus"] = await _timed(hex_many, burst)
+            out["ratio awaited hexbus/raw"] = out["awaited hexbus"] / out["awaited raw"]
             await queue.delete(if_unused=False, if_empty=False)
             await exchange.delete()
         finally:
@@ -207,13 +266,14 @@ async def _rabbit_round(url: str, awaited: int, burst: int) -> dict[str, float]:
 
 async def run(adapter: str, rounds: int, awaited: int, burst: int) -> dict[str, Any]:
     results: list[dict[str, float]] = []
-    for _ in range(rounds):
+    for round_no in range(rounds):
+        flip = bool(round_no % 2)
         if adapter == "kafka":
             bootstrap = os.environ.get("HEXBUS_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-            results.append(await _kafka_round(bootstrap, awaited, burst))
+            results.append(await _kafka_round(bootstrap, awaited, burst, flip))
         else:
             url = os.environ.get("HEXBUS_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
-            results.append(await _rabbit_round(url, awaited, burst))
+            results.append(await _rabbit_round(url, awaited, burst, flip))
     return {k: statistics.median(r[k] for r in results) for k in results[0]}
 
 

@@ -169,3 +169,38 @@ async def test_unconfirmed_publish_raises_publish_error_after_publish_timeout() 
     with pytest.raises(asyncio.CancelledError):
         await sending
     await publisher.close()
+
+
+def test_queue_type_setting_reaches_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEXBUS_RABBITMQ_QUEUE_TYPE", "Classic")
+    settings = HexbusSettings(adapter="rabbitmq")
+    assert RabbitMQEventBus.from_settings(settings).config.queue_type == "classic"
+    assert RabbitMQConfig().queue_type == "quorum"
+    monkeypatch.setenv("HEXBUS_RABBITMQ_QUEUE_TYPE", "lazy")
+    with pytest.raises(ValueError, match="rabbitmq_queue_type"):
+        HexbusSettings(adapter="rabbitmq")
+
+
+async def test_classic_work_queues_deliver_and_a_changed_type_is_refused(
+    rabbit_bus_maker: RabbitBusMaker,
+) -> None:
+    """A classic work queue delivers like a quorum one; the same subscription declared
+    later as quorum is refused with a ConfigurationError naming the setting (RabbitMQ
+    cannot change a queue's type), which also proves the first one is classic."""
+    seen: list[int] = []
+
+    async def handler(event: FaultEvent) -> None:
+        seen.append(event.seq)
+
+    classic = rabbit_bus_maker(queue_type="classic")
+    classic.subscribe(FaultEvent, handler, name="typed")
+    async with classic:
+        await classic.wait_ready()
+        await classic.publish_many([FaultEvent(seq=n) for n in range(5)])
+        await eventually(lambda: len(seen) == 5, timeout=20)
+    assert sorted(seen) == list(range(5))
+
+    quorum = rabbit_bus_maker(queue_type="quorum")
+    quorum.subscribe(FaultEvent, handler, name="typed")
+    with pytest.raises(ConfigurationError, match="HEXBUS_RABBITMQ_QUEUE_TYPE"):
+        await quorum.start()

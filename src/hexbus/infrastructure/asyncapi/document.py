@@ -128,8 +128,8 @@ def _message(
             "kafka": {
                 "key": {
                     "type": "string",
-                    "description": "The publish key (default: the event id); one key "
-                    "keeps its order on one partition.",
+                    "description": "The publish key (absent when none was given); one "
+                    "key keeps its order on one partition.",
                 },
                 "bindingVersion": KAFKA_BINDING_VERSION,
             }

@@ -84,10 +84,10 @@ class KafkaConfig(BaseModel):
     #: would only add its time to every lone publish (5 ms capped one awaited publish at a
     #: time near 150/s).
     linger_ms: int = Field(default=0, ge=0)
-    #: Bytes per partition batch (``HEXBUS_KAFKA_BATCH_SIZE``). With one request in
-    #: flight per broker, a request carries at most one batch per partition, so this
-    #: bounds what one round trip moves: 256 KiB keeps a burst of publishes to a few
-    #: round trips (aiokafka's 16 KiB default needs many).
+    #: Bytes per partition batch (``HEXBUS_KAFKA_BATCH_SIZE``; at most ``max_request_size``
+    #: is used). With one request in flight per broker, a request carries at most one
+    #: batch per partition, so this bounds what one round trip moves: 256 KiB keeps a
+    #: burst of publishes to a few round trips (aiokafka's 16 KiB default needs many).
     max_batch_size: int = Field(default=256 * 1024, ge=1024)
     #: Producer compression (``HEXBUS_KAFKA_COMPRESSION``): ``none``, ``gzip``,
     #: ``snappy``, ``lz4`` or ``zstd`` (the last three need ``cramjam``, in the
@@ -141,7 +141,8 @@ class KafkaConfig(BaseModel):
         ``publisher.py`` and the benchmark's raw baseline, so both compare alike)."""
         return {
             "linger_ms": self.linger_ms,
-            "max_batch_size": self.max_batch_size,
+            # A batch never larger than a request may be (the broker would refuse it).
+            "max_batch_size": min(self.max_batch_size, self.max_request_size),
             "compression_type": None if self.compression == "none" else self.compression,
         }
 

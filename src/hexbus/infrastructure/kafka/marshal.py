@@ -70,16 +70,18 @@ def to_kafka_headers(attributes: Mapping[str, str]) -> list[tuple[str, bytes]]:
 
 
 def from_kafka_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
-    """Attributes from Kafka headers; other headers are ignored. Bad UTF-8 → ``DecodeError``."""
+    """Attributes from Kafka headers; other headers are ignored. Bad UTF-8 → ``DecodeError``.
+
+    The consumer's hot path: which attribute a header name stands for is looked up in a
+    small cache (``_attribute_of``) instead of being worked out for every record.
+    """
     attributes: dict[str, str] = {}
+    names = _ATTRIBUTE_OF
     for name, value in headers or ():
-        if name.startswith(KAFKA_PREFIX):
-            attr = name[_KAFKA_PREFIX_LEN:]
-        elif name.lower() == KAFKA_CONTENT_TYPE_HEADER:
-            attr = "datacontenttype"
-        else:
-            continue
-        if value is None:
+        attr = names.get(name)
+        if attr is None:
+            attr = _attribute_of(name)
+        if not attr or value is None:
             continue
         try:
             attributes[attr] = value.decode() if isinstance(value, bytes) else str(value)
@@ -88,6 +90,24 @@ def from_kafka_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str,
                 f"Kafka header {name!r} is not valid UTF-8", "malformed", b"", dict(headers or ())
             ) from None
     return attributes
+
+
+#: Header name -> attribute name (``""``: not an attribute), for the names met so far.
+_ATTRIBUTE_OF: dict[str, str] = {}
+#: Bounds the cache: foreign producers may send any header names (ids in names, say).
+_ATTRIBUTE_CACHE_LIMIT: Final = 1024
+
+
+def _attribute_of(name: str) -> str:
+    if name.startswith(KAFKA_PREFIX):
+        attr = name[_KAFKA_PREFIX_LEN:]
+    elif name.lower() == KAFKA_CONTENT_TYPE_HEADER:
+        attr = "datacontenttype"
+    else:
+        attr = ""
+    if len(_ATTRIBUTE_OF) < _ATTRIBUTE_CACHE_LIMIT:
+        _ATTRIBUTE_OF[name] = attr
+    return attr
 
 
 def header(headers: Sequence[tuple[str, bytes]] | None, name: str) -> bytes | None:

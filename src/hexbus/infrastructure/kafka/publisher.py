@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from hexbus.application.dispatch import DispatchStats
@@ -36,7 +38,7 @@ from hexbus.domain.errors import PublishError, UnknownEventTypeError
 from hexbus.domain.events import EventRegistry
 from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.kafka.config import KafkaConfig
-from hexbus.infrastructure.kafka.marshal import encode_record, to_kafka_headers
+from hexbus.infrastructure.kafka.marshal import to_kafka_headers
 from hexbus.infrastructure.kafka.topology import TopicNames, Topology
 
 __all__ = ["KafkaPublisher", "Record"]
@@ -45,6 +47,8 @@ logger = logging.getLogger("hexbus.kafka")
 
 #: hexbus's own headers stay well under this; only metadata can make them large.
 _HEADER_ALLOWANCE = 1024
+#: What ``AIOKafkaProducer`` partitions keyed records with (murmur2, as the Java client).
+_PARTITIONER = DefaultPartitioner()
 
 
 @dataclass(slots=True)
@@ -74,6 +78,42 @@ def _ids(records: Sequence[Record]) -> str:
     """The event ids of ``records`` for an error message (the first 20)."""
     text = ", ".join(r.event_id for r in records[:20])
     return text + (" ..." if len(records) > 20 else "")
+
+
+class _Batches:
+    """Fills producer batches with the records of one ``send`` (``_send_batches``)."""
+
+    __slots__ = ("futures", "items", "producer")
+
+    def __init__(
+        self, producer: Any, items: Sequence[Record], futures: list[asyncio.Future[Any] | None]
+    ) -> None:
+        self.producer = producer
+        self.items = items
+        self.futures = futures
+
+    async def fill(self, tp: tuple[str, int], indices: list[int]) -> None:
+        """Append the records of one partition, in order, to producer batches and submit
+        each when full (aiokafka queues one batch per partition at a time: order kept)."""
+        producer, items = self.producer, self.items
+        batch = producer.create_batch()
+        members: list[int] = []
+        for index in indices:
+            r = items[index]
+            if batch.append(key=r.key, value=r.value, timestamp=None, headers=r.headers) is None:
+                await self._submit(batch, tp, members)
+                batch, members = producer.create_batch(), []
+                # A new batch takes any first record (oversize ones were refused earlier).
+                batch.append(key=r.key, value=r.value, timestamp=None, headers=r.headers)
+            members.append(index)
+        if members:
+            await self._submit(batch, tp, members)
+
+    async def _submit(self, batch: Any, tp: tuple[str, int], members: list[int]) -> None:
+        fut = await self.producer.send_batch(batch, tp[0], partition=tp[1])
+        fut.add_done_callback(_retrieve)
+        for index in members:
+            self.futures[index] = fut
 
 
 class KafkaPublisher:
@@ -195,7 +235,8 @@ class KafkaPublisher:
     def record(self, admitted: Admitted) -> Record:
         """The record of an admitted event; ``PublishError`` if Kafka would refuse its size."""
         event, metadata, key = admitted.event, admitted.metadata, admitted.key
-        headers, value = encode_record(self.codec, event, metadata)
+        attributes, value = self.codec.encode(event, metadata)
+        headers = to_kafka_headers(attributes)
         key_bytes = None if key is None else key.encode()
         rough = len(value) + _HEADER_ALLOWANCE + (0 if key_bytes is None else len(key_bytes))
         if metadata:
@@ -206,7 +247,7 @@ class KafkaPublisher:
             value,
             headers,
             event.event_type,
-            str(event.event_id),
+            attributes["id"],  # the id on the wire (a forwarded event's original id)
         )
         return self._checked(record, rough)
 
@@ -266,28 +307,38 @@ class KafkaPublisher:
 
     # -- sending -----------------------------------------------------------------------
     async def send(self, items: Sequence[Record]) -> None:
-        """Send ``items``; return once all are acked (``acks=all``), else ``PublishError``."""
+        """Send ``items``; return once all are acked (``acks=all``), else ``PublishError``.
+
+        One record goes through ``producer.send`` (concurrent publishes meet in the
+        producer's batches); several are put into batches here (``_fill``), one per
+        partition at a time, which skips the producer's per-record bookkeeping (a
+        coroutine, a size estimate, a future per record): ``publish_many`` and
+        ``send_encoded`` cost less than half the CPU per event. The batches are the
+        producer's own, sent, retried and acknowledged exactly as its others.
+        """
         timeout = self.config.publish_timeout
-        futures: list[asyncio.Future[Any]] = []
+        #: Per item, the future of its record's (or its batch's) ack, once it has one.
+        futures: list[asyncio.Future[Any] | None] = [None] * len(items)
         producer: Any = None
         try:
             async with asyncio.timeout(timeout):
                 await self._ensure_topics({r.topic for r in items})
                 producer = await self._ready_producer()
-                for r in items:
+                if len(items) == 1:
+                    r = items[0]
                     fut = await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
                     fut.add_done_callback(_retrieve)
-                    futures.append(fut)
-                if len(futures) == 1:
-                    await asyncio.shield(futures[0])
+                    futures[0] = fut
+                    await asyncio.shield(fut)
                 else:
-                    await asyncio.wait(futures)
+                    await self._send_batches(producer, items, futures)
+                    await asyncio.wait({f for f in futures if f is not None})
         except TimeoutError:
-            acked = [_acked(f) for f in futures]
+            acked = [f is not None and _acked(f) for f in futures]
             self.stats.published += sum(acked)
             if producer is not None:
                 self._failed(producer)
-            unacked = [r for i, r in enumerate(items) if i >= len(acked) or not acked[i]]
+            unacked = [r for r, ok in zip(items, acked, strict=True) if not ok]
             first = unacked[0]
             why = await self.topology.explain({r.topic for r in items}, within=min(1.0, timeout))
             raise PublishError(
@@ -299,18 +350,22 @@ class KafkaPublisher:
                 f"(consumers are at-least-once); unacknowledged event ids: {_ids(unacked)}"
             ) from None
         except (KafkaError, OSError) as exc:
-            acked = [_acked(f) for f in futures]
+            acked = [f is not None and _acked(f) for f in futures]
             self.stats.published += sum(acked)
             if producer is not None:
                 self._failed(producer)
-            unacked = [r for i, r in enumerate(items) if i >= len(acked) or not acked[i]]
-            first = unacked[0]
+            unacked = [r for r, ok in zip(items, acked, strict=True) if not ok]
+            first = unacked[0] if unacked else items[0]
             raise PublishError(
                 f"Kafka refused {first.event_type} event {first.event_id} "
                 f"for topic {first.topic!r}: {type(exc).__name__}: {exc}; "
                 f"not sent or not acknowledged: {_ids(unacked)}"
             ) from exc
-        failed = [(r, f.exception()) for r, f in zip(items, futures, strict=True) if f.exception()]
+        failed = [
+            (r, error)
+            for r, f in zip(items, futures, strict=True)
+            if f is not None and (error := f.exception()) is not None
+        ]
         self.stats.published += len(items) - len(failed)
         if failed:
             self._failed(producer)
@@ -321,6 +376,44 @@ class KafkaPublisher:
                 f"{type(error).__name__}: {error}; refused event ids: "
                 f"{_ids([r for r, _ in failed])}"
             ) from error
+
+    async def _send_batches(
+        self,
+        producer: Any,
+        items: Sequence[Record],
+        futures: list[asyncio.Future[Any] | None],
+    ) -> None:
+        """Partition ``items`` as ``producer.send`` would and hand each partition's
+        records to ``_fill``; ``futures[i]`` gets the ack future of item ``i``'s batch.
+
+        A keyed record goes where the producer's default partitioner (murmur2 of the
+        key) puts it, so one key meets one partition whichever way it was sent (per-key
+        order). Keyless records are dealt round robin over the available partitions.
+        """
+        cluster = producer.client.cluster
+        partitions: dict[str, tuple[list[int], list[int]]] = {}
+        for topic in {r.topic for r in items}:
+            await producer.partitions_for(topic)  # waits for the topic's metadata
+            every = list(cluster.partitions_for_topic(topic))
+            available = list(cluster.available_partitions_for_topic(topic)) or every
+            partitions[topic] = (every, available)
+        by_partition: dict[tuple[str, int], list[int]] = {}
+        turn = random.randrange(1024)  # where the round robin starts: spread the load
+        for index, r in enumerate(items):
+            every, available = partitions[r.topic]
+            if r.key is None:
+                partition = available[(turn + index) % len(available)]
+            else:
+                partition = _PARTITIONER(r.key, every, available)
+            by_partition.setdefault((r.topic, partition), []).append(index)
+        batches = _Batches(producer, items, futures)
+        outcomes = await asyncio.gather(
+            *(batches.fill(tp, indices) for tp, indices in by_partition.items()),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def send_raw(
         self,

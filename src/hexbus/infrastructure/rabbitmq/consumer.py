@@ -1,16 +1,22 @@
 """The receiving side of the RabbitMQ adapter: decode, deliver, carry out the outcome.
 
 One robust channel per subscription name with ``prefetch`` unacked messages; each
-message is handled in its own task (handlers of one queue start in delivery order and
-run concurrently up to ``prefetch``). What happens to a message is decided by the
-consume pipeline (``hexbus.application.consuming``); this module only does it in AMQP
-terms:
+message is handled in the task the client delivers it in (handlers of one queue start
+in delivery order and run concurrently up to ``prefetch``). What happens to a message is
+decided by the consume pipeline (``hexbus.application.consuming``); this module only
+does it in AMQP terms:
 
 - ``ACK``: ack;
 - ``RETRY``: a copy with ``x-hexbus-attempt`` + 1 goes to the back-off tier of
   ``outcome.delay``, is confirmed, and only then the original is acked;
 - ``DEAD_LETTER``: the original bytes plus the failure headers go to the DLQ, are
   confirmed, and only then the original is acked.
+
+Acks are batched (``_Acks``): the messages whose handling finished during one turn of
+the event loop are acked together, with one ``basic.ack multiple`` for the run of
+delivery tags that finished without a gap, single acks for the others. Nothing is
+acked before its handler (and its retry copy / dead letter) finished, so at-least-once
+holds; a slow handler holds back only its own ack.
 
 A message that cannot be decoded reaches the pipeline as its ``DecodeError`` and is
 dead-lettered with the reason. A handler interrupted by ``stop()`` and a message whose
@@ -69,9 +75,108 @@ class SubscriptionConsumer:
     tag: str | None = None
     #: The queue for log lines (computed once, not per message).
     where: str = field(init=False)
+    acks: _Acks = field(init=False)
 
     def __post_init__(self) -> None:
         self.where = f"queue {self.queue_name!r}"
+        self.acks = _Acks()
+
+
+class _Acks:
+    """The acks of one consumer, sent in batches by one flusher task.
+
+    Deliveries are tracked in delivery-tag order. ``done`` marks one finished (its
+    handler, retry copy or dead letter is through) and, at the end of the loop's turn,
+    starts the flusher unless it runs already. The flusher acks the finished run at the
+    front of the order with one ``basic.ack multiple`` and the finished ones behind an
+    unfinished delivery one by one (so a slow handler does not hold back other acks and
+    their prefetch slots), and goes on while more finished meanwhile. One flusher at a
+    time, writing in order: a ``multiple`` ack must never cover a tag whose own ack is
+    still to be written (acking a tag twice closes the channel). ``settled`` forgets a
+    delivery that was nacked. Delivery tags belong to a channel: after a reconnection
+    the tracking starts afresh (the broker requeued the old ones).
+    """
+
+    __slots__ = ("_channel", "_done", "_flusher", "_order", "_scheduled", "_strays")
+
+    def __init__(self) -> None:
+        self._channel: Any = None
+        #: delivery tag -> message, in delivery order; ``_done`` holds the finished tags.
+        self._order: dict[int, AbstractIncomingMessage] = {}
+        self._done: set[int] = set()
+        self._scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
+        #: Acks of untracked deliveries (a channel replaced meanwhile), sent on their own.
+        self._strays: set[asyncio.Task[None]] = set()
+
+    def received(self, message: AbstractIncomingMessage) -> None:
+        tag = message.delivery_tag
+        if tag is None:
+            return
+        if message.channel is not self._channel:  # a new channel: new delivery tags
+            self._channel = message.channel
+            self._order.clear()
+            self._done.clear()
+        self._order[tag] = message
+
+    def done(self, message: AbstractIncomingMessage) -> None:
+        tag = message.delivery_tag
+        if tag is None or self._order.get(tag) is not message:
+            task = asyncio.get_running_loop().create_task(_settle(message.ack(), message))
+            self._strays.add(task)
+            task.add_done_callback(self._strays.discard)
+            return
+        self._done.add(tag)
+        if not self._scheduled and self._flusher is None:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._start_flusher)
+
+    def settled(self, message: AbstractIncomingMessage) -> None:
+        """``message`` was nacked (its frame sent): it needs no ack."""
+        tag = message.delivery_tag
+        if tag is not None and self._order.get(tag) is message:
+            del self._order[tag]
+            self._done.discard(tag)
+
+    def _start_flusher(self) -> None:
+        self._scheduled = False
+        if self._flusher is None and self._done:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
+
+    async def _flush_all(self) -> None:
+        try:
+            while self._done:
+                await self._flush_once()
+        finally:
+            self._flusher = None
+
+    async def _flush_once(self) -> None:
+        """Ack every delivery finished by now (``multiple`` for the run at the front)."""
+        done, order = self._done, self._order
+        # ``order`` is in delivery-tag order (the client starts the deliveries' tasks in
+        # frame order): the finished run before the first unfinished delivery is acked
+        # with one ``multiple`` ack at its last tag, which covers nothing unfinished.
+        front: AbstractIncomingMessage | None = None
+        for tag in list(order):
+            if tag not in done:
+                break
+            front = order.pop(tag)
+            done.discard(tag)
+        singles = [order.pop(tag) for tag in sorted(done) if tag in order]
+        done.clear()
+        if front is not None:
+            await _settle(front.ack(multiple=True), front)
+        for message in singles:
+            await _settle(message.ack(), message)
+
+    async def drain(self) -> None:
+        """Send every ack still due (``stop()``, before the channel closes)."""
+        while self._flusher is not None or self._done:
+            if self._flusher is None:  # every ack goes through the one flusher
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_all())
+            await asyncio.wait({self._flusher})
+        if self._strays:
+            await asyncio.wait(set(self._strays))
 
 
 def copy_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
@@ -118,6 +223,7 @@ class Consumers:
         self.inflight: set[asyncio.Task[Any]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._retired: list[AbstractChannel] = []  # channels of removed consumers
+        self._retired_acks: list[_Acks] = []  # ... and their acks still to send
         self._tail: asyncio.Task[None] | None = None
         self._failures: list[Exception] = []
 
@@ -173,6 +279,7 @@ class Consumers:
             await self._cancel(consumer)
             del self.by_name[name]
             self._retired.append(consumer.channel)
+            self._retired_acks.append(consumer.acks)
 
     async def _cancel(self, consumer: SubscriptionConsumer) -> None:
         if consumer.tag is None:
@@ -222,6 +329,7 @@ class Consumers:
         """Drop every consumer without talking to the broker (its connection is gone)."""
         self.by_name.clear()
         self._retired.clear()
+        self._retired_acks.clear()
         self._connection = None
 
     async def stop(self) -> None:
@@ -241,11 +349,14 @@ class Consumers:
                 for task in still:
                     task.cancel()
                 await asyncio.wait(still)
+        for acks in [*(c.acks for c in self.by_name.values()), *self._retired_acks]:
+            await acks.drain()
         for channel in [*(c.channel for c in self.by_name.values()), *self._retired]:
             with contextlib.suppress(Exception):
                 await channel.close()
         self.by_name.clear()
         self._retired.clear()
+        self._retired_acks.clear()
         self._connection = None
 
     # -- one message -----------------------------------------------------------------------
@@ -255,12 +366,14 @@ class Consumers:
         task = asyncio.current_task()
         if task is not None:
             self.inflight.add(task)
+        consumer.acks.received(message)
         try:
             await self._handle(consumer, message)
         except asyncio.CancelledError:
             # Interrupted by stop(): back to the queue, never to the DLQ.
             self.pipeline.stats.requeued += 1
             await _settle(message.nack(requeue=True), message)
+            consumer.acks.settled(message)
             raise
         except Exception:
             # The retry / dead letter could not be sent (broker away): requeue; it comes
@@ -270,6 +383,7 @@ class Consumers:
             )
             self.pipeline.stats.requeued += 1
             await _settle(message.nack(requeue=True), message)
+            consumer.acks.settled(message)
         finally:
             if task is not None:
                 self.inflight.discard(task)
@@ -291,14 +405,14 @@ class Consumers:
             consumer.name, decoded, attempt=attempt, key=key, where=consumer.where
         )
         if outcome.action is _ACK:
-            await _settle(message.ack(), message)
+            consumer.acks.done(message)  # acked at the end of this turn of the loop
             return
         if outcome.action is _RETRY:
             await self._retry(consumer, message, outcome)
         else:
             await self._dead_letter(consumer, message, outcome)
         self.pipeline.settled(outcome)
-        await _settle(message.ack(), message)
+        consumer.acks.done(message)  # the copy is confirmed: the original may go
 
     async def _retry(
         self, consumer: SubscriptionConsumer, message: AbstractIncomingMessage, outcome: Outcome
