@@ -117,6 +117,10 @@ class OutboxRelay:
         self._stats_read = 0.0
         self._ahead: asyncio.Task[Claim] | None = None  # the next batch, claimed early
         self._completing: asyncio.Task[None] | None = None  # the last batch's deletion
+        #: Rows deleted between two ``VACUUM``s of the outbox table (PostgreSQL).
+        self.vacuum_every = max(5_000, 10 * batch_size)
+        self._deleted = 0
+        self._vacuuming: asyncio.Task[None] | None = None
         self._lock_renewed = 0.0
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -153,6 +157,10 @@ class OutboxRelay:
         await self._drop_ahead()
         with contextlib.suppress(Exception):
             await self._settle()
+        vacuuming, self._vacuuming = self._vacuuming, None
+        if vacuuming is not None:
+            with contextlib.suppress(Exception):
+                await vacuuming
         await self._unlisten()
         with contextlib.suppress(SQLAlchemyError, OSError):
             await self.store.give_up(self.name)
@@ -209,6 +217,12 @@ class OutboxRelay:
 
     async def _complete(self, claim: Claim, sent: int, oldest: float | None) -> None:
         deleted = await self.store.complete(claim)
+        self._deleted += deleted
+        if self._deleted >= self.vacuum_every and (
+            self._vacuuming is None or self._vacuuming.done()
+        ):
+            self._deleted = 0
+            self._vacuuming = asyncio.get_running_loop().create_task(self._vacuum())
         stats = self.stats
         stats.batches += 1
         stats.sent += sent
@@ -225,6 +239,12 @@ class OutboxRelay:
                 sent - deleted,
                 self.lease,
             )
+
+    async def _vacuum(self) -> None:
+        try:
+            await self.store.vacuum()
+        except Exception as exc:  # noqa: BLE001 - housekeeping: the relay goes on
+            logger.info("outbox relay: VACUUM of the outbox table failed (%s)", exc)
 
     async def _take_claim(self) -> Claim:
         """The batch claimed ahead if it has rows, else a fresh claim (the rows of the

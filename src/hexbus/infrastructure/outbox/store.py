@@ -182,6 +182,9 @@ class OutboxStore:
             )
             return [dict(row._mapping) for row in result]
 
+    async def vacuum(self) -> None:
+        """Reclaim the rows the relay deleted (PostgreSQL); nothing elsewhere."""
+
     # -- one relay at a time (SQLite) -----------------------------------------------
     async def acquire(self, holder: str, ttl: float) -> None:
         """Become the relay (SQLite); nothing to do where relays share the outbox."""
@@ -212,18 +215,21 @@ class PostgresOutboxStore(OutboxStore):
             " set_config('synchronous_commit', 'off', true)"
         )
         self._no_flush = text("SELECT set_config('synchronous_commit', 'off', true)")
+        # ``= ANY(ARRAY(subquery))``, not ``UPDATE ... FROM (CTE)``: the table swings
+        # between empty and a backlog, so its statistics are always stale, and a join
+        # with the candidates was planned as a nested loop over the whole backlog
+        # (265 ms for 5,000 rows instead of 2). An array compares by the primary key.
         self._claim = text(
-            f"WITH candidates AS ("  # a quoted table name; values are bound
-            f" SELECT o.position FROM {table} AS o"
-            " WHERE (o.lease_until IS NULL OR o.lease_until < :now)"
+            f"UPDATE {table} AS t SET claimed_by = :token, lease_until = :until,"
+            " attempts = t.attempts + 1"
+            " WHERE t.position = ANY(ARRAY("
+            f"  SELECT o.position FROM {table} AS o"
+            "  WHERE (o.lease_until IS NULL OR o.lease_until < :now)"
             # per row, not an anti-join: the scan walks the primary key in order and
             # stops at the limit, however long the backlog
-            f" AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS e"
-            "  WHERE e.key = o.key AND e.position < o.position AND e.lease_until >= :now))"
-            " ORDER BY o.position LIMIT :limit FOR UPDATE OF o SKIP LOCKED)"
-            f" UPDATE {table} AS t SET claimed_by = :token, lease_until = :until,"
-            " attempts = t.attempts + 1"
-            " FROM candidates AS c WHERE t.position = c.position"
+            f"  AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS e"
+            "   WHERE e.key = o.key AND e.position < o.position AND e.lease_until >= :now))"
+            "  ORDER BY o.position LIMIT :limit FOR UPDATE OF o SKIP LOCKED))"
             " RETURNING t.position, t.event_id, t.event_type, t.key, t.attributes, t.data,"
             " t.created_at, t.attempts"
         )
@@ -240,6 +246,18 @@ class PostgresOutboxStore(OutboxStore):
             )
             rows = sorted((_row(r) for r in result), key=lambda r: r.position)
         return Claim(token, rows)
+
+    async def vacuum(self) -> None:
+        """``VACUUM`` the outbox table: every relayed row leaves two dead versions (the
+        claim's and the deletion's) at the head of the primary key, which each claim's
+        ordered scan walks over until they are reclaimed. Autovacuum's default pace
+        (a minute) lets a busy relay pile up a million of them and slow its claims
+        tenfold, so the relay asks for it itself every ``vacuum_every`` rows. Without
+        ownership of the table PostgreSQL only warns and skips it."""
+        name = self.engine.dialect.identifier_preparer.quote(self.tables.outbox.name)
+        async with self.engine.connect() as connection:
+            auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await auto.execute(text(f"VACUUM {name}"))
 
     async def complete(self, claim: Claim) -> int:
         table = self.tables.outbox
