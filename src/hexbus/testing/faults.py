@@ -344,26 +344,7 @@ async def restart_native_broker(
     """
     script = await require_native_broker(kind, port, script=script)
     try:
-        restart = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(script),
-            "restart",
-            kind,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            _, err = await asyncio.wait_for(restart.communicate(), timeout)
-        except TimeoutError:
-            restart.kill()
-            await restart.wait()
-            raise AssertionError(f"`brokers.py restart {kind}` took over {timeout:g}s") from None
-        if restart.returncode != 0:
-            raise AssertionError(
-                f"`brokers.py restart {kind}` failed ({restart.returncode}):\n"
-                f"{err.decode(errors='replace')[-2000:]}"
-            )
+        await _native_broker_command("restart", kind, script, timeout)
     finally:
         if not await asyncio.to_thread(_answers, port):
             await asyncio.to_thread(
