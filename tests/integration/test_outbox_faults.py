@@ -20,12 +20,8 @@ Two checks recur:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -46,6 +42,7 @@ from hexbus.infrastructure.outbox import Outbox, create_tables, open_engine, out
 from hexbus.infrastructure.rabbitmq.topology import subscription_queues, work_queue_name
 from hexbus.testing import eventually
 from hexbus.testing.faults import broker_outage, require_restartable_broker
+from hexbus.testing.processes import ChildProcess
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +55,7 @@ DELIVERY_TIMEOUT = 120.0
 
 
 # -- service processes -------------------------------------------------------------------
-class Service:
+class Service(ChildProcess):
     """One ``outbox_service.py`` child; its files are ``<directory>/<label>.*``."""
 
     def __init__(
@@ -67,63 +64,23 @@ class Service:
         self.state = directory / label
         self.label = label
         self.mode = mode
-        self.env = env
-        self.args = [sys.executable, str(SERVICE), mode, "--state", str(self.state), *args]
-        self.log = self.state.with_name(label + ".log")
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            [sys.executable, str(SERVICE), mode, "--state", str(self.state), *args],
+            name=f"{label} ({mode})",
+            env=env,
+            log=self.file("log"),
+            ready_file=self.file("ready"),
+            cwd=directory,
+            ready_timeout=READY_TIMEOUT,
+        )
 
     def file(self, suffix: str) -> Path:
         return self.state.with_name(f"{self.label}.{suffix}")
 
-    def _child_env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HEXBUS_")}
-        path = [p for p in sys.path if p]
-        if base.get("PYTHONPATH"):
-            path.append(base["PYTHONPATH"])
-        return {**base, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
-
-    async def start(self, *, until: str = "ready", timeout: float = READY_TIMEOUT) -> Self:
+    async def start(self, *, until: str = "ready") -> Self:
         """Start the child; return once it created ``<label>.<until>``."""
-        marker = self.file(until)
-        with self.log.open("ab") as log:
-            # A plain Popen (returns at once) so kill() works outside the loop too.
-            self.proc = subprocess.Popen(
-                self.args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._child_env(),
-                cwd=self.state.parent,
-            )
-        try:
-            await eventually(
-                lambda: marker.exists() or not self.alive(),
-                timeout=timeout,
-                interval=0.05,
-                message=lambda: f"{self.label} ({self.mode}) {until}: {self.output()}",
-            )
-        except AssertionError:
-            self.kill()
-            raise
-        if not marker.exists():
-            raise AssertionError(
-                f"{self.label} ({self.mode}) exited with {self.returncode} before "
-                f"{until}:\n{self.output()}"
-            )
-        return self
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self, limit: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-limit:]
-        except FileNotFoundError:
-            return ""
+        self.ready_file = self.file(until)
+        return await super().start()
 
     def stats(self) -> dict[str, Any]:
         """What the child last wrote to ``<label>.stats`` (``{}`` before the first)."""
@@ -131,25 +88,6 @@ class Service:
             return dict(json.loads(self.file("stats").read_text()))
         except FileNotFoundError:
             return {}
-
-    def kill(self) -> None:
-        """SIGKILL: no ``finally``, no relay stop, no ack."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-
-    async def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM (the child's graceful stop); its exit code, killed after ``timeout``."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return proc.poll()
 
 
 @dataclass

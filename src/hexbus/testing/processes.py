@@ -49,6 +49,7 @@ from hexbus.infrastructure.settings import load_settings
 from hexbus.testing.waiting import eventually
 
 __all__ = [
+    "ChildProcess",
     "ConsumerProcess",
     "ConsumerProcesses",
     "event_reference",
@@ -101,7 +102,120 @@ def event_reference(event_type: type[DomainEvent] | str) -> str:
     return f"{module}:{qualname}"
 
 
-class ConsumerProcess:
+class ChildProcess:
+    """A child Python process of a test that a fault scenario may SIGKILL.
+
+    It gets the parent's import path (so a test module's classes import in it), the
+    parent's environment without its ``HEXBUS_*`` variables plus ``env`` (so a
+    developer's settings never leak in), ``cwd`` as working directory (no ``.env`` of
+    the developer's), and its output in ``log``. ``start`` returns once it created
+    ``ready_file``, its sign of life; ``kill`` is SIGKILL (no ``finally``, no ack, no
+    commit), ``stop`` SIGTERM (the child's graceful stop). ``ConsumerProcess`` and the
+    outbox tests' service processes are children of this kind.
+    """
+
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        name: str,
+        env: Mapping[str, str],
+        log: Path,
+        ready_file: Path,
+        cwd: Path,
+        ready_timeout: float = READY_TIMEOUT,
+    ) -> None:
+        self.args = list(args)
+        self.name = name
+        self.env = dict(env)
+        self.log = log
+        self.ready_file = ready_file
+        self.cwd = cwd
+        self.ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _child_env(self) -> dict[str, str]:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("HEXBUS_")}
+        # The parent's import path, so an event class of a test module imports in the child.
+        path = [p for p in sys.path if p]
+        if base.get("PYTHONPATH"):
+            path.append(base["PYTHONPATH"])
+        return {**base, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
+
+    async def start(self) -> Self:
+        """Start the child; return once it created ``ready_file`` (``AssertionError`` if
+        it exits or takes longer than ``ready_timeout``)."""
+        if self.proc is not None:
+            raise RuntimeError(f"{self} was started already; spawn a new one")
+        self.ready_file.unlink(missing_ok=True)
+        self.cwd.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            # A plain Popen (returns at once) so kill() and close() work outside the loop.
+            self.proc = subprocess.Popen(  # noqa: ASYNC220
+                self.args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._child_env(),
+                cwd=self.cwd,
+            )
+        try:
+            await eventually(
+                lambda: self.ready_file.exists() or not self.alive(),
+                timeout=self.ready_timeout,
+                interval=0.05,
+                message=lambda: f"{self.name} (pid {self.pid}) ready: {self.output()}",
+            )
+        except AssertionError:
+            self.kill()
+            raise
+        if not self.ready_file.exists():
+            raise AssertionError(
+                f"{self.name} exited with {self.returncode} before it was ready:\n"
+                f"{self.output()}"
+            )
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self, limit: int = 4000) -> str:
+        """The tail of the child's stdout and stderr (for failure messages)."""
+        try:
+            return self.log.read_text(errors="replace")[-limit:]
+        except FileNotFoundError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies mid-delivery, nothing in flight is acked or committed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)  # reaping a SIGKILLed child takes milliseconds
+
+    async def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:  # noqa: ASYNC109
+        """SIGTERM: the child stops cleanly; killed if it takes over ``timeout``."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.to_thread(proc.wait, timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning("%s (pid %s) ignored SIGTERM for %ss", self.name, proc.pid, timeout)
+                self.kill()
+        return proc.poll()
+
+
+class ConsumerProcess(ChildProcess):
     """One consumer child process recording the ids it handled in ``ids``.
 
     ``env`` holds the ``HEXBUS_*`` settings of the child (nothing else of the parent's
@@ -126,11 +240,7 @@ class ConsumerProcess:
         if unknown:
             raise ValueError(f"env takes HEXBUS_* settings only, not {unknown}")
         self.ids = ids
-        self.ready_file = ids.with_name(ids.name + ".ready")
-        self.log = ids.with_name(ids.name + ".log")
-        self.env = dict(env)
-        self.ready_timeout = ready_timeout
-        self.args = [
+        args = [
             sys.executable,
             "-m",
             CHILD_MODULE,
@@ -147,91 +257,20 @@ class ConsumerProcess:
             "--ready-timeout",
             str(ready_timeout),
         ]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _child_env(self) -> dict[str, str]:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("HEXBUS_")}
-        # The parent's import path, so an event class of a test module imports in the child.
-        path = [p for p in sys.path if p]
-        if base.get("PYTHONPATH"):
-            path.append(base["PYTHONPATH"])
-        return {**base, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
-
-    async def start(self) -> Self:
-        """Start the child and return once its bus is ready (``AssertionError`` if not)."""
-        if self.proc is not None:
-            raise RuntimeError(f"{self} was started already; spawn a new one")
-        self.ready_file.unlink(missing_ok=True)
-        self.ids.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log:
-            # cwd: the test's directory, so a developer's .env never configures the child.
-            # A plain Popen (returns at once) so kill() and close() work outside the loop.
-            self.proc = subprocess.Popen(  # noqa: ASYNC220
-                self.args,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self._child_env(),
-                cwd=self.ids.parent,
-            )
-        try:
-            await eventually(
-                lambda: self.ready_file.exists() or not self.alive(),
-                timeout=self.ready_timeout,
-                interval=0.05,
-                message=lambda: f"consumer process {self.pid} ready: {self.output()}",
-            )
-        except AssertionError:
-            self.kill()
-            raise
-        if not self.ready_file.exists():
-            raise AssertionError(
-                f"consumer process exited with {self.returncode} before it was ready:\n"
-                f"{self.output()}"
-            )
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.proc is None else self.proc.poll()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        # cwd: the test's directory, so a developer's .env never configures the child.
+        super().__init__(
+            args,
+            name="consumer process",
+            env=env,
+            log=ids.with_name(ids.name + ".log"),
+            ready_file=ids.with_name(ids.name + ".ready"),
+            cwd=ids.parent,
+            ready_timeout=ready_timeout,
+        )
 
     def handled(self) -> list[str]:
         """Ids recorded so far, in order (repeats possible after a crash)."""
         return read_ids(self.ids)
-
-    def output(self, limit: int = 4000) -> str:
-        """The tail of the child's stdout and stderr (for failure messages)."""
-        try:
-            return self.log.read_text(errors="replace")[-limit:]
-        except FileNotFoundError:
-            return ""
-
-    def kill(self) -> None:
-        """SIGKILL: the process dies mid-delivery, nothing in flight is acked or committed."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)  # reaping a SIGKILLed child takes milliseconds
-
-    async def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:  # noqa: ASYNC109
-        """SIGTERM: the child stops its bus cleanly; killed if it takes over ``timeout``."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, timeout)
-            except subprocess.TimeoutExpired:
-                logger.warning("consumer process %s ignored SIGTERM for %ss", proc.pid, timeout)
-                self.kill()
-        return proc.poll()
 
     def __repr__(self) -> str:
         state = "new" if self.proc is None else ("alive" if self.alive() else "exited")
