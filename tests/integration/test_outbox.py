@@ -16,8 +16,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -27,6 +25,7 @@ from hexbus.infrastructure.container import Container
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
 from hexbus.infrastructure.outbox import Outbox, OutboxRelay, open_engine, outbox_tables
 from hexbus.testing import eventually
+from hexbus.testing.telemetry import TelemetryCapture
 
 pytestmark = pytest.mark.integration
 
@@ -551,28 +550,20 @@ async def test_the_relay_reports_pending_rows_and_lag_as_gauges(outbox: Outbox) 
         async def send_encoded(self, items: Any) -> None:
             raise ConnectionError("broker down")
 
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
+    capture = TelemetryCapture()
     async with InMemoryEventBus() as bus:
         outbox.attach(bus)
         async with outbox.sessions() as session, session.begin():
             await bus.publish_many([Noted(text=str(i)) for i in range(4)], session=session)
         relay = OutboxRelay(outbox.store, Down(), poll_interval=0.05)
         relay.stats_interval = 0.0
-        relay.register_metrics(meter_provider=provider)
+        relay.register_metrics(meter_provider=capture.meter_provider)
         await relay.start()
         try:
             await eventually(lambda: relay.stats.send_failures >= 1, timeout=10)
 
             def gauges() -> dict[str, float]:
-                data = reader.get_metrics_data()
-                return {
-                    metric.name: point.value
-                    for rm in data.resource_metrics
-                    for sm in rm.scope_metrics
-                    for metric in sm.metrics
-                    for point in metric.data.data_points
-                }
+                return {name: points[-1].value for name, points in capture.metrics().items()}
 
             def backlog_reported() -> bool:
                 values = gauges()
@@ -584,7 +575,7 @@ async def test_the_relay_reports_pending_rows_and_lag_as_gauges(outbox: Outbox) 
             await eventually(backlog_reported, timeout=10, message=lambda: str(gauges()))
         finally:
             await relay.stop()
-    provider.shutdown()
+    capture.close()
 
 
 async def test_a_handler_publishing_through_its_inbox_session_is_atomic_with_it(

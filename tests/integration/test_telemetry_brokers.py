@@ -21,19 +21,15 @@ from typing import Any
 
 import pytest
 from bus_makers import KafkaBusMaker, RabbitBusMaker
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from hexbus import DomainEvent, EventBus
 from hexbus.application.observing import TRACEPARENT
 from hexbus.domain.context import current_context
 from hexbus.domain.ports import Readiness
-from hexbus.infrastructure.telemetry import instrument
 from hexbus.testing import BusFactory, Capabilities, EventBusContract
+from hexbus.testing.telemetry import TelemetryCapture as Otel
 from hexbus.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
@@ -45,42 +41,7 @@ class ShipmentBooked(DomainEvent, event_type=EVENT_TYPE):
     shipment: int
 
 
-class Otel:
-    """One service's SDK providers with in-memory exporters."""
 
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def instrument(self, bus: Any) -> None:
-        instrument(bus, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
-
-    def spans(self, prefix: str) -> list[ReadableSpan]:
-        found = [s for s in self.exporter.get_finished_spans() if s.name.startswith(prefix)]
-        return sorted(found, key=lambda s: s.start_time or 0)
-
-    def points(self, name: str) -> list[Any]:
-        data = self.reader.get_metrics_data()
-        found: list[Any] = []
-        for resource in data.resource_metrics if data else []:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    if metric.name == name:
-                        found.extend(metric.data.data_points)
-        return found
-
-    def total(self, name: str) -> float:
-        return sum(
-            getattr(point, "value", None) or getattr(point, "count", 0)
-            for point in self.points(name)
-        )
-
-    def close(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
 
 
 @pytest.fixture

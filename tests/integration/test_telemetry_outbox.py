@@ -14,17 +14,12 @@ from typing import Any
 
 import pytest
 from bus_makers import KafkaBusMaker, RabbitBusMaker
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from hexbus import DomainEvent
 from hexbus.infrastructure.outbox import Outbox, open_engine
-from hexbus.infrastructure.telemetry import instrument
 from hexbus.testing import eventually
+from hexbus.testing.telemetry import TelemetryCapture as Otel
 
 pytestmark = pytest.mark.integration
 
@@ -33,20 +28,7 @@ class Packed(DomainEvent, event_type="telemetry.outbox.packed"):
     box: int
 
 
-class Otel:
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
 
-    def instrument(self, bus: Any) -> None:
-        instrument(bus, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
-
-    def spans(self, prefix: str) -> list[ReadableSpan]:
-        found = [s for s in self.exporter.get_finished_spans() if s.name.startswith(prefix)]
-        return sorted(found, key=lambda s: s.start_time or 0)
 
 
 @pytest.fixture

@@ -12,11 +12,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from hexbus import DomainEvent, EventBus
@@ -28,8 +23,9 @@ from hexbus.infrastructure.kafka.marshal import encode_record, read_record
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
 from hexbus.infrastructure.rabbitmq.marshal import encode_message, read_message
 from hexbus.infrastructure.settings import load_settings
-from hexbus.infrastructure.telemetry import configure, instrument, register_gauge
+from hexbus.infrastructure.telemetry import configure, register_gauge
 from hexbus.testing import BusFactory, Capabilities, EventBusContract
+from hexbus.testing.telemetry import TelemetryCapture as Otel
 
 
 class OrderPlaced(DomainEvent, event_type="telemetry.order_placed"):
@@ -40,51 +36,14 @@ class InvoiceSent(DomainEvent, event_type="telemetry.invoice_sent"):
     order: int
 
 
-class Otel:
-    """An SDK tracer and meter provider, each with an in-memory exporter / reader."""
 
-    def __init__(self) -> None:
-        self.exporter = InMemorySpanExporter()
-        self.tracer_provider = TracerProvider()
-        self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.exporter))
-        self.reader = InMemoryMetricReader()
-        self.meter_provider = MeterProvider(metric_readers=[self.reader])
-
-    def instrument(self, bus: Any) -> Any:
-        return instrument(
-            bus, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider
-        )
-
-    def spans(self, name_prefix: str = "") -> list[ReadableSpan]:
-        return [s for s in self.exporter.get_finished_spans() if s.name.startswith(name_prefix)]
-
-    def metrics(self) -> dict[str, list[Any]]:
-        """Metric name → its data points (all scopes, all resources)."""
-        data = self.reader.get_metrics_data()
-        points: dict[str, list[Any]] = {}
-        if data is None:
-            return points
-        for resource in data.resource_metrics:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    points.setdefault(metric.name, []).extend(metric.data.data_points)
-        return points
-
-    def total(self, name: str, **attributes: Any) -> float:
-        """Sum of a counter's points (histograms: of their counts) matching ``attributes``."""
-        total = 0.0
-        for point in self.metrics().get(name, []):
-            if all(point.attributes.get(k) == v for k, v in attributes.items()):
-                total += getattr(point, "value", None) or getattr(point, "count", 0)
-        return total
 
 
 @pytest.fixture
 def otel() -> Iterator[Otel]:
     otel = Otel()
     yield otel
-    otel.tracer_provider.shutdown()
-    otel.meter_provider.shutdown()
+    otel.close()
 
 
 async def test_nested_publish_makes_the_span_chain_follow_the_causation_chain(otel: Otel) -> None:

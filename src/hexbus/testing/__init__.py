@@ -15,6 +15,8 @@
   ``postgres_database_url`` (a fresh PostgreSQL database per test) and ``database_url``
   (both), for code on the outbox and inbox.
 - ``eventually``: wait for an asynchronous condition with a deadline.
+- ``TelemetryCapture`` (``hexbus.testing.telemetry``, needs ``opentelemetry-sdk``): SDK
+  providers with in-memory exporters, to assert on the spans and metrics a bus reports.
 - The pytest plugin (``hexbus.testing.plugin``, loaded automatically) adds the fixtures
   ``event_bus``, ``recording_bus`` and the broker fixtures of ``hexbus.testing.brokers``.
 
@@ -50,11 +52,13 @@ if TYPE_CHECKING:
         start_test_broker,
         stop_test_broker,
     )
-    from hexbus.testing.processes import ConsumerProcess, ConsumerProcesses
+    from hexbus.testing.processes import ChildProcess, ConsumerProcess, ConsumerProcesses
+    from hexbus.testing.telemetry import TelemetryCapture
 
 __all__ = [
     "BusFactory",
     "Capabilities",
+    "ChildProcess",
     "ConsumerProcess",
     "ConsumerProcesses",
     "EventBusContract",
@@ -65,6 +69,7 @@ __all__ = [
     "Probe",
     "PublishedRecord",
     "RecordingEventBus",
+    "TelemetryCapture",
     "Undecodable",
     "broker_outage",
     "eventually",
@@ -100,7 +105,10 @@ _LAZY: dict[str, str] = {
         ),
         "hexbus.testing.faults",
     ),
-    **dict.fromkeys(("ConsumerProcess", "ConsumerProcesses"), "hexbus.testing.processes"),
+    **dict.fromkeys(
+        ("ChildProcess", "ConsumerProcess", "ConsumerProcesses"), "hexbus.testing.processes"
+    ),
+    "TelemetryCapture": "hexbus.testing.telemetry",
 }
 
 
