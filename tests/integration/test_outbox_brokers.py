@@ -214,3 +214,23 @@ async def test_outbox_dead_letters_lists_unreadable_rows(sqlite_url: str) -> Non
     assert result.exit_code == 0, result.output
     [row] = json.loads(result.output)
     assert (row["event_id"], row["reason"]) == ("bad-1", "malformed")
+
+
+async def test_bench_outbox_measures_the_relay_against_publish_many(sqlite_url: str) -> None:
+    args = ["bench", "--adapter", "memory", "--outbox", sqlite_url, "--events", "300"]
+    result = await asyncio.to_thread(
+        runner.invoke, app, [*args, "--repeats", "1", "--json"], env={}
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    assert (figures["adapter"], figures["database"], figures["events"]) == ("memory", "sqlite", 300)
+    assert figures["relay_events_per_s"] > 0 and figures["publish_many_events_per_s"] > 0
+    assert figures["commit_to_handler_p50_ms"] is not None
+
+
+def test_bench_outbox_masks_the_database_password() -> None:
+    url = "postgresql+asyncpg://u:Secr3t-Pw@127.0.0.1:1/x"
+    result = runner.invoke(app, ["bench", "--outbox", url, "--events", "10"], env={})
+    assert result.exit_code == 1
+    assert "HEXBUS_OUTBOX_URL" in result.output
+    assert "Secr3t-Pw" not in result.output

@@ -21,7 +21,6 @@ import signal
 import time
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 from rich.table import Table
@@ -41,7 +40,6 @@ from hexbus.infrastructure.settings import (
     HexbusSettings,
     load_settings,
     redact_url,
-    split_urls,
 )
 
 if TYPE_CHECKING:
@@ -352,7 +350,7 @@ def outbox_bench(
             "service_name": unique,
             "rabbitmq_exchange": f"{unique}.events",
             "kafka_topic_prefix": f"{unique}.",
-            "outbox_url": None,
+            "outbox_url": url,  # so redact() masks its password too
         }
     )
     try:  # lazily, like the broker benchmarks: it needs the [outbox] extra
@@ -375,7 +373,7 @@ def outbox_bench(
         except typer.Exit:
             raise
         except Exception as exc:  # noqa: BLE001 - reported without a traceback, masked
-            fail(redact(settings, mask_url(url, f"{type(exc).__name__}: {exc}")))
+            fail(redact(settings, f"{type(exc).__name__}: {exc}"))
     summary = figures.summary()
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -401,13 +399,3 @@ def outbox_bench(
         f"{summary['batch']}; latency: events committed one at a time by a writer sharing "
         "only the database with the relay (NOTIFY / poll wakes it)."
     )
-
-
-def mask_url(url: str, text: str) -> str:
-    """``text`` with ``url``'s password masked (the benchmark's database URL)."""
-    with contextlib.suppress(ValueError):
-        for one in split_urls(url):
-            password = urlsplit(one).password
-            if password:
-                text = text.replace(password, "***")
-    return text.replace(url, redact_url(url))
