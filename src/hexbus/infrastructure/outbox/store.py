@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import delete, func, insert, literal, select, text, update
+from sqlalchemy import TextClause, delete, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from hexbus.domain.errors import ConfigurationError
@@ -107,6 +107,8 @@ class OutboxStore:
     """What every store offers the relay."""
 
     dialect = ""
+    #: Run first in the relay's deletions (PostgreSQL: no wait for the WAL flush).
+    _no_flush: TextClause | None = None
 
     def __init__(self, engine: AsyncEngine, tables: OutboxTables) -> None:
         self.engine = engine
@@ -120,6 +122,8 @@ class OutboxStore:
         to the dead letters already); how many were deleted."""
         table = self.tables.outbox
         async with self.engine.begin() as connection:
+            if self._no_flush is not None:
+                await connection.execute(self._no_flush)
             mine = table.c.claimed_by == claim.token
             result = await connection.execute(delete(table).where(mine))
         return int(result.rowcount or 0)
@@ -259,13 +263,6 @@ class PostgresOutboxStore(OutboxStore):
             auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
             await auto.execute(text(f"VACUUM {name}"))
 
-    async def complete(self, claim: Claim) -> int:
-        table = self.tables.outbox
-        async with self.engine.begin() as connection:
-            await connection.execute(self._no_flush)
-            mine = table.c.claimed_by == claim.token
-            result = await connection.execute(delete(table).where(mine))
-        return int(result.rowcount or 0)
 
 
 class SqliteOutboxStore(OutboxStore):
