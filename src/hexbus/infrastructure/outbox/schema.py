@@ -32,6 +32,7 @@ single-holder lock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -53,6 +54,19 @@ DEFAULT_PREFIX = "hexbus_"
 
 #: BIGINT identity on PostgreSQL; SQLite only auto-increments an INTEGER PRIMARY KEY.
 _Position = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def _event_columns() -> list[Column[Any]]:
+    """The stored event: the same columns in the outbox and its dead letters, so a row
+    moves from one to the other as it is (new ``Column`` objects: one per table)."""
+    return [
+        Column("event_id", String(255), nullable=False),
+        Column("event_type", String(255), nullable=False),
+        Column("key", String(255), nullable=True),
+        Column("attributes", Text, nullable=False),
+        Column("data", Text, nullable=False),
+        Column("created_at", Float, nullable=False),
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +101,7 @@ def outbox_tables(
         name,
         metadata,
         Column("position", _Position, primary_key=True, autoincrement=True),
-        Column("event_id", String(255), nullable=False),
-        Column("event_type", String(255), nullable=False),
-        Column("key", String(255), nullable=True),
-        Column("attributes", Text, nullable=False),
-        Column("data", Text, nullable=False),
-        Column("created_at", Float, nullable=False),
+        *_event_columns(),
         Column("claimed_by", String(64), nullable=True),
         Column("lease_until", Float, nullable=True),
         Column("attempts", Integer, nullable=False, server_default="0"),
@@ -117,12 +126,7 @@ def outbox_tables(
         f"{prefix}outbox_dead_letters",
         metadata,
         Column("position", _Position, primary_key=True, autoincrement=False),
-        Column("event_id", String(255), nullable=False),
-        Column("event_type", String(255), nullable=False),
-        Column("key", String(255), nullable=True),
-        Column("attributes", Text, nullable=False),
-        Column("data", Text, nullable=False),
-        Column("created_at", Float, nullable=False),
+        *_event_columns(),
         Column("reason", String(64), nullable=False),
         Column("error", Text, nullable=False),
         Column("failed_at", Float, nullable=False),
