@@ -76,6 +76,8 @@ class InMemoryEventBus(EventBusBase):
             self.dispatcher.on_failure = self._redelivery.failed
         self._background = cfg.mode == "background"
         self._inflight: set[asyncio.Task[Any]] = set()
+        #: Reads back what the outbox relay hands ``send_encoded`` (this service's source).
+        self._codec = CloudEventCodec(source=cfg.service_name, registry=registry)
         self._routes = self.subscriptions.routes  # the table's own cache, read on the hot path
 
     @classmethod
@@ -177,7 +179,7 @@ class InMemoryEventBus(EventBusBase):
         """
         if self.state is not _RUNNING:
             self._raise_not_running()
-        codec = CloudEventCodec(source=self.config.service_name, registry=self.registry)
+        codec = self._codec
         dispatcher = self.dispatcher
         for item in items:
             try:
