@@ -9,6 +9,7 @@ The broker round trips are in ``test_outbox_brokers.py`` and the process-level f
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from hexbus.domain.errors import ConfigurationError
 from hexbus.infrastructure.container import Container
 from hexbus.infrastructure.memory import InMemoryEventBus, MemoryConfig
 from hexbus.infrastructure.outbox import Outbox, OutboxRelay, open_engine, outbox_tables
+from hexbus.infrastructure.outbox.store import Claim
 from hexbus.testing import eventually
 from hexbus.testing.telemetry import TelemetryCapture
 
@@ -282,23 +284,55 @@ async def test_a_relay_whose_lease_expired_cannot_delete_rows_another_relay_hold
             async with box.sessions() as session, session.begin():
                 await sender.publish(Placed(order="o"), session=session)
             store = box.store
-            late = await store.claim(10, lease=0.2)
+            late = await store.claim(10, lease=0.3)
             assert len(late.rows) == 1
             assert (await store.claim(10, lease=60)).rows == []  # held: nobody else gets it
+            # The late relay stalls past its lease: PostgreSQL ends its session, which
+            # frees the row for the next claim.
+            taken: list[Claim] = []
 
-            async def expired() -> bool:
-                async with box.engine.connect() as connection:
-                    now = await connection.execute(
-                        text("SELECT extract(epoch FROM clock_timestamp())")
-                    )
-                    return float(now.scalar_one()) > late.rows[0].created_at + 0.3
+            async def claimed_again() -> bool:
+                claim = await store.claim(10, lease=60)
+                taken.extend([claim] if claim.rows else [])
+                return bool(taken)
 
-            await eventually(expired, timeout=5)
-            current = await store.claim(10, lease=60)
+            await eventually(claimed_again, timeout=10)
+            [current] = taken
             assert [r.position for r in current.rows] == [late.rows[0].position]
-            assert await store.complete(late) == 0  # not its row
+            assert await store.complete(late) == 0  # its hold is gone: deletes nothing
             assert await count(box.engine, box.tables.outbox) == 1
             assert await store.complete(current) == 1
+            assert await count(box.engine, box.tables.outbox) == 0
+        finally:
+            await box.close()
+
+
+async def test_rows_of_a_key_held_by_one_claim_wait_while_other_rows_are_claimed(
+    postgres_database_url: str,
+) -> None:
+    box = Outbox(open_engine(postgres_database_url), owns_engine=True)
+    await box.open()
+    async with InMemoryEventBus() as sender:
+        box.attach(sender)
+        try:
+            async with box.sessions() as session, session.begin():
+                for order, key in (("k1", "k"), ("k2", "k"), ("u", None), ("j1", "j")):
+                    await sender.publish(Placed(order=order), session=session, key=key)
+            store = box.store
+
+            def orders(claim: Claim) -> list[str]:
+                return [json.loads(row.data)["order"] for row in claim.rows]
+
+            first = await store.claim(1, lease=60)
+            assert orders(first) == ["k1"]
+            second = await store.claim(10, lease=60)  # k2 waits behind k1's holder
+            assert orders(second) == ["u", "j1"]
+            await store.release(first)
+            third = await store.claim(10, lease=60)
+            assert orders(third) == ["k1", "k2"]
+            assert await store.complete(second) == 2
+            assert await store.complete(third) == 2
+            assert await count(box.engine, box.tables.outbox) == 0
         finally:
             await box.close()
 
@@ -409,7 +443,9 @@ async def test_a_duplicate_delivery_is_acknowledged_without_running_the_handler(
         outbox.attach(bus)
         async with outbox.sessions() as session, session.begin():
             await bus.publish(Placed(order="once"), session=session)
-        [row] = (await outbox.store.claim(10, 60)).rows
+        claim = await outbox.store.claim(10, 60)
+        [row] = claim.rows
+        await outbox.store.release(claim)
         encoded = row.encoded()
         await bus.send_encoded([encoded])
         await bus.send_encoded([encoded])  # redelivered: the broker's at-least-once

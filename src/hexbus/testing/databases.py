@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -108,7 +109,24 @@ def fresh_postgres_database(admin_url: str, prefix: str = "t") -> Iterator[str]:
     try:
         yield with_database(admin_url, name)
     finally:
-        _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop(admin_url, name)
+
+
+def _drop(admin_url: str, name: str) -> None:
+    """``DROP DATABASE ... WITH (FORCE)``, retried for a few seconds while PostgreSQL
+    refuses because an autovacuum worker is in the database (the test's role may end
+    its own sessions, not the worker): connections are closed to it first, so no new
+    worker starts there and the one at work finishes its table."""
+    _admin(admin_url, f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+    deadline = time.monotonic() + ADMIN_TIMEOUT
+    while True:
+        try:
+            _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except Exception as exc:
+            if "pg_signal_backend" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -43,6 +44,7 @@ __all__ = ["EncodedSender", "OutboxRelay", "OutboxStats", "RelayStats"]
 
 logger = logging.getLogger("hexbus.outbox")
 
+_created_at = attrgetter("created_at")
 _BACKOFF_FIRST = 0.2
 _BACKOFF_MAX = 10.0
 
@@ -61,8 +63,9 @@ class RelayStats:
     batches: int = 0
     sent: int = 0
     last_batch_size: int = 0
-    #: Rows this relay sent but could not delete: another relay had claimed them after
-    #: this one's lease expired (they were, or will be, sent twice).
+    #: Rows this relay sent but could not delete: its lease had expired (another relay
+    #: may have claimed them) or its database connection was lost; they were, or will
+    #: be, sent twice.
     claim_conflicts: int = 0
     send_failures: int = 0
     dead_lettered: int = 0
@@ -232,9 +235,10 @@ class OutboxRelay:
         if deleted < sent:
             stats.claim_conflicts += sent - deleted
             logger.warning(
-                "outbox relay %s: %d sent row(s) were claimed by another relay after this "
-                "one's lease (%.0fs) ran out; they may be sent twice (the inbox absorbs "
-                "duplicates). Raise HEXBUS_OUTBOX_LEASE above the send time",
+                "outbox relay %s: %d sent row(s) could not be deleted: this relay's hold "
+                "on them ended first (its lease of %.0fs ran out, or the database "
+                "connection was lost), so they are sent again (the inbox absorbs "
+                "duplicates). If sends take that long, raise HEXBUS_OUTBOX_LEASE",
                 self.name,
                 sent - deleted,
                 self.lease,
@@ -272,10 +276,10 @@ class OutboxRelay:
     async def _readable(self, claim: Claim) -> tuple[list[EncodedEvent], float | None]:
         """The claim's rows as CloudEvents; unreadable ones moved to the dead letters."""
         items: list[EncodedEvent] = []
-        oldest = None
+        append = items.append
         for row in claim.rows:
             try:
-                items.append(row.encoded())
+                append(row.encoded())
             except RowError as exc:
                 logger.error(
                     "outbox row %d (event %s, %s) cannot be sent: %s; moved to the outbox "
@@ -293,8 +297,7 @@ class OutboxRelay:
                 )
                 if await self.store.dead_letter(claim, row, exc):
                     self.stats.dead_lettered += 1
-                continue
-            oldest = row.created_at if oldest is None else min(oldest, row.created_at)
+        oldest = min(map(_created_at, claim.rows)) if claim.rows else None
         return items, oldest
 
     async def drain(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109

@@ -2,15 +2,17 @@
 
 Why two stores: PostgreSQL lets several relays share one outbox, SQLite allows one.
 
-PostgreSQL. A claim is one short transaction: it takes a transaction-scoped advisory
-lock (claims queue behind each other for a few milliseconds; sends do not), then marks
-up to ``limit`` free rows with a fresh token and a lease, oldest first, ``FOR UPDATE
-SKIP LOCKED``. A row is not claimed while an earlier row of its key is held by another
-live lease, so two relays never send one key's events side by side and per-key order
-holds. Only the token holder deletes (``complete``) or frees (``release``) a row: a
-relay whose lease expired and whose rows were claimed again deletes nothing
-(``claim_conflicts``), it can only have sent duplicates, which the inbox absorbs.
-Lease times come from the database's clock, so relays on different hosts agree.
+PostgreSQL. A claim is a transaction that stays open until its rows are deleted: it
+locks up to ``limit`` rows, oldest first, ``FOR UPDATE SKIP LOCKED`` (another relay's
+claim skips them), and for a keyed row first the key's transaction-scoped advisory
+lock, so a key's later rows wait while another relay holds earlier ones and per-key
+order holds. Sent rows are deleted and the transaction commits; a failed send commits
+without deleting, which frees them. The lease is the transaction's
+``idle_in_transaction_session_timeout``: a relay that stalls longer loses its session,
+its locks and so its rows, and its deletion then fails instead of touching rows another
+relay holds (``claim_conflicts``); it can only have sent duplicates, which the inbox
+absorbs. Nothing is written to claim a row, so the database does a row lock and a
+deletion per event relayed, not a row rewrite as well.
 
 SQLite. One relay at a time, enforced by a lock row with an expiry that the running
 relay renews; a second one fails at start with a message saying who holds it.
@@ -18,7 +20,8 @@ relay renews; a second one fails at start with a message saying who holds it.
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
 import os
 import socket
 import time
@@ -26,8 +29,10 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import TextClause, delete, func, insert, literal, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from pydantic_core import from_json
+from sqlalchemy import delete, func, insert, literal, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hexbus.domain.errors import ConfigurationError
 from hexbus.infrastructure.codec import SPECVERSION, EncodedEvent
@@ -44,8 +49,10 @@ __all__ = [
 ]
 
 _REQUIRED = ("specversion", "id", "type", "source")
-#: ``pg_advisory_xact_lock`` id serialising claims (``"hexbusrl"`` as an int64).
-_CLAIM_LOCK = 0x6865786275737262 >> 1
+_STRINGS = {str}
+#: First half of the relay's per-key advisory lock ids (``"hxrk"``); the second is the
+#: key's ``hashtext``.
+_KEY_LOCK_SPACE = 0x6878726B
 _RELAY_LOCK_NAME = "relay"
 
 
@@ -67,34 +74,55 @@ class OutboxRow(NamedTuple):
     attributes: str
     data: str
     created_at: float
-    attempts: int = 0
 
     def encoded(self) -> EncodedEvent:
-        """The stored CloudEvent, or ``RowError`` when the row no longer reads as one."""
+        """The stored CloudEvent, or ``RowError`` when the row no longer reads as one.
+
+        Runs for every row relayed: a well-formed row passes a few C-level checks (a
+        JSON object whose values are all strings, the required attributes present, the
+        spec version ours); only a row that fails them is examined for the message.
+        """
         try:
-            attributes = json.loads(self.attributes)
+            attributes = from_json(self.attributes)
         except ValueError as exc:
             raise RowError("malformed", f"attributes are not JSON: {exc}") from None
-        # JSON object keys are strings already; the values must be too (they become
-        # headers). ``type() is`` keeps this cheap: it runs for every row relayed.
-        if type(attributes) is not dict or not all(
-            type(value) is str for value in attributes.values()
-        ):
-            raise RowError("malformed", "attributes are not a JSON object of strings")
-        missing = [name for name in _REQUIRED if not attributes.get(name)]
-        if missing:
-            raise RowError("malformed", f"required attribute(s) missing: {', '.join(missing)}")
-        if attributes["specversion"] != SPECVERSION:
-            raise RowError(
-                "malformed", f"specversion {attributes['specversion']!r} is not {SPECVERSION}"
-            )
-        return EncodedEvent(attributes, self.data.encode(), self.key)
+        try:
+            if (
+                attributes["specversion"] == SPECVERSION
+                and attributes["id"]
+                and attributes["type"]
+                and attributes["source"]
+                and {*map(type, attributes.values())} == _STRINGS
+            ):
+                return EncodedEvent(attributes, self.data.encode(), self.key)
+        except (KeyError, TypeError):
+            pass
+        raise _malformed(attributes)
+
+
+def _malformed(attributes: Any) -> RowError:
+    """Why ``attributes`` (parsed from a row) is not a CloudEvent's."""
+    # JSON object keys are strings already; the values must be too (they become headers).
+    if type(attributes) is not dict or not all(
+        type(value) is str for value in attributes.values()
+    ):
+        return RowError("malformed", "attributes are not a JSON object of strings")
+    missing = [name for name in _REQUIRED if not attributes.get(name)]
+    if missing:
+        return RowError("malformed", f"required attribute(s) missing: {', '.join(missing)}")
+    return RowError(
+        "malformed", f"specversion {attributes['specversion']!r} is not {SPECVERSION}"
+    )
 
 
 @dataclass(slots=True, frozen=True)
 class Claim:
+    """Rows one relay holds until it completes or releases them."""
+
     token: str
     rows: list[OutboxRow]
+    #: PostgreSQL: the open transaction holding the rows' locks.
+    hold: _Hold | None = None
 
 
 _COLUMNS = ("position", "event_id", "event_type", "key", "attributes", "data", "created_at")
@@ -107,8 +135,6 @@ class OutboxStore:
     """What every store offers the relay."""
 
     dialect = ""
-    #: Run first in the relay's deletions (PostgreSQL: no wait for the WAL flush).
-    _no_flush: TextClause | None = None
 
     def __init__(self, engine: AsyncEngine, tables: OutboxTables) -> None:
         self.engine = engine
@@ -122,8 +148,6 @@ class OutboxStore:
         to the dead letters already); how many were deleted."""
         table = self.tables.outbox
         async with self.engine.begin() as connection:
-            if self._no_flush is not None:
-                await connection.execute(self._no_flush)
             mine = table.c.claimed_by == claim.token
             result = await connection.execute(delete(table).where(mine))
         return int(result.rowcount or 0)
@@ -140,27 +164,29 @@ class OutboxStore:
 
     async def dead_letter(self, claim: Claim, row: OutboxRow, error: RowError) -> bool:
         """Move ``row`` to the dead-letter table with the reason; ``False`` if no longer ours."""
-        outbox, dead = self.tables.outbox, self.tables.dead_letters
+        outbox = self.tables.outbox
         mine = (outbox.c.position == row.position) & (outbox.c.claimed_by == claim.token)
         async with self.engine.begin() as connection:
-            source = select(
-                outbox.c.position,
-                outbox.c.event_id,
-                outbox.c.event_type,
-                outbox.c.key,
-                outbox.c.attributes,
-                outbox.c.data,
-                outbox.c.created_at,
-                literal(error.reason),
-                literal(str(error)[:2000]),
-                literal(time.time()),
-            ).where(mine)
-            await connection.execute(
-                insert(dead).from_select(
-                    [*_COLUMNS, "reason", "error", "failed_at"], source
-                )
-            )
-            result = await connection.execute(delete(outbox).where(mine))
+            return await self._move_to_dead_letters(connection, mine, error)
+
+    async def _move_to_dead_letters(self, connection: Any, where: Any, error: RowError) -> bool:
+        outbox, dead = self.tables.outbox, self.tables.dead_letters
+        source = select(
+            outbox.c.position,
+            outbox.c.event_id,
+            outbox.c.event_type,
+            outbox.c.key,
+            outbox.c.attributes,
+            outbox.c.data,
+            outbox.c.created_at,
+            literal(error.reason),
+            literal(str(error)[:2000]),
+            literal(time.time()),
+        ).where(where)
+        await connection.execute(
+            insert(dead).from_select([*_COLUMNS, "reason", "error", "failed_at"], source)
+        )
+        result = await connection.execute(delete(outbox).where(where))
         return bool(result.rowcount)
 
     async def pending(self) -> tuple[int, float | None, int]:
@@ -200,69 +226,174 @@ class OutboxStore:
         """Release the relay lock (SQLite)."""
 
 
+@dataclass(slots=True)
+class _Hold:
+    """A PostgreSQL claim's open transaction: the pool connection, its asyncpg driver
+    connection, and the asyncpg transaction holding the rows' locks."""
+
+    connection: AsyncConnection
+    driver: Any
+    transaction: Any
+
+    async def end(self, statement: str | None = None, *args: Any) -> str | None:
+        """Run ``statement`` (if any), commit, and give the connection back; a connection
+        that failed is discarded, never pooled with its transaction open."""
+        try:
+            status = None if statement is None else await self.driver.execute(statement, *args)
+            await self.transaction.commit()
+        except BaseException:
+            await self.discard()
+            raise
+        await self.connection.close()
+        return status
+
+    async def discard(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.connection.invalidate())
+        with contextlib.suppress(Exception):
+            await asyncio.shield(self.connection.close())
+
+
 class PostgresOutboxStore(OutboxStore):
-    """Claims with ``FOR UPDATE SKIP LOCKED``, a lease and per-key exclusion."""
+    """Claims are row locks (``FOR UPDATE SKIP LOCKED``) held by an open transaction whose
+    lease is PostgreSQL's ``idle_in_transaction_session_timeout``; per-key exclusion by
+    transaction-scoped advisory locks.
+
+    The claim, deletion and dead-letter statements run on the pool connection's asyncpg
+    connection itself: the relay handles every event it sends here, and SQLAlchemy's
+    result layer would cost it more than the database does.
+    """
 
     dialect = "postgresql"
 
     def __init__(self, engine: AsyncEngine, tables: OutboxTables) -> None:
         super().__init__(engine, tables)
+        if engine.dialect.driver != "asyncpg":
+            raise ConfigurationError(
+                f"the outbox relay on PostgreSQL needs the asyncpg driver, not "
+                f"{engine.dialect.driver!r}: build the engine from a postgresql+asyncpg:// "
+                "URL (pip install 'hexbus[postgres]')"
+            )
+        # Imported here: SQLite users need not have it (it is the [postgres] extra).
+        import asyncpg  # noqa: PLC0415
+
+        self._errors: tuple[type[BaseException], ...] = (
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            # what asyncpg raises on a session the server ended while it sat idle
+            asyncpg.InternalClientError,
+            OSError,
+            SQLAlchemyError,
+        )
         quote = engine.dialect.identifier_preparer.quote
         table = quote(tables.outbox.name)
-        # synchronous_commit off for the relay's own transactions (claims, deletions):
-        # losing one in a database crash only means rows are sent again (at-least-once,
-        # the inbox absorbs it), and not waiting for the WAL flush twice per batch is
-        # what lets the relay keep up with the broker. The writer's INSERTs are the
-        # caller's transaction and keep the caller's setting.
-        self._lock = text(
-            "SELECT pg_advisory_xact_lock(:lock), extract(epoch FROM clock_timestamp()),"
-            " set_config('synchronous_commit', 'off', true)"
+        dead = quote(tables.dead_letters.name)
+        # The claim's transaction settings, in one round trip:
+        # - the lease: PostgreSQL ends a session idle in its transaction for longer
+        #   (the relay is waiting for the broker), which releases the row and key locks
+        #   so another relay claims the rows; the stalled relay's deletion then fails on
+        #   its dead connection: it cannot delete rows another relay holds.
+        # - synchronous_commit off: losing a deletion in a database crash only means rows
+        #   are sent again (at-least-once, the inbox absorbs it), and not waiting for the
+        #   WAL flush is what lets the relay keep up with the broker. The writer's INSERTs
+        #   are the caller's transaction and keep the caller's setting.
+        # - no sort, no sequential scan: the claim must read the primary key in order,
+        #   one row at a time, so the advisory locks below are taken only for the rows
+        #   claimed (a sort would evaluate the filter, and take a lock, for every row).
+        self._begin = (
+            "SELECT set_config('idle_in_transaction_session_timeout', $1, true),"
+            " set_config('synchronous_commit', 'off', true),"
+            " set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)"
         )
-        self._no_flush = text("SELECT set_config('synchronous_commit', 'off', true)")
-        # ``= ANY(ARRAY(subquery))``, not ``UPDATE ... FROM (CTE)``: the table swings
-        # between empty and a backlog, so its statistics are always stale, and a join
-        # with the candidates was planned as a nested loop over the whole backlog
-        # (265 ms for 5,000 rows instead of 2). An array compares by the primary key.
-        self._claim = text(
-            f"UPDATE {table} AS t SET claimed_by = :token, lease_until = :until,"
-            " attempts = t.attempts + 1"
-            " WHERE t.position = ANY(ARRAY("
-            f"  SELECT o.position FROM {table} AS o"
-            "  WHERE (o.lease_until IS NULL OR o.lease_until < :now)"
-            # per row, not an anti-join: the scan walks the primary key in order and
-            # stops at the limit, however long the backlog
-            f"  AND (o.key IS NULL OR NOT EXISTS (SELECT 1 FROM {table} AS e"
-            "   WHERE e.key = o.key AND e.position < o.position AND e.lease_until >= :now))"
-            "  ORDER BY o.position LIMIT :limit FOR UPDATE OF o SKIP LOCKED))"
-            " RETURNING t.position, t.event_id, t.event_type, t.key, t.attributes, t.data,"
-            " t.created_at, t.attempts"
+        # A claim takes, oldest first, rows no other transaction has locked, and a keyed
+        # row only if this transaction holds its key's advisory lock (re-entrant, so a
+        # claim takes several rows of a key; held until the rows are deleted). Another
+        # relay that holds rows of a key holds its lock, so later rows of that key wait:
+        # two relays never send one key's events side by side, and per-key order holds.
+        # The lock is tried before the row is locked, so no row is ever held unclaimed.
+        # Two-int4 advisory ids never collide with the writer's one-int8 ids.
+        self._claim = (
+            "SELECT o.position, o.event_id, o.event_type, o.key, o.attributes, o.data,"
+            f" o.created_at FROM {table} AS o"
+            " WHERE o.key IS NULL OR pg_try_advisory_xact_lock($1, hashtext(o.key))"
+            " ORDER BY o.position LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
+        )
+        self._delete = f"DELETE FROM {table} WHERE position = ANY($1::bigint[])"
+        columns = ", ".join(quote(name) for name in _COLUMNS)
+        self._dead_letter = (
+            f"WITH moved AS (DELETE FROM {table} WHERE position = $1 RETURNING {columns})"
+            f" INSERT INTO {dead} ({columns}, reason, error, failed_at)"
+            f" SELECT {columns}, $2, $3, $4 FROM moved"
         )
 
     async def claim(self, limit: int, lease: float) -> Claim:
         token = uuid.uuid4().hex
-        async with self.engine.begin() as connection:
-            now = float(
-                (await connection.execute(self._lock, {"lock": _CLAIM_LOCK})).one()[1]
-            )
-            result = await connection.execute(
-                self._claim,
-                {"now": now, "limit": limit, "token": token, "until": now + lease},
-            )
-            rows = sorted((_row(r) for r in result), key=lambda r: r.position)
-        return Claim(token, rows)
+        connection = await self.engine.connect()
+        hold: _Hold | None = None
+        try:
+            driver: Any = (await connection.get_raw_connection()).driver_connection
+            transaction = driver.transaction()
+            await transaction.start()
+            hold = _Hold(connection, driver, transaction)
+            await driver.execute(self._begin, f"{max(1, round(lease * 1000))}ms")
+            rows = [_row(r) for r in await driver.fetch(self._claim, _KEY_LOCK_SPACE, limit)]
+        except BaseException:
+            if hold is not None:
+                await hold.discard()
+            else:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(connection.close())
+            raise
+        if not rows:
+            await hold.end()
+            return Claim(token, rows)
+        return Claim(token, rows, hold)
+
+    async def complete(self, claim: Claim) -> int:
+        """Delete the claim's rows and end its transaction (their locks go with it);
+        0 when the hold ended before (the lease ran out, the connection was lost): the
+        rows are free again and will be sent again."""
+        hold = claim.hold
+        if hold is None:
+            return 0
+        try:
+            status = await hold.end(self._delete, [row.position for row in claim.rows])
+        except self._errors:
+            return 0
+        return _count(status)
+
+    async def release(self, claim: Claim) -> None:
+        """End the claim's transaction without deleting: the rows (and their keys) are free
+        again; rows moved to the dead letters meanwhile stay moved."""
+        if claim.hold is not None:
+            await claim.hold.end()
+
+    async def dead_letter(self, claim: Claim, row: OutboxRow, error: RowError) -> bool:
+        """Move ``row`` in the claim's own transaction (it holds the row's lock)."""
+        if claim.hold is None:
+            return False
+        status = await claim.hold.driver.execute(
+            self._dead_letter, row.position, error.reason, str(error)[:2000], time.time()
+        )
+        return _count(status) > 0
 
     async def vacuum(self) -> None:
-        """``VACUUM`` the outbox table: every relayed row leaves two dead versions (the
-        claim's and the deletion's) at the head of the primary key, which each claim's
-        ordered scan walks over until they are reclaimed. Autovacuum's default pace
-        (a minute) lets a busy relay pile up a million of them and slow its claims
-        tenfold, so the relay asks for it itself every ``vacuum_every`` rows. Without
-        ownership of the table PostgreSQL only warns and skips it."""
+        """``VACUUM`` the outbox table: every relayed row leaves a dead version at the
+        head of the primary key, which each claim's ordered scan walks over until it is
+        reclaimed. Autovacuum's default pace (a minute) lets a busy relay pile up a
+        million of them and slow its claims tenfold, so the relay asks for it itself
+        every ``vacuum_every`` rows. Without ownership of the table PostgreSQL only warns
+        and skips it."""
         name = self.engine.dialect.identifier_preparer.quote(self.tables.outbox.name)
         async with self.engine.connect() as connection:
             auto = await connection.execution_options(isolation_level="AUTOCOMMIT")
             await auto.execute(text(f"VACUUM {name}"))
 
+
+def _count(status: str | None) -> int:
+    """The row count of a command status (``"DELETE 500"``, ``"INSERT 0 1"``)."""
+    tail = (status or "").rpartition(" ")[2]
+    return int(tail) if tail.isdigit() else 0
 
 
 class SqliteOutboxStore(OutboxStore):
@@ -275,7 +406,7 @@ class SqliteOutboxStore(OutboxStore):
         token = uuid.uuid4().hex
         async with self.engine.begin() as connection:
             result = await connection.execute(
-                select(*(table.c[name] for name in _COLUMNS), table.c.attempts)
+                select(*(table.c[name] for name in _COLUMNS))
                 .where(table.c.claimed_by.is_(None) | (table.c.lease_until < time.time()))
                 .order_by(table.c.position)
                 .limit(limit)
