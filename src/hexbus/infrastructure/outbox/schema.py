@@ -45,7 +45,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    text,
 )
 
 __all__ = ["DEFAULT_PREFIX", "OutboxTables", "outbox_tables"]
@@ -102,22 +101,13 @@ def outbox_tables(
         metadata,
         Column("position", _Position, primary_key=True, autoincrement=True),
         *_event_columns(),
+        # SQLite's claim marks (PostgreSQL claims rows by locking them: store.py).
         Column("claimed_by", String(64), nullable=True),
         Column("lease_until", Float, nullable=True),
         Column("attempts", Integer, nullable=False, server_default="0"),
-        # The claim's "an earlier row of this key is still held" check walks this index;
-        # partial, so the planner never mistakes it for a way to read rows in order.
-        Index(
-            f"{prefix}outbox_key_position",
-            "key",
-            "position",
-            postgresql_where=text("key IS NOT NULL"),
-            sqlite_where=text("key IS NOT NULL"),
-        ),
-        # PostgreSQL: room on each page so the claim's UPDATE stays a HOT update (no new
-        # index entries), and autovacuum as soon as a thousand rows were relayed.
+        # PostgreSQL: autovacuum as soon as a thousand rows were relayed (the relay also
+        # asks for a VACUUM itself; claims only lock rows, they never rewrite them).
         postgresql_with={
-            "fillfactor": "70",
             "autovacuum_vacuum_scale_factor": "0",
             "autovacuum_vacuum_threshold": "1000",
         },
