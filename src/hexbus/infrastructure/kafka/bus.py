@@ -218,7 +218,7 @@ class KafkaEventBus(EventBusBase):
         admitted = await self.admission.admit(event, metadata, key, session)
         if admitted is not None:
             publisher = self.publisher
-            await publisher.send([publisher.record(admitted)])
+            await publisher.send_one(publisher.record(admitted))
 
     async def publish_many(self, events: Iterable[DomainEvent], *, session: Any = None) -> None:
         """Send all events in one go (shared batches), return when all are acked."""

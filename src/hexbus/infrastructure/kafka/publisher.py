@@ -21,6 +21,7 @@ the wire through the same records, acks and errors, without decoding them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -116,6 +117,48 @@ class _Batches:
             self.futures[index] = fut
 
 
+class _Group:
+    """The single publishes of one event-loop iteration, sent together (``send_one``).
+
+    Each caller waits on a future of its own (``waiters``), settled from its record's
+    batch ack: a caller that times out or is cancelled cancels only its own wait.
+    """
+
+    __slots__ = ("futures", "producer", "records", "waiters")
+
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        #: Per record, the future of its batch's ack, once submitted.
+        self.futures: list[asyncio.Future[Any] | None] = []
+        #: The producer the group went through, once submitted.
+        self.producer: Any = None
+
+    def add(self, record: Record, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.records.append(record)
+        self.waiters.append(waiter)
+        self.futures.append(None)
+        return waiter
+
+    def fail(self, exc: BaseException) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    def settle(self, members: list[int], fut: asyncio.Future[Any]) -> None:
+        """``fut`` (a batch's ack) is done: tell the callers of its ``members``."""
+        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        waiters = self.waiters
+        for index in members:
+            waiter = waiters[index]
+            if not waiter.done():
+                if exc is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(exc)
+
+
 class KafkaPublisher:
     """Encodes admitted events and sends them; owns the producer and its replacement."""
 
@@ -143,6 +186,11 @@ class KafkaPublisher:
         self._running = False
         self._replacing: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        #: The group single publishes join until its task submits it (``send_one``).
+        self._group: _Group | None = None
+        self._submits: set[asyncio.Task[None]] = set()
+        #: Groups go into producer batches one at a time, in the order they formed.
+        self._submitting = asyncio.Lock()
 
     # -- the producer ----------------------------------------------------------------
     def _new_producer(self) -> Any:
@@ -167,6 +215,8 @@ class KafkaPublisher:
 
     async def close(self) -> None:
         """Stop replacing, flush what is buffered, close the producer."""
+        if self._submits:  # single publishes still being put into batches
+            await asyncio.wait(set(self._submits))
         self._running = False
         if self._replacing is not None:
             self._replacing.cancel()
@@ -306,6 +356,94 @@ class KafkaPublisher:
             await topology.ensure(missing)
 
     # -- sending -----------------------------------------------------------------------
+    async def send_one(self, record: Record) -> None:
+        """Send one record; return once it is acked (``acks=all``), else ``PublishError``.
+
+        Concurrent publishes coalesce: the ``send_one`` calls of one event-loop iteration
+        join one group, which a task puts into producer batches together (``_send_batches``,
+        ``publish_many``'s path) instead of each paying ``producer.send``'s per-record
+        work (a coroutine, a size estimate, a future per record): thousands of concurrent
+        ``publish()`` calls cost about what one ``publish_many`` of them does. A lone
+        publish is a group of one and leaves on the next iteration. Each caller waits for
+        its own record's ack and is told about its own record only.
+        """
+        timeout = self.config.publish_timeout
+        group: _Group | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                if not self.topology.known(record.topic):
+                    await self._ensure_topics((record.topic,))
+                loop = asyncio.get_running_loop()
+                group = self._group
+                if group is None:
+                    group = self._open_group(loop)
+                await group.add(record, loop)
+        except TimeoutError:
+            if group is not None and group.producer is not None:
+                self._failed(group.producer)
+            why = await self.topology.explain({record.topic}, within=min(1.0, timeout))
+            raise PublishError(
+                f"Kafka did not acknowledge {record.event_type} event {record.event_id} "
+                f"(topic {record.topic!r}) within publish_timeout={timeout}s"
+                + (f": {why}" if why else "")
+                + "; it may or may not have been written, publish again to be sure "
+                "(consumers are at-least-once)"
+            ) from None
+        except (KafkaError, OSError) as exc:
+            raise PublishError(
+                f"Kafka refused {record.event_type} event {record.event_id} for topic "
+                f"{record.topic!r}: {type(exc).__name__}: {exc}; not sent or not "
+                "acknowledged"
+            ) from exc
+        self.stats.published += 1
+
+    def _open_group(self, loop: asyncio.AbstractEventLoop) -> _Group:
+        """A new group for this iteration's single publishes, and the task that submits
+        it: the task's first step runs after every publish already scheduled now."""
+        group = self._group = _Group()
+        task = loop.create_task(self._submit(group))
+        self._submits.add(task)
+        task.add_done_callback(self._submits.discard)
+        return group
+
+    async def _submit(self, group: _Group) -> None:
+        if self._group is group:
+            self._group = None  # closed: later publishes form the next group
+        producer: Any = None
+        try:
+            async with self._submitting:
+                producer = await self._ready_producer()
+                if producer is None:
+                    raise PublishError("the Kafka producer is not running (the bus stopped)")
+                group.producer = producer
+                records, futures = group.records, group.futures
+                if len(records) == 1:
+                    r = records[0]
+                    futures[0] = await producer.send(
+                        r.topic, r.value, key=r.key, headers=r.headers
+                    )
+                else:
+                    await self._send_batches(producer, records, futures)
+        except asyncio.CancelledError:
+            group.fail(PublishError("the Kafka publish was cancelled (the bus stopped)"))
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every member is told
+            if producer is not None and isinstance(exc, (KafkaError, OSError)):
+                self._failed(producer)
+            group.fail(exc)
+            return
+        members: dict[asyncio.Future[Any], list[int]] = {}
+        for index, fut in enumerate(futures):
+            if fut is not None:
+                members.setdefault(fut, []).append(index)
+        for fut, indices in members.items():
+            fut.add_done_callback(functools.partial(self._acked_batch, group, indices))
+
+    def _acked_batch(self, group: _Group, members: list[int], fut: asyncio.Future[Any]) -> None:
+        group.settle(members, fut)
+        if fut.cancelled() or fut.exception() is not None:
+            self._failed(group.producer)
+
     async def send(self, items: Sequence[Record]) -> None:
         """Send ``items``; return once all are acked (``acks=all``), else ``PublishError``.
 
