@@ -486,7 +486,7 @@ def bench_command(
         int | None,
         typer.Option(
             min=1,
-            help="Events per measurement (memory: 20,000; brokers: 2,000 for the concurrent, "
+            help="Events per measurement (memory: 20,000; brokers: 10,000 for the concurrent, "
             "batch and end-to-end rows, single at most 300).",
         ),
     ] = None,
