@@ -188,6 +188,8 @@ class KafkaPublisher:
         self._closing: set[asyncio.Task[None]] = set()
         #: The group single publishes join until its task submits it (``send_one``).
         self._group: _Group | None = None
+        #: ``send_one`` calls not returned yet: with none but the caller, no group.
+        self._in_flight = 0
         self._submits: set[asyncio.Task[None]] = set()
         #: Groups go into producer batches one at a time, in the order they formed.
         self._submitting = asyncio.Lock()
@@ -364,23 +366,44 @@ class KafkaPublisher:
         ``publish_many``'s path) instead of each paying ``producer.send``'s per-record
         work (a coroutine, a size estimate, a future per record): thousands of concurrent
         ``publish()`` calls cost about what one ``publish_many`` of them does. A lone
-        publish is a group of one and leaves on the next iteration. Each caller waits for
-        its own record's ack and is told about its own record only.
+        publish with nothing else in flight skips the group and goes straight to the
+        producer. Each caller waits for its own record's ack and is told about its own
+        record only.
         """
         timeout = self.config.publish_timeout
         group: _Group | None = None
+        producer: Any = None
+        self._in_flight += 1
         try:
             async with asyncio.timeout(timeout):
                 if not self.topology.known(record.topic):
                     await self._ensure_topics((record.topic,))
-                loop = asyncio.get_running_loop()
                 group = self._group
-                if group is None:
-                    group = self._open_group(loop)
-                await group.add(record, loop)
+                if group is None and self._in_flight == 1:
+                    # Nothing else in flight (one awaited publish at a time): no group
+                    # to wait for, straight to the producer; under the same lock as the
+                    # groups, so a publish made meanwhile cannot overtake it.
+                    async with self._submitting:
+                        producer = await self._ready_producer()
+                        if producer is None:
+                            raise PublishError(
+                                "the Kafka producer is not running (the bus stopped)"
+                            )
+                        fut = await producer.send(
+                            record.topic, record.value, key=record.key, headers=record.headers
+                        )
+                    fut.add_done_callback(_retrieve)
+                    await asyncio.shield(fut)
+                else:
+                    loop = asyncio.get_running_loop()
+                    if group is None:
+                        group = self._open_group(loop)
+                    await group.add(record, loop)
         except TimeoutError:
             if group is not None and group.producer is not None:
-                self._failed(group.producer)
+                producer = group.producer
+            if producer is not None:
+                self._failed(producer)
             why = await self.topology.explain({record.topic}, within=min(1.0, timeout))
             raise PublishError(
                 f"Kafka did not acknowledge {record.event_type} event {record.event_id} "
@@ -390,11 +413,15 @@ class KafkaPublisher:
                 "(consumers are at-least-once)"
             ) from None
         except (KafkaError, OSError) as exc:
+            if producer is not None:  # the direct path (a group tells its producer itself)
+                self._failed(producer)
             raise PublishError(
                 f"Kafka refused {record.event_type} event {record.event_id} for topic "
                 f"{record.topic!r}: {type(exc).__name__}: {exc}; not sent or not "
                 "acknowledged"
             ) from exc
+        finally:
+            self._in_flight -= 1
         self.stats.published += 1
 
     def _open_group(self, loop: asyncio.AbstractEventLoop) -> _Group:
