@@ -10,8 +10,10 @@ through an idempotent ``acks=all`` producer, waiting for the acks within
 round trip per event: ``publish_many`` fills the producer's batches itself, and the
 ``publish()`` calls made in one event-loop iteration are gathered into one such fill
 (``send_one``); aiokafka keeps one request in flight per broker and sends what is filled
-meanwhile in the next (``linger_ms`` 0 by default: a lone publish leaves at once). The record key is the publish ``key``; without one the record has no key, so the
-client spreads records over the partitions without hashing, and batches fill (a key per
+meanwhile in the next (``linger_ms`` 0 by default: a lone publish leaves at once).
+
+The record key is the publish ``key``; without one the record has no key, so the client
+spreads records over the partitions without hashing, and batches fill (a key per
 event, its id, made every record 36 bytes larger and cost a pure-Python murmur2 hash).
 One key always lands on one partition: per-key order.
 

@@ -228,24 +228,26 @@ class OutboxStore:
 
 @dataclass(slots=True)
 class _Hold:
-    """A PostgreSQL claim's open transaction: the pool connection, its asyncpg driver
-    connection, and the asyncpg transaction holding the rows' locks."""
+    """A PostgreSQL claim's open transaction: the pool connection and its asyncpg driver
+    connection, on which the claim ran ``BEGIN`` (plain statements: asyncpg sends a
+    parameterless ``execute`` as one simple query, so ``BEGIN`` + settings and
+    ``DELETE`` + ``COMMIT`` are one round trip each)."""
 
     connection: AsyncConnection
     driver: Any
-    transaction: Any
+    #: Rows moved to the dead letters in this transaction (not deleted by ``end``).
+    moved: int = 0
 
-    async def end(self, statement: str | None = None, *args: Any) -> str | None:
-        """Run ``statement`` (if any), commit, and give the connection back; a connection
-        that failed is discarded, never pooled with its transaction open."""
+    async def end(self, statement: str = "") -> None:
+        """Run ``statement`` (if any) and commit, in one round trip, and give the
+        connection back; a connection that failed is discarded, never pooled with a
+        transaction open."""
         try:
-            status = None if statement is None else await self.driver.execute(statement, *args)
-            await self.transaction.commit()
+            await self.driver.execute(f"{statement}; COMMIT" if statement else "COMMIT")
         except BaseException:
             await self.discard()
             raise
         await self.connection.close()
-        return status
 
     async def discard(self) -> None:
         with contextlib.suppress(Exception):
@@ -301,8 +303,8 @@ class PostgresOutboxStore(OutboxStore):
         #   one row at a time, so the advisory locks below are taken only for the rows
         #   claimed (a sort would evaluate the filter, and take a lock, for every row).
         self._begin = (
-            "SELECT set_config('idle_in_transaction_session_timeout', $1, true),"
-            " set_config('synchronous_commit', 'off', true),"
+            "BEGIN; SELECT set_config('idle_in_transaction_session_timeout', '{lease}ms',"
+            " true), set_config('synchronous_commit', 'off', true),"
             " set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)"
         )
         # A claim takes, oldest first, rows no other transaction has locked, and a keyed
@@ -318,7 +320,9 @@ class PostgresOutboxStore(OutboxStore):
             " WHERE o.key IS NULL OR pg_try_advisory_xact_lock($1, hashtext(o.key))"
             " ORDER BY o.position LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
         )
-        self._delete = f"DELETE FROM {table} WHERE position = ANY($1::bigint[])"
+        #: With the positions inlined (integers read from the table): no parameters, so
+        #: it goes with the ``COMMIT`` in one simple query.
+        self._delete = f"DELETE FROM {table} WHERE position = ANY('{{{{{{}}}}}}'::bigint[])"
         columns = ", ".join(quote(name) for name in _COLUMNS)
         self._dead_letter = (
             f"WITH moved AS (DELETE FROM {table} WHERE position = $1 RETURNING {columns})"
@@ -332,10 +336,8 @@ class PostgresOutboxStore(OutboxStore):
         hold: _Hold | None = None
         try:
             driver: Any = (await connection.get_raw_connection()).driver_connection
-            transaction = driver.transaction()
-            await transaction.start()
-            hold = _Hold(connection, driver, transaction)
-            await driver.execute(self._begin, f"{max(1, round(lease * 1000))}ms")
+            hold = _Hold(connection, driver)
+            await driver.execute(self._begin.format(lease=max(1, round(lease * 1000))))
             rows = [_row(r) for r in await driver.fetch(self._claim, _KEY_LOCK_SPACE, limit)]
         except BaseException:
             if hold is not None:
@@ -350,17 +352,20 @@ class PostgresOutboxStore(OutboxStore):
         return Claim(token, rows, hold)
 
     async def complete(self, claim: Claim) -> int:
-        """Delete the claim's rows and end its transaction (their locks go with it);
-        0 when the hold ended before (the lease ran out, the connection was lost): the
-        rows are free again and will be sent again."""
+        """Delete the claim's rows and end its transaction (their locks go with it); how
+        many were deleted: every row not moved to the dead letters (they were locked by
+        this transaction, nobody else could touch them), or 0 when the hold ended before
+        (the lease ran out, the connection was lost): the rows are free again and will be
+        sent again."""
         hold = claim.hold
         if hold is None:
             return 0
+        positions = ",".join(str(int(row.position)) for row in claim.rows)
         try:
-            status = await hold.end(self._delete, [row.position for row in claim.rows])
+            await hold.end(self._delete.format(positions))
         except self._errors:
             return 0
-        return _count(status)
+        return len(claim.rows) - hold.moved
 
     async def release(self, claim: Claim) -> None:
         """End the claim's transaction without deleting: the rows (and their keys) are free
@@ -375,7 +380,9 @@ class PostgresOutboxStore(OutboxStore):
         status = await claim.hold.driver.execute(
             self._dead_letter, row.position, error.reason, str(error)[:2000], time.time()
         )
-        return _count(status) > 0
+        moved = _count(status)
+        claim.hold.moved += moved
+        return moved > 0
 
     async def vacuum(self) -> None:
         """``VACUUM`` the outbox table: every relayed row leaves a dead version at the
