@@ -89,7 +89,7 @@ async def run_outbox_bench(
     database_url: str,
     *,
     adapter: str,
-    events: int = 5000,
+    events: int = 20_000,
     batch: int = 500,
     rounds: int = 3,
     paced: int = 200,

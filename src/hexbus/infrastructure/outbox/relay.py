@@ -305,13 +305,17 @@ class OutboxRelay:
         try:
             async with asyncio.timeout(timeout):
                 while True:
-                    if await self.run_once():
-                        continue
+                    handled = await self.run_once()
+                    if handled >= self.batch_size:
+                        continue  # a full batch: there may be more
+                    # A short batch (or none) took what was there: count instead of
+                    # claiming again (rows held back behind a key, or new, go round).
                     await self._settle()
                     pending, _, _ = await self.store.pending()
                     if not pending:
                         return
-                    await asyncio.sleep(min(0.05, self.poll_interval))  # held by another
+                    if not handled:
+                        await asyncio.sleep(min(0.05, self.poll_interval))  # held elsewhere
         finally:
             await self._drop_ahead()
             await self._settle()
