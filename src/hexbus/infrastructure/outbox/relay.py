@@ -167,6 +167,7 @@ class OutboxRelay:
         await self._unlisten()
         with contextlib.suppress(SQLAlchemyError, OSError):
             await self.store.give_up(self.name)
+        await self.store.close()
 
     @property
     def _lock_ttl(self) -> float:

@@ -134,5 +134,6 @@ class Outbox:
     async def close(self) -> None:
         """Dispose of the engine if this object created it."""
         await self.inbox.stop_cleanup()
+        await self.store.close()
         if self._owns_engine:
             await self.engine.dispose()

@@ -26,6 +26,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -215,6 +216,9 @@ class OutboxStore:
     async def vacuum(self) -> None:
         """Reclaim the rows the relay deleted (PostgreSQL); nothing elsewhere."""
 
+    async def close(self) -> None:
+        """Give back what the store holds between claims (PostgreSQL: connections)."""
+
     # -- one relay at a time (SQLite) -----------------------------------------------
     async def acquire(self, holder: str, ttl: float) -> None:
         """Become the relay (SQLite); nothing to do where relays share the outbox."""
@@ -235,6 +239,8 @@ class _Hold:
 
     connection: AsyncConnection
     driver: Any
+    #: Where the connection goes after a clean end (the store keeps it for the next claim).
+    keep: Callable[[AsyncConnection], Awaitable[None]]
     #: Rows moved to the dead letters in this transaction (not deleted by ``end``).
     moved: int = 0
 
@@ -247,7 +253,7 @@ class _Hold:
         except BaseException:
             await self.discard()
             raise
-        await self.connection.close()
+        await self.keep(self.connection)
 
     async def discard(self) -> None:
         with contextlib.suppress(Exception):
@@ -267,9 +273,13 @@ class PostgresOutboxStore(OutboxStore):
     """
 
     dialect = "postgresql"
+    #: Connections kept between claims (a claim ahead and one in hand): taking one from
+    #: the pool costs a pre-ping, three round trips, per batch.
+    keep_connections = 2
 
     def __init__(self, engine: AsyncEngine, tables: OutboxTables) -> None:
         super().__init__(engine, tables)
+        self._idle: list[AsyncConnection] = []
         if engine.dialect.driver != "asyncpg":
             raise ConfigurationError(
                 f"the outbox relay on PostgreSQL needs the asyncpg driver, not "
@@ -332,11 +342,11 @@ class PostgresOutboxStore(OutboxStore):
 
     async def claim(self, limit: int, lease: float) -> Claim:
         token = uuid.uuid4().hex
-        connection = await self.engine.connect()
+        connection = self._idle.pop() if self._idle else await self.engine.connect()
         hold: _Hold | None = None
         try:
             driver: Any = (await connection.get_raw_connection()).driver_connection
-            hold = _Hold(connection, driver)
+            hold = _Hold(connection, driver, self._keep)
             await driver.execute(self._begin.format(lease=max(1, round(lease * 1000))))
             rows = [_row(r) for r in await driver.fetch(self._claim, _KEY_LOCK_SPACE, limit)]
         except BaseException:
@@ -366,6 +376,19 @@ class PostgresOutboxStore(OutboxStore):
         except self._errors:
             return 0
         return len(claim.rows) - hold.moved
+
+    async def _keep(self, connection: AsyncConnection) -> None:
+        if len(self._idle) < self.keep_connections:
+            self._idle.append(connection)
+        else:
+            await connection.close()
+
+    async def close(self) -> None:
+        """Give the connections kept between claims back to the pool."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            with contextlib.suppress(Exception):
+                await connection.close()
 
     async def release(self, claim: Claim) -> None:
         """End the claim's transaction without deleting: the rows (and their keys) are free
