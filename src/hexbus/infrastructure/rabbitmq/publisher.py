@@ -55,7 +55,11 @@ from hexbus.application.publishing import Admitted
 from hexbus.domain.errors import PublishError
 from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
-from hexbus.infrastructure.rabbitmq.marshal import encode_message, to_amqp_headers
+from hexbus.infrastructure.rabbitmq.marshal import (
+    EventProperties,
+    encode_message,
+    to_amqp_headers,
+)
 from hexbus.infrastructure.rabbitmq.topology import KEY_HEADER
 from hexbus.infrastructure.settings import redact_url
 
@@ -231,7 +235,7 @@ class Publisher:
             headers[KEY_HEADER] = admitted.key
         return _Wire(
             body,
-            spec.Basic.Properties(
+            EventProperties(
                 content_type=content_type,
                 headers=headers,
                 delivery_mode=_PERSISTENT_MODE,
@@ -256,7 +260,7 @@ class Publisher:
             headers[KEY_HEADER] = item.key
         return _Wire(
             item.data,
-            spec.Basic.Properties(
+            EventProperties(
                 content_type=attributes.get("datacontenttype"),
                 headers=headers,
                 delivery_mode=_PERSISTENT_MODE,
