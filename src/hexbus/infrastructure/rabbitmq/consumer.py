@@ -181,7 +181,9 @@ class _Acks:
 
 def copy_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
     """The message's headers without the ones the broker added (``x-death`` ...)."""
-    return {k: v for k, v in (message.headers or {}).items() if k not in topology.BROKER_HEADERS}
+    return {
+        k: v for k, v in (message.headers or {}).items() if k not in topology.BROKER_HEADERS
+    }
 
 
 def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:

@@ -51,7 +51,9 @@ def dead_letter_of(subscription: str, message: AbstractIncomingMessage) -> DeadL
         event_type=wire_type or message.type,
     )
     if dead.origin is None and topology.LEGACY_ORIGIN_HEADER in headers:
-        dead = dataclasses.replace(dead, origin=header_text(headers[topology.LEGACY_ORIGIN_HEADER]))
+        dead = dataclasses.replace(
+            dead, origin=header_text(headers[topology.LEGACY_ORIGIN_HEADER])
+        )
     return dead
 
 
@@ -160,7 +162,9 @@ async def replay_dead_letters(
                     channel.default_exchange,
                     _replay_copy(message),
                     work_queue,
-                    functools.partial("replay of {} to {}".format, message.message_id, work_queue),
+                    functools.partial(
+                        "replay of {} to {}".format, message.message_id, work_queue
+                    ),
                 )
             except PublishError as exc:  # kept; the rest is not tried (same broker)
                 held.append(message)

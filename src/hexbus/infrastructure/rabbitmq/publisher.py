@@ -319,7 +319,9 @@ class Publisher:
         )
         self.stats.published += 1
 
-    async def _confirm_all(self, sends: list[Coroutine[Any, Any, None]], ids: list[str]) -> None:
+    async def _confirm_all(
+        self, sends: list[Coroutine[Any, Any, None]], ids: list[str]
+    ) -> None:
         """Run ``sends`` concurrently; ``PublishError`` naming the ids not confirmed."""
         results = await asyncio.gather(*sends, return_exceptions=True)
         failed = [
@@ -454,7 +456,9 @@ class Publisher:
         )
 
     def _not_connected(self) -> PublishError:
-        return PublishError(f"the RabbitMQ event bus ({self.url}) is not connected; start it first")
+        return PublishError(
+            f"the RabbitMQ event bus ({self.url}) is not connected; start it first"
+        )
 
 
 async def _put(
@@ -571,7 +575,9 @@ async def connect_first(
     for index, url in enumerate(urls):
         try:
             async with asyncio.timeout(connect_timeout + _CONNECT_GRACE):
-                connection = await aio_pika.connect_robust(url, timeout=connect_timeout, **options)
+                connection = await aio_pika.connect_robust(
+                    url, timeout=connect_timeout, **options
+                )
         except _CONNECT_ERRORS as exc:
             failures.append((url, exc))
             continue
