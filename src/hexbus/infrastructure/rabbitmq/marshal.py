@@ -25,8 +25,12 @@ writing both would double every message's headers. ``docs/architecture/interop.m
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, Final, cast
+
+from aiormq import spec
 
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
@@ -47,6 +51,7 @@ __all__ = [
     "AMQP_PREFIX",
     "AMQP_PREFIX_JMS",
     "RABBITMQ_PREFIX",
+    "EventProperties",
     "decode_message",
     "encode_message",
     "from_amqp_headers",
@@ -224,3 +229,114 @@ def wire_identity(
     if not attributes or (content_type is None and found is not None and is_structured(found)):
         return structured_identity(body)
     return attributes.get("id") or None, attributes.get("type") or None
+
+
+# -- the content header of an event, encoded without pamqp's generic encoder ----------------
+
+_LONG: Final = struct.Struct(">I")
+_FLAGS: Final = struct.Struct(">H")
+_TIMESTAMP: Final = struct.Struct(">Q")
+
+
+class _Unusual(Exception):
+    """A value the fast encoder leaves to pamqp (which encodes it or raises its error)."""
+
+
+def _short(text: str) -> bytes:
+    data = text.encode()
+    if len(data) > 255:
+        raise _Unusual
+    return bytes((len(data),)) + data
+
+
+#: Header name -> its encoded name and the string tag (the same few names on every event).
+_KEYS: dict[str, bytes] = {}
+
+
+def _table_key(name: str) -> bytes:
+    key = name.encode()
+    if len(key) > 128:  # pamqp cuts it (with a warning): left to pamqp
+        raise _Unusual
+    encoded = bytes((len(key),)) + key + b"S"
+    if len(_KEYS) < 256:  # bounded: header names of metadata are the caller's
+        _KEYS[name] = encoded
+    return encoded
+
+
+class EventProperties(spec.Basic.Properties):
+    """``Basic.Properties`` whose ``marshal`` writes an event's properties directly.
+
+    Why: pamqp encodes the content header generically (a type lookup and a type check
+    per property and per header value); for an event that is ~10 µs (here: ~3) of the adapter's
+    ~110 µs of CPU per publish, more than anything hexbus does itself. An event's
+    properties are always the same few (content type, string headers, delivery mode,
+    priority, id, timestamp, type, app id), so they are written here in pamqp's exact
+    format: the same flags, the properties in the same order, the headers table sorted
+    by name, string values as long strings (``S``). The bytes are identical (a unit test
+    compares them with pamqp's); anything else (a non-string header value, an unusual
+    property, a name or value too long) falls back to pamqp's encoder, which encodes it
+    or raises its own error.
+    """
+
+    # No __slots__ here: pamqp's encoder iterates ``self.__slots__``, its own.
+
+    def marshal(self) -> bytes:
+        try:
+            return self._fast()
+        except (_Unusual, UnicodeError):  # pamqp encodes it, or raises its own error
+            return super().marshal()
+
+    def _fast(self) -> bytes:
+        if (
+            self.cluster_id
+            or self.content_encoding is not None
+            or self.correlation_id is not None
+            or self.reply_to is not None
+            or self.expiration is not None
+            or self.user_id is not None
+        ):
+            raise _Unusual
+        flags = 0
+        parts: list[bytes] = []
+        if self.content_type:
+            flags |= 0x8000
+            parts.append(_short(self.content_type))
+        headers = self.headers
+        if headers is not None:
+            flags |= 0x2000
+            table: list[bytes] = []
+            pack = _LONG.pack
+            for name, value in sorted(headers.items()):
+                key = _KEYS.get(name)
+                if key is None:
+                    key = _table_key(name)
+                if type(value) is not str:
+                    raise _Unusual
+                data = value.encode()
+                table += (key, pack(len(data)), data)
+            encoded = b"".join(table)
+            parts += (pack(len(encoded)), encoded)
+        for flag, octet in ((0x1000, self.delivery_mode), (0x0800, self.priority)):
+            if octet is not None:
+                if type(octet) is not int or not 0 <= octet <= 255:
+                    raise _Unusual
+                flags |= flag
+                parts.append(bytes((octet,)))
+        if self.message_id:
+            flags |= 0x0080
+            parts.append(_short(self.message_id))
+        stamp = self.timestamp
+        if stamp is not None:
+            if not isinstance(stamp, datetime):
+                raise _Unusual
+            if stamp.tzinfo is None or stamp.tzinfo.utcoffset(stamp) is None:
+                stamp = stamp.replace(tzinfo=UTC)  # as pamqp: a naive time is UTC
+            flags |= 0x0040
+            parts.append(_TIMESTAMP.pack(int(stamp.timestamp())))
+        if self.message_type:
+            flags |= 0x0020
+            parts.append(_short(self.message_type))
+        if self.app_id:
+            flags |= 0x0008
+            parts.append(_short(self.app_id))
+        return _FLAGS.pack(flags) + b"".join(parts)

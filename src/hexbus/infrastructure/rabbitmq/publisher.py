@@ -46,6 +46,7 @@ from aio_pika.abc import (
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
+from aiormq import spec
 from yarl import URL
 
 from hexbus.application.consuming import error_text
@@ -54,7 +55,11 @@ from hexbus.application.publishing import Admitted
 from hexbus.domain.errors import PublishError
 from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
-from hexbus.infrastructure.rabbitmq.marshal import encode_message, to_amqp_headers
+from hexbus.infrastructure.rabbitmq.marshal import (
+    EventProperties,
+    encode_message,
+    to_amqp_headers,
+)
 from hexbus.infrastructure.rabbitmq.topology import KEY_HEADER
 from hexbus.infrastructure.settings import redact_url
 
@@ -63,10 +68,26 @@ __all__ = ["TRANSIENT_ERRORS", "Failover", "Publisher", "Unreachable", "connect_
 logger = logging.getLogger("hexbus.rabbitmq")
 
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
+_PERSISTENT_MODE = int(_PERSISTENT)
 #: Errors after which a send is worth repeating (the connection or channel went away).
 TRANSIENT_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
 
 _PENDING, _DONE, _EXPIRED = 0, 1, 2
+
+
+class _Wire:
+    """An event ready for the wire: body + AMQP properties, built without aio-pika's
+    ``Message`` (whose setters, checks and later ``properties`` copy cost ~3 µs an event).
+
+    The properties are those ``aio_pika.Message(...).properties`` gives for the same
+    arguments (priority 0 included), so the bytes on the wire are unchanged.
+    """
+
+    __slots__ = ("body", "properties")
+
+    def __init__(self, body: bytes, properties: spec.Basic.Properties) -> None:
+        self.body = body
+        self.properties = properties
 
 
 class _Deadlines:
@@ -203,38 +224,52 @@ class Publisher:
     # -- events ------------------------------------------------------------------------
     def message(self, admitted: Admitted) -> aio_pika.Message:
         """The persistent AMQP message of an admitted event (CloudEvents binary mode)."""
+        return _as_message(self.wire(admitted))
+
+    def wire(self, admitted: Admitted) -> _Wire:
+        """``message`` as body + properties: what the publish path sends."""
         event = admitted.event
         encoded, content_type, body = encode_message(self.codec, event, admitted.metadata or None)
         headers: dict[str, Any] = encoded
         if admitted.key is not None:  # absent: no key (each event orders on its own)
             headers[KEY_HEADER] = admitted.key
-        return aio_pika.Message(
+        return _Wire(
             body,
-            headers=headers,
-            content_type=content_type,
-            message_id=str(event.event_id),
-            timestamp=event.occurred_at,
-            delivery_mode=_PERSISTENT,
-            type=event.event_type,
-            app_id=self.config.service_name,
+            EventProperties(
+                content_type=content_type,
+                headers=headers,
+                delivery_mode=_PERSISTENT_MODE,
+                priority=0,
+                message_id=str(event.event_id),
+                timestamp=event.occurred_at,
+                message_type=event.event_type,
+                app_id=self.config.service_name,
+            ),
         )
 
     def encoded_message(self, item: EncodedEvent) -> aio_pika.Message:
         """The message ``message`` gives the event ``item`` was encoded from: the same
         headers, key header and properties, taken from the attributes (never decoded)."""
+        return _as_message(self.encoded_wire(item))
+
+    def encoded_wire(self, item: EncodedEvent) -> _Wire:
+        """``encoded_message`` as body + properties."""
         attributes = item.attributes
         headers: dict[str, Any] = to_amqp_headers(attributes)
         if item.key is not None:
             headers[KEY_HEADER] = item.key
-        return aio_pika.Message(
+        return _Wire(
             item.data,
-            headers=headers,
-            content_type=attributes.get("datacontenttype"),
-            message_id=attributes["id"],
-            timestamp=_timestamp(attributes.get("time")),
-            delivery_mode=_PERSISTENT,
-            type=attributes["type"],
-            app_id=self.config.service_name,
+            EventProperties(
+                content_type=attributes.get("datacontenttype"),
+                headers=headers,
+                delivery_mode=_PERSISTENT_MODE,
+                priority=0,
+                message_id=attributes["id"],
+                timestamp=_timestamp(attributes.get("time")),
+                message_type=attributes["type"],
+                app_id=self.config.service_name,
+            ),
         )
 
     async def publish(self, admitted: Admitted) -> None:
@@ -245,7 +280,7 @@ class Publisher:
         event = admitted.event
         await self.send(
             exchange,
-            self.message(admitted),
+            self.wire(admitted),
             event.event_type,
             functools.partial("event {} {}".format, event.event_type, event.event_id),
         )
@@ -278,7 +313,7 @@ class Publisher:
         event_type, event_id = item.attributes["type"], item.attributes["id"]
         await self.send(
             exchange,
-            self.encoded_message(item),
+            self.encoded_wire(item),
             event_type,
             functools.partial("event {} {}".format, event_type, event_id),
         )
@@ -321,7 +356,7 @@ class Publisher:
     async def send(
         self,
         exchange: AbstractExchange,
-        message: aio_pika.Message,
+        message: aio_pika.Message | _Wire,
         routing_key: str,
         what: Callable[[], str],
     ) -> None:
@@ -338,7 +373,7 @@ class Publisher:
         if channel is not None and not channel.is_closed and task is not None:
             entry = self._deadlines.start(task)
             try:
-                await exchange.publish(message, routing_key, mandatory=False)
+                await _put(exchange, message, routing_key)
                 return
             except aio_pika.exceptions.DeliveryError:
                 raise self._nacked(what) from None
@@ -360,7 +395,7 @@ class Publisher:
     async def _send_slow(
         self,
         exchange: AbstractExchange,
-        message: aio_pika.Message,
+        message: aio_pika.Message | _Wire,
         routing_key: str,
         what: Callable[[], str],
         deadline: float,
@@ -373,7 +408,7 @@ class Publisher:
                     if ready is not None:
                         await ready()  # a robust channel: waits for the reconnection
                     try:
-                        await exchange.publish(message, routing_key, mandatory=False)
+                        await _put(exchange, message, routing_key)
                         return
                     except aio_pika.exceptions.DeliveryError:
                         raise self._nacked(what) from None
@@ -424,6 +459,49 @@ class Publisher:
         return PublishError(
             f"the RabbitMQ event bus ({self.url}) is not connected; start it first"
         )
+
+
+async def _put(
+    exchange: AbstractExchange, message: aio_pika.Message | _Wire, routing_key: str
+) -> None:
+    """One publish, returning once confirmed (``DeliveryError`` on a nack).
+
+    An event (``_Wire``) goes straight to aiormq's ``basic_publish`` with
+    ``wait=False``: the frames are queued for the connection's writer and the confirm
+    is awaited, but the channel lock is not held until the writer drained them (with
+    ``wait=True``, aio-pika's default, every publish on the channel waits one writer
+    turn for the one before it, which serialised concurrent publishes). Neither changes
+    what is guaranteed: the confirm is what says the broker stored the message; the
+    frames still leave in the order the publishes took the channel lock.
+    """
+    if isinstance(message, _Wire):
+        channel: Any = exchange.channel  # type: ignore[attr-defined]  # aio-pika's Exchange
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_publish(
+            message.body,
+            exchange=exchange.name,
+            routing_key=routing_key,
+            properties=message.properties,
+            mandatory=False,
+            wait=False,
+        )
+    else:
+        await exchange.publish(message, routing_key, mandatory=False)
+
+
+def _as_message(wire: _Wire) -> aio_pika.Message:
+    """The ``aio_pika.Message`` of the same body and properties."""
+    p = wire.properties
+    return aio_pika.Message(
+        wire.body,
+        headers=p.headers,
+        content_type=p.content_type,
+        message_id=p.message_id,
+        timestamp=p.timestamp,
+        delivery_mode=_PERSISTENT,
+        type=p.message_type,
+        app_id=p.app_id,
+    )
 
 
 def _timestamp(time_text: str | None) -> datetime | None:
