@@ -119,6 +119,7 @@ class OutboxRelay:
         self.stats_interval = 5.0
         self._stats_read = 0.0
         self._ahead: asyncio.Task[Claim] | None = None  # the next batch, claimed early
+        self._keyed = False  # did the batch in hand have keyed rows (``_take_claim``)
         self._completing: asyncio.Task[None] | None = None  # the last batch's deletion
         #: Rows deleted between two ``VACUUM``s of the outbox table (PostgreSQL).
         self.vacuum_every = max(5_000, 10 * batch_size)
@@ -187,11 +188,12 @@ class OutboxRelay:
         if not claim.rows:
             return 0
         try:
-            items, oldest = await self._readable(claim)
-            if len(claim.rows) >= self.batch_size:
+            if len(claim.rows) >= self.batch_size:  # claimed while this one is read and sent
                 self._ahead = asyncio.get_running_loop().create_task(
                     self.store.claim(self.batch_size, self.lease)
                 )
+            self._keyed = any(row.key is not None for row in claim.rows)
+            items, oldest = await self._readable(claim)
             if items:
                 traced = getattr(self.sender, "instrumentation", None)
                 if traced is None:
@@ -252,13 +254,15 @@ class OutboxRelay:
             logger.info("outbox relay: VACUUM of the outbox table failed (%s)", exc)
 
     async def _take_claim(self) -> Claim:
-        """The batch claimed ahead if it has rows, else a fresh claim (the rows of the
-        batch just sent may have held back the next ones of their keys)."""
+        """The batch claimed ahead, unless it came back empty while the batch sent last
+        held keys: then, once that batch's deletion released them, a fresh claim (the
+        rows it held back behind its keys are free now, and no NOTIFY will say so)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             claim = await ahead
-            if claim.rows:
+            if claim.rows or not self._keyed:
                 return claim
+            await self._settle()
         return await self.store.claim(self.batch_size, self.lease)
 
     async def _drop_ahead(self) -> None:
@@ -312,8 +316,7 @@ class OutboxRelay:
                     # A short batch (or none) took what was there: count instead of
                     # claiming again (rows held back behind a key, or new, go round).
                     await self._settle()
-                    pending, _, _ = await self.store.pending()
-                    if not pending:
+                    if not await self.store.any_pending():
                         return
                     if not handled:
                         await asyncio.sleep(min(0.05, self.poll_interval))  # held elsewhere
