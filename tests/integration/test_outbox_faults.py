@@ -327,8 +327,10 @@ async def test_a_relay_killed_mid_batch_loses_nothing_and_doubles_nothing(
 ) -> None:
     async with world(request, adapter, postgres_database_url, unique_name, tmp_path) as w:
         consumer = await w.consumer()
-        # A short lease: the restarted relay re-claims what the killed one held.
-        relay_env = {"outbox_lease": "3", "outbox_batch_size": "500"}
+        # A short lease: the restarted relay re-claims what the killed one held. Batches
+        # of 50: at 500 the relay sends the 10,000 events over Kafka in ~0.1 s, less than
+        # one round of this test's polling on a loaded machine, and was gone before the kill.
+        relay_env = {"outbox_lease": "3", "outbox_batch_size": "50"}
         first = await w.service("relay-1", "relay", **relay_env).start()
         await w.write(N_EVENTS, chunk=N_EVENTS)  # one transaction; the relay wakes on commit
         seen: dict[str, int] = {}
