@@ -247,8 +247,10 @@ class HexbusSettings(BaseSettings):
     outbox_url: str | None = None
     #: Rows the relay claims and sends per round trip.
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
-    #: Seconds a claimed batch belongs to its relay (PostgreSQL); keep it above
-    #: PUBLISH_TIMEOUT: a relay still sending when its lease expires may send twice.
+    #: Seconds a claimed batch may wait for its send before it is freed (PostgreSQL:
+    #: the claim transaction's ``idle_in_transaction_session_timeout``; SQLite: the
+    #: claim's expiry); keep it above PUBLISH_TIMEOUT: a relay still sending when its
+    #: lease expires cannot delete what it sent, which is then sent twice.
     outbox_lease: float = Field(default=60.0, gt=0)
     #: Longest wait between two looks at an idle outbox (NOTIFY and in-process commits
     #: wake the relay sooner), seconds.
