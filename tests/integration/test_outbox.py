@@ -273,68 +273,70 @@ async def test_two_relays_share_a_postgres_outbox_without_loss_keeping_key_order
         await box.close()
 
 
-async def test_a_relay_whose_lease_expired_cannot_delete_rows_another_relay_holds(
-    postgres_database_url: str,
-) -> None:
+@pytest.fixture
+async def pg_outbox(postgres_database_url: str) -> AsyncIterator[tuple[Outbox, InMemoryEventBus]]:
+    """A PostgreSQL outbox and a running memory bus writing into it."""
     box = Outbox(open_engine(postgres_database_url), owns_engine=True)
     await box.open()
-    async with InMemoryEventBus() as sender:
-        box.attach(sender)
-        try:
-            async with box.sessions() as session, session.begin():
-                await sender.publish(Placed(order="o"), session=session)
-            store = box.store
-            late = await store.claim(10, lease=0.3)
-            assert len(late.rows) == 1
-            assert (await store.claim(10, lease=60)).rows == []  # held: nobody else gets it
-            # The late relay stalls past its lease: PostgreSQL ends its session, which
-            # frees the row for the next claim.
-            taken: list[Claim] = []
+    try:
+        async with InMemoryEventBus() as sender:
+            box.attach(sender)
+            yield box, sender
+    finally:
+        await box.close()
 
-            async def claimed_again() -> bool:
-                claim = await store.claim(10, lease=60)
-                taken.extend([claim] if claim.rows else [])
-                return bool(taken)
 
-            await eventually(claimed_again, timeout=10)
-            [current] = taken
-            assert [r.position for r in current.rows] == [late.rows[0].position]
-            assert await store.complete(late) == 0  # its hold is gone: deletes nothing
-            assert await count(box.engine, box.tables.outbox) == 1
-            assert await store.complete(current) == 1
-            assert await count(box.engine, box.tables.outbox) == 0
-        finally:
-            await box.close()
+async def test_a_relay_whose_lease_expired_cannot_delete_rows_another_relay_holds(
+    pg_outbox: tuple[Outbox, InMemoryEventBus],
+) -> None:
+    box, sender = pg_outbox
+    async with box.sessions() as session, session.begin():
+        await sender.publish(Placed(order="o"), session=session)
+    store = box.store
+    late = await store.claim(10, lease=0.3)
+    assert len(late.rows) == 1
+    assert (await store.claim(10, lease=60)).rows == []  # held: nobody else gets it
+    # The late relay stalls past its lease: PostgreSQL ends its session, which frees the
+    # row for the next claim.
+    taken: list[Claim] = []
+
+    async def claimed_again() -> bool:
+        claim = await store.claim(10, lease=60)
+        taken.extend([claim] if claim.rows else [])
+        return bool(taken)
+
+    await eventually(claimed_again, timeout=10)
+    [current] = taken
+    assert [r.position for r in current.rows] == [late.rows[0].position]
+    assert await store.complete(late) == 0  # its hold is gone: deletes nothing
+    assert await count(box.engine, box.tables.outbox) == 1
+    assert await store.complete(current) == 1
+    assert await count(box.engine, box.tables.outbox) == 0
 
 
 async def test_rows_of_a_key_held_by_one_claim_wait_while_other_rows_are_claimed(
-    postgres_database_url: str,
+    pg_outbox: tuple[Outbox, InMemoryEventBus],
 ) -> None:
-    box = Outbox(open_engine(postgres_database_url), owns_engine=True)
-    await box.open()
-    async with InMemoryEventBus() as sender:
-        box.attach(sender)
-        try:
-            async with box.sessions() as session, session.begin():
-                for order, key in (("k1", "k"), ("k2", "k"), ("u", None), ("j1", "j")):
-                    await sender.publish(Placed(order=order), session=session, key=key)
-            store = box.store
+    box, sender = pg_outbox
+    async with box.sessions() as session, session.begin():
+        for order, key in (("k1", "k"), ("k2", "k"), ("u", None), ("j1", "j")):
+            await sender.publish(Placed(order=order), session=session, key=key)
+    store = box.store
 
-            def orders(claim: Claim) -> list[str]:
-                return [json.loads(row.data)["order"] for row in claim.rows]
 
-            first = await store.claim(1, lease=60)
-            assert orders(first) == ["k1"]
-            second = await store.claim(10, lease=60)  # k2 waits behind k1's holder
-            assert orders(second) == ["u", "j1"]
-            await store.release(first)
-            third = await store.claim(10, lease=60)
-            assert orders(third) == ["k1", "k2"]
-            assert await store.complete(second) == 2
-            assert await store.complete(third) == 2
-            assert await count(box.engine, box.tables.outbox) == 0
-        finally:
-            await box.close()
+    def orders(claim: Claim) -> list[str]:
+        return [json.loads(row.data)["order"] for row in claim.rows]
+
+    first = await store.claim(1, lease=60)
+    assert orders(first) == ["k1"]
+    second = await store.claim(10, lease=60)  # k2 waits behind k1's holder
+    assert orders(second) == ["u", "j1"]
+    await store.release(first)
+    third = await store.claim(10, lease=60)
+    assert orders(third) == ["k1", "k2"]
+    assert await store.complete(second) == 2
+    assert await store.complete(third) == 2
+    assert await count(box.engine, box.tables.outbox) == 0
 
 
 async def test_sqlite_allows_one_relay_at_a_time(sqlite_url: str) -> None:
