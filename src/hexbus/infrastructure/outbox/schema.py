@@ -45,6 +45,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 __all__ = ["DEFAULT_PREFIX", "OutboxTables", "outbox_tables"]
@@ -105,6 +106,15 @@ def outbox_tables(
         Column("claimed_by", String(64), nullable=True),
         Column("lease_until", Float, nullable=True),
         Column("attempts", Integer, nullable=False, server_default="0"),
+        # The claim's check that no earlier row of a key is left behind walks this index;
+        # partial, so the planner never mistakes it for a way to read rows in order.
+        Index(
+            f"{prefix}outbox_key_position",
+            "key",
+            "position",
+            postgresql_where=text("key IS NOT NULL"),
+            sqlite_where=text("key IS NOT NULL"),
+        ),
         # PostgreSQL: autovacuum as soon as a thousand rows were relayed (the relay also
         # asks for a VACUUM itself; claims only lock rows, they never rewrite them).
         postgresql_with={
