@@ -74,6 +74,14 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
+async def _send_record(producer: Any, r: Record) -> asyncio.Future[Any]:
+    """``producer.send`` of one record: the future of its ack, once it is in a batch."""
+    fut: asyncio.Future[Any] = await producer.send(
+        r.topic, r.value, key=r.key, headers=r.headers
+    )
+    return fut
+
+
 def _acked(fut: asyncio.Future[Any]) -> bool:
     return fut.done() and not fut.cancelled() and fut.exception() is None
 
@@ -240,6 +248,13 @@ class KafkaPublisher:
             await self._ready.wait()
         return self._producer
 
+    async def _running_producer(self) -> Any:
+        """The producer once ready; ``PublishError`` when the publisher was closed."""
+        producer = await self._ready_producer()
+        if producer is None:
+            raise PublishError("the Kafka producer is not running (the bus stopped)")
+        return producer
+
     def _failed(self, producer: Any) -> None:
         """A send through ``producer`` failed: replace it (once) with a fresh one.
 
@@ -387,14 +402,8 @@ class KafkaPublisher:
                     # to wait for, straight to the producer; under the same lock as the
                     # groups, so a publish made meanwhile cannot overtake it.
                     async with self._submitting:
-                        producer = await self._ready_producer()
-                        if producer is None:
-                            raise PublishError(
-                                "the Kafka producer is not running (the bus stopped)"
-                            )
-                        fut = await producer.send(
-                            record.topic, record.value, key=record.key, headers=record.headers
-                        )
+                        producer = await self._running_producer()
+                        fut = await _send_record(producer, record)
                     fut.add_done_callback(_retrieve)
                     await asyncio.shield(fut)
                 else:
@@ -442,16 +451,10 @@ class KafkaPublisher:
         producer: Any = None
         try:
             async with self._submitting:
-                producer = await self._ready_producer()
-                if producer is None:
-                    raise PublishError("the Kafka producer is not running (the bus stopped)")
-                group.producer = producer
+                producer = group.producer = await self._running_producer()
                 records, futures = group.records, group.futures
                 if len(records) == 1:
-                    r = records[0]
-                    futures[0] = await producer.send(
-                        r.topic, r.value, key=r.key, headers=r.headers
-                    )
+                    futures[0] = await _send_record(producer, records[0])
                 else:
                     await self._send_batches(producer, records, futures)
         except asyncio.CancelledError:
@@ -494,7 +497,7 @@ class KafkaPublisher:
                 producer = await self._ready_producer()
                 if len(items) == 1:
                     r = items[0]
-                    fut = await producer.send(r.topic, r.value, key=r.key, headers=r.headers)
+                    fut = await _send_record(producer, r)
                     fut.add_done_callback(_retrieve)
                     futures[0] = fut
                     await asyncio.shield(fut)

@@ -313,8 +313,9 @@ class OutboxRelay:
                     handled = await self.run_once()
                     if handled >= self.batch_size:
                         continue  # a full batch: there may be more
-                    # A short batch (or none) took what was there: count instead of
-                    # claiming again (rows held back behind a key, or new, go round).
+                    # A short batch (or none) took what was there: ask whether any row
+                    # is left instead of claiming again (rows held back behind a key, or
+                    # new ones, go round).
                     await self._settle()
                     if not await self.store.any_pending():
                         return

@@ -265,10 +265,15 @@ class _Hold:
         await self.keep(self.connection)
 
     async def discard(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self.connection.invalidate())
-        with contextlib.suppress(Exception):
-            await asyncio.shield(self.connection.close())
+        await _discard(self.connection)
+
+
+async def _discard(connection: AsyncConnection) -> None:
+    """Close ``connection`` for good (not back to the pool: its state is unknown)."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(connection.invalidate())
+    with contextlib.suppress(Exception):
+        await asyncio.shield(connection.close())
 
 
 class PostgresOutboxStore(OutboxStore):
@@ -361,22 +366,26 @@ class PostgresOutboxStore(OutboxStore):
             f" SELECT {columns}, $2, $3, $4 FROM moved"
         )
 
+    async def _checkout(self) -> tuple[AsyncConnection, Any]:
+        """A connection kept between claims, else one from the pool, with its asyncpg
+        connection."""
+        connection = self._idle.pop() if self._idle else await self.engine.connect()
+        try:
+            return connection, (await connection.get_raw_connection()).driver_connection
+        except BaseException:
+            await _discard(connection)
+            raise
+
     async def claim(self, limit: int, lease: float) -> Claim:
         token = uuid.uuid4().hex
-        connection = self._idle.pop() if self._idle else await self.engine.connect()
-        hold: _Hold | None = None
+        connection, driver = await self._checkout()
+        hold = _Hold(connection, driver, self._keep)
         try:
-            driver: Any = (await connection.get_raw_connection()).driver_connection
-            hold = _Hold(connection, driver, self._keep)
             await driver.execute(self._begin.format(lease=max(1, round(lease * 1000))))
             rows = [_row(r) for r in await driver.fetch(self._claim, _KEY_LOCK_SPACE, limit)]
             rows.sort(key=_position)  # in order already (the claim's scan): a linear check
         except BaseException:
-            if hold is not None:
-                await hold.discard()
-            else:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(connection.close())
+            await hold.discard()
             raise
         if not rows:
             await hold.end()
@@ -401,14 +410,11 @@ class PostgresOutboxStore(OutboxStore):
 
     async def any_pending(self) -> bool:
         """On a connection kept between claims when there is one (no pool pre-ping)."""
-        if not self._idle:
-            return await super().any_pending()
-        connection = self._idle.pop()
+        connection, driver = await self._checkout()
         try:
-            driver: Any = (await connection.get_raw_connection()).driver_connection
             found = await driver.fetchval(self._any)
         except BaseException:
-            await _Hold(connection, None, self._keep).discard()
+            await _discard(connection)
             raise
         await self._keep(connection)
         return found is not None
