@@ -233,18 +233,13 @@ class Publisher:
         headers: dict[str, Any] = encoded
         if admitted.key is not None:  # absent: no key (each event orders on its own)
             headers[KEY_HEADER] = admitted.key
-        return _Wire(
+        return self._wire(
             body,
-            EventProperties(
-                content_type=content_type,
-                headers=headers,
-                delivery_mode=_PERSISTENT_MODE,
-                priority=0,
-                message_id=str(event.event_id),
-                timestamp=event.occurred_at,
-                message_type=event.event_type,
-                app_id=self.config.service_name,
-            ),
+            headers,
+            content_type=content_type,
+            message_id=str(event.event_id),
+            timestamp=event.occurred_at,
+            event_type=event.event_type,
         )
 
     def encoded_message(self, item: EncodedEvent) -> aio_pika.Message:
@@ -258,16 +253,36 @@ class Publisher:
         headers: dict[str, Any] = to_amqp_headers(attributes)
         if item.key is not None:
             headers[KEY_HEADER] = item.key
-        return _Wire(
+        return self._wire(
             item.data,
+            headers,
+            content_type=attributes.get("datacontenttype"),
+            message_id=attributes["id"],
+            timestamp=_timestamp(attributes.get("time")),
+            event_type=attributes["type"],
+        )
+
+    def _wire(
+        self,
+        body: bytes,
+        headers: dict[str, Any],
+        *,
+        content_type: str | None,
+        message_id: str,
+        timestamp: datetime | None,
+        event_type: str,
+    ) -> _Wire:
+        """An event's persistent message: what ``wire`` and ``encoded_wire`` both build."""
+        return _Wire(
+            body,
             EventProperties(
-                content_type=attributes.get("datacontenttype"),
+                content_type=content_type,
                 headers=headers,
                 delivery_mode=_PERSISTENT_MODE,
                 priority=0,
-                message_id=attributes["id"],
-                timestamp=_timestamp(attributes.get("time")),
-                message_type=attributes["type"],
+                message_id=message_id,
+                timestamp=timestamp,
+                message_type=event_type,
                 app_id=self.config.service_name,
             ),
         )
