@@ -18,9 +18,10 @@ create them (``HEXBUS_OUTBOX_CREATE_TABLES``) or prints the DDL (``hexbus outbox
                 included): the event is stored encoded, the relay never re-encodes it
 ``data``        the JSON body, exactly as it will be sent
 ``created_at``  epoch seconds when written (the relay-lag figure)
-``claimed_by``  the claim token of the relay holding the row (``NULL``: free)
-``lease_until`` epoch seconds (PostgreSQL's clock) after which the claim is void
-``attempts``    claims so far (a row sent more than once shows here)
+``claimed_by``  SQLite: the claim token of the relay holding the row (``NULL``: free);
+                PostgreSQL claims by locking the row and leaves it ``NULL``
+``lease_until`` SQLite: epoch seconds after which the claim is void
+``attempts``    SQLite: claims so far (a row sent more than once shows here)
 ==============  =========================================================================
 
 ``hexbus_outbox_dead_letters`` keeps rows the relay could not read back (``reason``,
