@@ -339,6 +339,33 @@ async def test_rows_of_a_key_held_by_one_claim_wait_while_other_rows_are_claimed
     assert await count(box.engine, box.tables.outbox) == 0
 
 
+async def test_a_key_with_an_earlier_row_outside_the_claim_is_held_back(
+    pg_outbox: tuple[Outbox, InMemoryEventBus],
+) -> None:
+    """The claim's per-key check: an earlier row of a key that the claim could not take
+    (here locked by another transaction that holds no key lock, which the advisory locks
+    alone would not notice) holds back the key's later rows; other keys go out."""
+    box, sender = pg_outbox
+    async with box.sessions() as session, session.begin():
+        for order, key in (("k1", "k"), ("k2", "k"), ("u", None)):
+            await sender.publish(Placed(order=order), session=session, key=key)
+    table = box.tables.outbox
+    async with box.engine.connect() as other, other.begin():
+        await other.execute(
+            select(table.c.position)
+            .where(table.c.key == "k")
+            .order_by(table.c.position)
+            .limit(1)
+            .with_for_update()
+        )
+        claim = await box.store.claim(10, lease=60)
+        assert [json.loads(row.data)["order"] for row in claim.rows] == ["u"]
+        assert await box.store.complete(claim) == 1
+    after = await box.store.claim(10, lease=60)  # the outside lock is gone
+    assert [json.loads(row.data)["order"] for row in after.rows] == ["k1", "k2"]
+    assert await box.store.complete(after) == 2
+
+
 async def test_sqlite_allows_one_relay_at_a_time(sqlite_url: str) -> None:
     box = Outbox(open_engine(sqlite_url), owns_engine=True)
     await box.open()
