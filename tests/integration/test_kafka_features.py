@@ -192,6 +192,55 @@ async def test_oversize_event_is_refused_before_sending(
     assert [r.value is not None and b"small" in r.value for r in records] == [True]
 
 
+@pytest.mark.timeout(90)
+async def test_oversize_event_late_in_a_long_publish_many_refuses_the_whole_call(
+    kafka_bus_maker: KafkaBusMaker, kafka_bootstrap_servers: str
+) -> None:
+    """``publish_many`` sends a chunk at a time (``_CHUNK`` records), but every event's
+    size is checked before the first chunk leaves: one too large near the end of a
+    call spanning several chunks refuses the call with nothing on the broker."""
+    limit = 4096
+    bus = kafka_bus_maker(max_request_size=limit, partitions=1)
+    events = [Payload(data=f"e{n}") for n in range(2_500)]
+    big = Payload(data="x" * 10_000)
+    events[2_200] = big
+    async with bus:
+        with pytest.raises(PublishError) as info:
+            await bus.publish_many(events)
+        assert str(big.event_id) in str(info.value)
+        assert "not sent" in str(info.value)
+        assert bus.stats.published == 0
+        await bus.publish(Payload(data="after"))
+    records = await _read_topic(kafka_bootstrap_servers, bus.topic_for(Payload), 1, 1)
+    assert [r.value is not None and b"after" in r.value for r in records] == [True]
+
+
+@pytest.mark.timeout(90)
+async def test_a_publish_many_of_several_chunks_arrives_whole_and_in_order(
+    kafka_bus_maker: KafkaBusMaker,
+) -> None:
+    """The records of a long ``publish_many`` get their headers a chunk at a time, while
+    earlier chunks are on the wire: each arrives once, in order on its one partition,
+    and decodes to the event published (id, time, correlation: the headers' work)."""
+    seen: list[Ping] = []
+
+    async def handler(event: Ping) -> None:
+        seen.append(event)
+
+    bus = kafka_bus_maker(partitions=1, max_batch_size=16_384)
+    bus.subscribe(Ping, handler, name="chunks")
+    events = [Ping(text=str(n)) for n in range(2_500)]
+    async with bus:
+        await bus.wait_ready(60)
+        await bus.publish_many(events)
+        assert bus.stats.published == len(events)
+        await eventually(
+            lambda: len(seen) >= len(events), timeout=60, message=lambda: f"{len(seen)} seen"
+        )
+    assert [e.text for e in seen] == [e.text for e in events]
+    assert seen == events
+
+
 # -- 3. pattern subscription and a topic created after start --------------------------------
 @pytest.mark.timeout(90)
 async def test_pattern_subscription_picks_up_topic_created_after_start(

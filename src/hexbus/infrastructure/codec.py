@@ -367,10 +367,32 @@ class CloudEventCodec:
         Raises ``InvalidMetadataError`` when a metadata key cannot be an extension name
         (nothing is sent half-encoded).
         """
-        cls = type(event)
+        return self.attributes(event, metadata, self.wire_id(event)), self.body(event)
+
+    # ``encode`` in parts, for a transport that sends in chunks (Kafka's publish_many):
+    # what a size check needs (the id, the body) first for every event, the attributes
+    # of each chunk just before it goes out. ``encode`` is exactly the three together.
+    def wire_id(self, event: DomainEvent) -> str:
+        """The ``id`` the event travels under: its ``event_id``, or, re-published while
+        handling an event that arrived with a foreign id, the id derived from that one."""
         event_id = str(event.event_id)
         if _current_context().cloudevent_id is not None:  # handling a foreign-id event
             event_id = _forwarded_id(event, event_id)
+        return event_id
+
+    def body(self, event: DomainEvent) -> bytes:
+        """The JSON body: the event's own fields, without the envelope's."""
+        # Straight to bytes: model_dump_json() would decode to str only for us to encode.
+        return event.__class__.__pydantic_serializer__.to_json(
+            event, exclude=_BODY_EXCLUDE, by_alias=True, round_trip=True
+        )
+
+    def attributes(
+        self, event: DomainEvent, metadata: Mapping[str, str] | None, event_id: str
+    ) -> dict[str, str]:
+        """The CloudEvents attributes of ``event`` sent under ``event_id`` (``wire_id``);
+        ``InvalidMetadataError`` when a metadata key cannot be an extension name."""
+        cls = event.__class__
         attributes = {
             "specversion": SPECVERSION,
             "id": event_id,
@@ -385,11 +407,7 @@ class CloudEventCodec:
             attributes["causationid"] = event.causation_id
         if metadata:
             attributes.update(_metadata_attributes(metadata))
-        # Straight to bytes: model_dump_json() would decode to str only for us to encode.
-        body = cls.__pydantic_serializer__.to_json(
-            event, exclude=_BODY_EXCLUDE, by_alias=True, round_trip=True
-        )
-        return attributes, body
+        return attributes
 
     def decode(
         self, attributes: Mapping[str, str | bytes], body: bytes

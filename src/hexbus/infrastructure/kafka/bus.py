@@ -225,7 +225,7 @@ class KafkaEventBus(EventBusBase):
         admitted = await self.admission.admit_many(events, session)
         if admitted:
             publisher = self.publisher
-            await publisher.send([publisher.record(item) for item in admitted])
+            await publisher.send([publisher.draft(item) for item in admitted])
 
     async def send_encoded(self, items: Sequence[EncodedEvent]) -> None:
         """Send events encoded earlier (the outbox relay) as ``publish_many`` would, all at

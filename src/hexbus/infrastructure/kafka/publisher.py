@@ -53,6 +53,9 @@ logger = logging.getLogger("hexbus.kafka")
 _HEADER_ALLOWANCE = 1024
 #: What ``AIOKafkaProducer`` partitions keyed records with (murmur2, as the Java client).
 _PARTITIONER = DefaultPartitioner()
+#: Records of one ``send`` finished and put into batches at a time (see ``_send_batches``).
+_CHUNK = 1000
+_NO_HEADERS: list[tuple[str, bytes]] = []  # a draft's, until finished; never appended to
 
 
 @dataclass(slots=True)
@@ -65,6 +68,9 @@ class Record:
     headers: list[tuple[str, bytes]]
     event_type: str
     event_id: str
+    #: A draft (``KafkaPublisher.draft``): the event whose headers are still to be built,
+    #: just before the record goes into a batch; ``None`` once ``headers`` are final.
+    draft: Admitted | None = None
 
 
 def _retrieve(fut: asyncio.Future[Any]) -> None:
@@ -304,22 +310,52 @@ class KafkaPublisher:
     # -- records -----------------------------------------------------------------------
     def record(self, admitted: Admitted) -> Record:
         """The record of an admitted event; ``PublishError`` if Kafka would refuse its size."""
+        record = self.draft(admitted)
+        if record.draft is not None:
+            self._finish(record)
+        return record
+
+    def draft(self, admitted: Admitted) -> Record:
+        """The record of an admitted event with its headers left to build (``_finish``);
+        ``PublishError`` if Kafka would refuse its size.
+
+        Why drafts: ``publish_many`` checks every event before the first is sent (nothing
+        goes out if one is too large), and that needs each body, not each header list.
+        The headers (the time, the attributes, the header pairs: over half the encoding)
+        are then built a chunk at a time while earlier chunks are on the wire. An event
+        with metadata (which can be refused, and which counts toward the size) or near
+        the size limit is finished here, so every refusal still comes before any send.
+        """
         event, metadata, key = admitted.event, admitted.metadata, admitted.key
-        attributes, value = self.codec.encode(event, metadata)
-        headers = to_kafka_headers(attributes)
+        codec = self.codec
+        event_id = codec.wire_id(event)  # the id on the wire (a forwarded event's own)
+        value = codec.body(event)
         key_bytes = None if key is None else key.encode()
         rough = len(value) + _HEADER_ALLOWANCE + (0 if key_bytes is None else len(key_bytes))
-        if metadata:
-            rough += sum(len(k) + len(v) for k, v in metadata.items()) * 2
         record = Record(
-            self.names.topic_for(type(event)),
+            self.names.topic_for(event.__class__),
             key_bytes,
             value,
-            headers,
+            _NO_HEADERS,
             event.event_type,
-            attributes["id"],  # the id on the wire (a forwarded event's original id)
+            event_id,
+            admitted,
         )
+        if metadata:
+            rough += sum(len(k) + len(v) for k, v in metadata.items()) * 2
+        elif rough <= self.config.max_request_size:
+            return record
+        self._finish(record)
         return self._checked(record, rough)
+
+    def _finish(self, record: Record) -> None:
+        """Build a draft's headers (see ``draft``)."""
+        admitted = record.draft
+        if admitted is not None:
+            record.headers = to_kafka_headers(
+                self.codec.attributes(admitted.event, admitted.metadata, record.event_id)
+            )
+            record.draft = None
 
     def encoded(self, item: EncodedEvent) -> Record:
         """The record of an event encoded earlier: the same binding, key and topic as
@@ -568,23 +604,32 @@ class KafkaPublisher:
             every = list(cluster.partitions_for_topic(topic))
             available = list(cluster.available_partitions_for_topic(topic)) or every
             partitions[topic] = (every, available)
-        by_partition: dict[tuple[str, int], list[int]] = {}
         turn = random.randrange(1024)  # where the round robin starts: spread the load
-        for index, r in enumerate(items):
-            every, available = partitions[r.topic]
-            if r.key is None:
-                partition = available[(turn + index) % len(available)]
-            else:
-                partition = _PARTITIONER(r.key, every, available)
-            by_partition.setdefault((r.topic, partition), []).append(index)
         batches = _Batches(producer, items, futures)
-        outcomes = await asyncio.gather(
-            *(batches.fill(tp, indices) for tp, indices in by_partition.items()),
-            return_exceptions=True,
-        )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        finish = self._finish
+        # A chunk at a time: its drafts are finished and its batches queued, and the
+        # producer's sender puts them on the wire while the next chunk is built, instead
+        # of the broker waiting for every record to be built first. Each partition's
+        # batches still queue in order (a chunk's fill waits for the one before).
+        for start in range(0, len(items), _CHUNK):
+            by_partition: dict[tuple[str, int], list[int]] = {}
+            for index in range(start, min(start + _CHUNK, len(items))):
+                r = items[index]
+                if r.draft is not None:
+                    finish(r)
+                every, available = partitions[r.topic]
+                if r.key is None:
+                    partition = available[(turn + index) % len(available)]
+                else:
+                    partition = _PARTITIONER(r.key, every, available)
+                by_partition.setdefault((r.topic, partition), []).append(index)
+            outcomes = await asyncio.gather(
+                *(batches.fill(tp, indices) for tp, indices in by_partition.items()),
+                return_exceptions=True,
+            )
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
 
     async def send_raw(
         self,
