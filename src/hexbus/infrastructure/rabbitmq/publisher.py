@@ -33,7 +33,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,6 +47,9 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from aiormq import spec
+from aiormq.abc import ChannelFrame
+from pamqp.body import ContentBody
+from pamqp.header import ContentHeader
 from yarl import URL
 
 from hexbus.application.consuming import error_text
@@ -73,6 +76,21 @@ _PERSISTENT_MODE = int(_PERSISTENT)
 TRANSIENT_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
 
 _PENDING, _DONE, _EXPIRED = 0, 1, 2
+#: Publishes of one ``publish_many`` written to the connection in one piece (``_put_many``):
+#: ~0.7 kB each for a small event, so ~180 kB a write.
+_FRAME_GROUP = 256
+#: What ``_put_many`` uses of an aiormq channel; without all of them (another aiormq
+#: version), ``publish_many`` publishes each event on its own as before.
+_BATCH_ATTRIBUTES = (
+    "lock",
+    "delivery_tag",
+    "confirmations",
+    "write_queue",
+    "number",
+    "max_content_size",
+    "create_future",
+    "publisher_confirms",
+)
 
 
 class _Wire:
@@ -159,6 +177,10 @@ class Publisher:
         self._deadlines = _Deadlines(config.publish_timeout)
         #: Replacing the confirm channel after a nack (``_renew_soon``), if under way.
         self._renewal: asyncio.Task[None] | None = None
+        #: Publishes ``publish_many`` / ``send_encoded`` wrote in groups (``_put_many``);
+        #: the others went one by one (after a connection loss, or with an aiormq
+        #: that lacks what ``_put_many`` uses).
+        self.grouped = 0
 
     async def open(self, connection: AbstractRobustConnection) -> None:
         """Open the confirm channel and declare the durable topic exchange."""
@@ -302,13 +324,14 @@ class Publisher:
         self.stats.published += 1
 
     async def publish_many(self, admitted: list[Admitted]) -> None:
-        """Send all concurrently (confirms pipelined); return when all are confirmed.
+        """Send all in list order, confirms pipelined; return when all are confirmed.
 
         If some are not confirmed, ``PublishError`` names them; the others are published.
         """
         if admitted:
-            await self._confirm_all(
-                [self.publish(item) for item in admitted],
+            await self._send_all(
+                [self.wire(item) for item in admitted],
+                [item.event.event_type for item in admitted],
                 [str(item.event.event_id) for item in admitted],
             )
 
@@ -316,29 +339,84 @@ class Publisher:
         """``publish_many`` for events encoded earlier (the outbox relay): the same
         messages, routing keys (the type), confirms and ``PublishError``."""
         if items:
-            await self._confirm_all(
-                [self._publish_encoded(item) for item in items],
+            await self._send_all(
+                [self.encoded_wire(item) for item in items],
+                [item.attributes["type"] for item in items],
                 [item.attributes["id"] for item in items],
             )
 
-    async def _publish_encoded(self, item: EncodedEvent) -> None:
+    async def _send_all(self, wires: list[_Wire], routing_keys: list[str], ids: list[str]) -> None:
+        """Send ``wires`` to the exchange in order; ``PublishError`` naming those not
+        confirmed (the others are published).
+
+        Why not a ``send`` per event, gathered: each would be a Task taking the channel
+        lock, making a timer, a future and a frame write of its own; ~40 µs of CPU an
+        event, more than raw aio-pika's. ``_put_many`` writes them a group at a time
+        under one lock (the frames and confirms are the same). Those the channel lost
+        before they were confirmed (a connection loss) are sent again, each through the
+        same path as ``send``, until ``publish_timeout``.
+        """
         exchange = self.exchange
         if exchange is None:
             raise self._not_connected()
-        event_type, event_id = item.attributes["type"], item.attributes["id"]
-        await self.send(
-            exchange,
-            self.encoded_wire(item),
-            event_type,
-            functools.partial("event {} {}".format, event_type, event_id),
-        )
-        self.stats.published += 1
+        whats = [
+            functools.partial("event {} {}".format, key, event_id)
+            for key, event_id in zip(routing_keys, ids, strict=True)
+        ]
+        timeout = self.config.publish_timeout
+        deadline = time.monotonic() + timeout
+        futures: list[asyncio.Future[Any]] = []
+        channel: Any = getattr(exchange, "channel", None)
+        if channel is not None and not channel.is_closed:  # else each waits for it, below
+            try:
+                async with asyncio.timeout(timeout):
+                    underlay = await channel.get_underlay_channel()
+                    if underlay.publisher_confirms and all(
+                        hasattr(underlay, name) for name in _BATCH_ATTRIBUTES
+                    ):
+                        try:
+                            await _put_many(underlay, exchange.name, wires, routing_keys, futures)
+                        finally:
+                            self.grouped += len(futures)
+                    if futures:
+                        await asyncio.wait(futures)
+            except TimeoutError:
+                pass  # those not confirmed yet are reported below
+            except asyncio.CancelledError:
+                if _really_cancelled():
+                    raise
+            except Exception as exc:  # noqa: BLE001 - those not written are sent below
+                logger.debug("RabbitMQ: publish_many goes on one by one after %r", exc)
+        outcomes: list[BaseException | None] = [None] * len(wires)
+        again: list[int] = []  # never written, or lost with the channel: sent again
+        for index, what in enumerate(whats):
+            if index >= len(futures):
+                again.append(index)
+                continue
+            fut = futures[index]
+            if not fut.done():  # the deadline came first
+                outcomes[index] = self._unconfirmed(what, None)
+            elif fut.cancelled():  # aiormq cancels pending confirms when a channel closes
+                again.append(index)
+            elif isinstance(fut.exception(), aio_pika.exceptions.DeliveryError):
+                outcomes[index] = self._nacked(what)  # basic.nack
+            elif fut.exception() is not None:  # the channel or connection closed
+                again.append(index)
+        if again:
+            retried = await asyncio.gather(
+                *(
+                    self._send_slow(exchange, wires[i], routing_keys[i], whats[i], deadline)
+                    for i in again
+                ),
+                return_exceptions=True,
+            )
+            for index, result in zip(again, retried, strict=True):
+                outcomes[index] = result if isinstance(result, BaseException) else None
+        self.stats.published += outcomes.count(None)
+        self._report(outcomes, ids)
 
-    async def _confirm_all(
-        self, sends: list[Coroutine[Any, Any, None]], ids: list[str]
-    ) -> None:
-        """Run ``sends`` concurrently; ``PublishError`` naming the ids not confirmed."""
-        results = await asyncio.gather(*sends, return_exceptions=True)
+    def _report(self, results: Sequence[BaseException | None], ids: list[str]) -> None:
+        """``PublishError`` naming the ids whose result is an error (none: return)."""
         failed = [
             (event_id, result)
             for event_id, result in zip(ids, results, strict=True)
@@ -471,9 +549,7 @@ class Publisher:
         )
 
     def _not_connected(self) -> PublishError:
-        return PublishError(
-            f"the RabbitMQ event bus ({self.url}) is not connected; start it first"
-        )
+        return PublishError(f"the RabbitMQ event bus ({self.url}) is not connected; start it first")
 
 
 async def _put(
@@ -502,6 +578,55 @@ async def _put(
         )
     else:
         await exchange.publish(message, routing_key, mandatory=False)
+
+
+async def _put_many(
+    underlay: Any,
+    exchange: str,
+    wires: Sequence[_Wire],
+    routing_keys: Sequence[str],
+    futures: list[asyncio.Future[Any]],
+) -> None:
+    """Queue the publishes of ``wires`` on the aiormq channel ``underlay`` in order, and
+    append each one's confirmation future to ``futures`` as it is queued.
+
+    What aiormq's ``basic_publish`` does for one message (a delivery tag, a confirmation
+    future, the publish/header/body frames, one write), done here for ``_FRAME_GROUP``
+    messages at a time under one hold of the channel lock: the same frames in the same
+    order, confirmed the same way (aiormq settles the futures from basic.ack/nack, and
+    fails them when the channel closes). A group's futures are registered right after
+    its write is queued, with no suspension in between, so no confirm can come first;
+    a group that could not be queued (``futures`` is then shorter than ``wires``) took
+    no delivery tag.
+    """
+    number, size = underlay.number, underlay.max_content_size
+    async with underlay.lock:
+        for start in range(0, len(wires), _FRAME_GROUP):
+            stop = min(start + _FRAME_GROUP, len(wires))
+            frames: list[Any] = []
+            for index in range(start, stop):
+                wire = wires[index]
+                body = wire.body
+                frames.append(
+                    spec.Basic.Publish(exchange=exchange, routing_key=routing_keys[index])
+                )
+                frames.append(ContentHeader(0, len(body), wire.properties))
+                if len(body) < size:
+                    frames.append(ContentBody(body))
+                else:
+                    frames.extend(
+                        ContentBody(body[at : at + size]) for at in range(0, len(body), size)
+                    )
+            await underlay.write_queue.put(ChannelFrame.marshall(number, frames))
+            tag = underlay.delivery_tag
+            confirmations = underlay.confirmations
+            create = underlay.create_future
+            for _ in range(start, stop):
+                tag += 1
+                fut = create()
+                confirmations[tag] = fut
+                futures.append(fut)
+            underlay.delivery_tag = tag
 
 
 def _as_message(wire: _Wire) -> aio_pika.Message:
@@ -590,9 +715,7 @@ async def connect_first(
     for index, url in enumerate(urls):
         try:
             async with asyncio.timeout(connect_timeout + _CONNECT_GRACE):
-                connection = await aio_pika.connect_robust(
-                    url, timeout=connect_timeout, **options
-                )
+                connection = await aio_pika.connect_robust(url, timeout=connect_timeout, **options)
         except _CONNECT_ERRORS as exc:
             failures.append((url, exc))
             continue
