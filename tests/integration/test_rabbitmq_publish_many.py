@@ -157,3 +157,49 @@ async def test_publishes_a_lost_connection_took_are_sent_again(
         await bus.stop()
     ids = await _drain(rabbitmq_url, queue, len(events))
     assert set(ids) == {str(e.event_id) for e in events}, f"{unconfirmed} were unconfirmed"
+
+
+@pytest.mark.timeout(90)
+async def test_concurrent_publishes_are_written_together_each_with_its_own_outcome(
+    rabbit_bus_maker: RabbitBusMaker, rabbitmq_url: str
+) -> None:
+    """300 ``publish()`` calls gathered, into a queue that takes 100 (``reject-publish``):
+    they are written as groups (not one by one), the first 100 in call order are
+    confirmed and stored in that order, and each of the other 200 callers gets a
+    ``PublishError`` naming its own event. A caller cancelled while its group is out
+    cancels only its own wait."""
+    queue = f"{rabbit_bus_maker.service}.concurrent"
+    await _bound_queue(
+        rabbitmq_url,
+        rabbit_bus_maker.exchange,
+        queue,
+        {"x-max-length": 100, "x-overflow": "reject-publish"},
+    )
+    bus = await _started(rabbit_bus_maker(publish_timeout=10.0))
+    events = [Many(seq=n) for n in range(300)]
+    try:
+        results = await asyncio.gather(*(bus.publish(e) for e in events), return_exceptions=True)
+        assert results[:100] == [None] * 100
+        for event, result in zip(events[100:], results[100:], strict=True):
+            assert isinstance(result, PublishError), result
+            assert str(event.event_id) in str(result) and "basic.nack" in str(result)
+        assert bus.publisher.grouped >= len(events) - 1  # the first may go on its own
+        assert bus.stats.published == 100
+    finally:
+        await bus.stop()
+    ids = await _drain(rabbitmq_url, queue, 100)
+    assert ids == [str(e.event_id) for e in events[:100]]
+
+    bus = await _started(rabbit_bus_maker())
+    try:
+        tasks = [asyncio.create_task(bus.publish(Many(seq=n))) for n in range(50)]
+        deadline = time.monotonic() + 10
+        while bus.publisher.grouped == 0:  # the group is written, its confirms not all in
+            assert time.monotonic() < deadline, "the group was never written"
+            await asyncio.sleep(0)
+        tasks[10].cancel()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[10], asyncio.CancelledError)
+        assert outcomes[:10] + outcomes[11:] == [None] * 49
+    finally:
+        await bus.stop()

@@ -172,6 +172,7 @@ class RabbitMQEventBus(EventBusBase):
         try:
             await self.consumers.stop()
         finally:
+            await self.publisher.drain()
             await self._close_connections()
 
     async def _close_connections(self) -> None:

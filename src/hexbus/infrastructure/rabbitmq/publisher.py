@@ -154,6 +154,45 @@ class _Deadlines:
             self._task = None
 
 
+class _Group:
+    """The single publishes of one event-loop iteration, written together (``publish``).
+
+    Each caller waits on a future of its own (``waiters``), settled from its event's
+    outcome: a caller that times out or is cancelled cancels only its own wait.
+    """
+
+    __slots__ = ("ids", "keys", "waiters", "wires")
+
+    def __init__(self) -> None:
+        self.wires: list[_Wire] = []
+        self.keys: list[str] = []
+        self.ids: list[str] = []
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def add(
+        self, wire: _Wire, routing_key: str, event_id: str, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.wires.append(wire)
+        self.keys.append(routing_key)
+        self.ids.append(event_id)
+        self.waiters.append(waiter)
+        return waiter
+
+    def settle(self, outcomes: Sequence[BaseException | None]) -> None:
+        for waiter, outcome in zip(self.waiters, outcomes, strict=True):
+            if not waiter.done():
+                if outcome is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(outcome)
+
+    def fail(self, exc: BaseException) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+
 class Publisher:
     """Puts admitted events and the consumer's copies on the broker, confirmed.
 
@@ -181,6 +220,13 @@ class Publisher:
         #: the others went one by one (after a connection loss, or with an aiormq
         #: that lacks what ``_put_many`` uses).
         self.grouped = 0
+        #: The group single publishes join until its task writes it (``publish``).
+        self._group: _Group | None = None
+        #: ``publish`` calls not returned yet: with none but the caller, no group.
+        self._in_flight = 0
+        self._flushes: set[asyncio.Task[None]] = set()
+        #: Groups and ``publish_many`` calls are written one at a time, in call order.
+        self._submitting = asyncio.Lock()
 
     async def open(self, connection: AbstractRobustConnection) -> None:
         """Open the confirm channel and declare the durable topic exchange."""
@@ -200,6 +246,9 @@ class Publisher:
 
     async def close(self) -> None:
         """Stop the deadline watchdog (the connection is closed by the bus)."""
+        for task in self._flushes:  # left by a bus that did not drain (a failed start)
+            task.cancel()
+        await self.drain()
         self.channel = self.exchange = self.default_exchange = None
         self.connection = None
         if self._renewal is not None:
@@ -207,6 +256,13 @@ class Publisher:
             await asyncio.wait([self._renewal])
             self._renewal = None
         await self._deadlines.close()
+
+    async def drain(self) -> None:
+        """Wait until the groups of single publishes under way are confirmed or failed
+        (each within ``publish_timeout``): the bus calls this before closing its
+        connection, so a publish made just before ``stop()`` is not cut off."""
+        if self._flushes:
+            await asyncio.wait(set(self._flushes))
 
     def _renew_soon(self) -> None:
         """After a nack: publish on a new confirm channel from now on (one renewal at a
@@ -310,18 +366,56 @@ class Publisher:
         )
 
     async def publish(self, admitted: Admitted) -> None:
-        """Send one event to the exchange (routing key = its type); return once confirmed."""
+        """Send one event to the exchange (routing key = its type); return once confirmed.
+
+        Concurrent publishes are written together: the ``publish()`` calls of one
+        event-loop iteration join one group, which a task writes as ``publish_many``
+        does (``_send_many``) instead of each taking the channel lock, a timer, a future
+        and a write of its own. A publish with nothing else in flight goes straight to
+        the channel (``send``). Each caller waits for its own event's confirm and is
+        told about its own event only.
+        """
         exchange = self.exchange
         if exchange is None:
             raise self._not_connected()
         event = admitted.event
-        await self.send(
-            exchange,
-            self.wire(admitted),
-            event.event_type,
-            functools.partial("event {} {}".format, event.event_type, event.event_id),
-        )
-        self.stats.published += 1
+        wire = self.wire(admitted)
+        self._in_flight += 1
+        try:
+            group = self._group
+            if group is None and self._in_flight == 1:
+                await self.send(
+                    exchange,
+                    wire,
+                    event.event_type,
+                    functools.partial("event {} {}".format, event.event_type, event.event_id),
+                )
+                self.stats.published += 1
+                return
+            loop = asyncio.get_running_loop()
+            if group is None:
+                group = self._group = _Group()
+                task = loop.create_task(self._flush(group))
+                self._flushes.add(task)
+                task.add_done_callback(self._flushes.discard)
+            await group.add(wire, event.event_type, str(event.event_id), loop)
+        finally:
+            self._in_flight -= 1
+
+    async def _flush(self, group: _Group) -> None:
+        """Write a group of single publishes (its first step runs after every publish
+        of the iteration joined) and tell each caller its event's outcome."""
+        if self._group is group:
+            self._group = None  # closed: later publishes form the next group
+        try:
+            outcomes = await self._send_many(group.wires, group.keys, group.ids)
+        except asyncio.CancelledError:
+            group.fail(PublishError("the RabbitMQ publish was cancelled (the bus stopped)"))
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every caller is told
+            group.fail(exc)
+            return
+        group.settle(outcomes)
 
     async def publish_many(self, admitted: list[Admitted]) -> None:
         """Send all in list order, confirms pipelined; return when all are confirmed.
@@ -347,7 +441,14 @@ class Publisher:
 
     async def _send_all(self, wires: list[_Wire], routing_keys: list[str], ids: list[str]) -> None:
         """Send ``wires`` to the exchange in order; ``PublishError`` naming those not
-        confirmed (the others are published).
+        confirmed (the others are published)."""
+        self._report(await self._send_many(wires, routing_keys, ids), ids)
+
+    async def _send_many(
+        self, wires: list[_Wire], routing_keys: list[str], ids: list[str]
+    ) -> list[BaseException | None]:
+        """Send ``wires`` to the exchange in order; per wire ``None`` once confirmed, else
+        the ``PublishError`` saying why not.
 
         Why not a ``send`` per event, gathered: each would be a Task taking the channel
         lock, making a timer, a future and a frame write of its own; ~40 µs of CPU an
@@ -370,14 +471,17 @@ class Publisher:
         if channel is not None and not channel.is_closed:  # else each waits for it, below
             try:
                 async with asyncio.timeout(timeout):
-                    underlay = await channel.get_underlay_channel()
-                    if underlay.publisher_confirms and all(
-                        hasattr(underlay, name) for name in _BATCH_ATTRIBUTES
-                    ):
-                        try:
-                            await _put_many(underlay, exchange.name, wires, routing_keys, futures)
-                        finally:
-                            self.grouped += len(futures)
+                    async with self._submitting:
+                        underlay = await channel.get_underlay_channel()
+                        if underlay.publisher_confirms and all(
+                            hasattr(underlay, name) for name in _BATCH_ATTRIBUTES
+                        ):
+                            try:
+                                await _put_many(
+                                    underlay, exchange.name, wires, routing_keys, futures
+                                )
+                            finally:
+                                self.grouped += len(futures)
                     if futures:
                         await asyncio.wait(futures)
             except TimeoutError:
@@ -413,7 +517,7 @@ class Publisher:
             for index, result in zip(again, retried, strict=True):
                 outcomes[index] = result if isinstance(result, BaseException) else None
         self.stats.published += outcomes.count(None)
-        self._report(outcomes, ids)
+        return outcomes
 
     def _report(self, results: Sequence[BaseException | None], ids: list[str]) -> None:
         """``PublishError`` naming the ids whose result is an error (none: return)."""
