@@ -8,10 +8,11 @@ letters and replays to a queue through the default exchange, so all of them are
 confirmed before the original leaves its queue.
 
 Why no lock around publish: concurrent publishes share the channel and their confirms
-are pipelined. ``publish_many`` sends all events concurrently and waits for all confirms
-together; frames leave in list order on one channel and AMQP keeps channel order, so
-each queue receives them in list order (unless a publish had to be resent after a
-connection loss).
+are pipelined. ``publish_many``, and the ``publish()`` calls of one event-loop
+iteration, are written in groups of frames under one hold of the channel lock
+(``_put_many``) and wait for all their confirms together; frames leave in call order on
+one channel and AMQP keeps channel order, so each queue receives them in that order
+(unless a publish had to be resent after a connection loss).
 
 A nack, or no confirm within ``publish_timeout`` (which also bounds waiting for a lost
 connection to come back), raises ``PublishError`` naming the broker by its redacted URL.
