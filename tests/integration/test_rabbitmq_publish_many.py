@@ -76,6 +76,17 @@ async def _started(bus: RabbitMQEventBus) -> RabbitMQEventBus:
     return bus
 
 
+async def _bus_before_a_full_queue(
+    maker: RabbitBusMaker, url: str, queue: str, limit: int
+) -> RabbitMQEventBus:
+    """A started bus whose events go to ``queue``, which takes ``limit`` messages and
+    makes the broker nack every publish after that (``reject-publish``)."""
+    await _bound_queue(
+        url, maker.exchange, queue, {"x-max-length": limit, "x-overflow": "reject-publish"}
+    )
+    return await _started(maker(publish_timeout=10.0))
+
+
 @pytest.mark.timeout(90)
 async def test_publish_many_is_written_in_groups_in_list_order(
     rabbit_bus_maker: RabbitBusMaker, rabbitmq_url: str
@@ -103,13 +114,7 @@ async def test_a_nacked_publish_in_a_group_is_reported_for_its_own_event(
     nack the rest: ``PublishError`` names exactly those, the first 10 count as
     published."""
     queue = f"{rabbit_bus_maker.service}.full"
-    await _bound_queue(
-        rabbitmq_url,
-        rabbit_bus_maker.exchange,
-        queue,
-        {"x-max-length": 10, "x-overflow": "reject-publish"},
-    )
-    bus = await _started(rabbit_bus_maker(publish_timeout=10.0))
+    bus = await _bus_before_a_full_queue(rabbit_bus_maker, rabbitmq_url, queue, 10)
     events = [Many(seq=n) for n in range(25)]
     try:
         with pytest.raises(PublishError) as info:
@@ -169,13 +174,7 @@ async def test_concurrent_publishes_are_written_together_each_with_its_own_outco
     ``PublishError`` naming its own event. A caller cancelled while its group is out
     cancels only its own wait."""
     queue = f"{rabbit_bus_maker.service}.concurrent"
-    await _bound_queue(
-        rabbitmq_url,
-        rabbit_bus_maker.exchange,
-        queue,
-        {"x-max-length": 100, "x-overflow": "reject-publish"},
-    )
-    bus = await _started(rabbit_bus_maker(publish_timeout=10.0))
+    bus = await _bus_before_a_full_queue(rabbit_bus_maker, rabbitmq_url, queue, 100)
     events = [Many(seq=n) for n in range(300)]
     try:
         results = await asyncio.gather(*(bus.publish(e) for e in events), return_exceptions=True)
