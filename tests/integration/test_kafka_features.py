@@ -241,6 +241,22 @@ async def test_a_publish_many_of_several_chunks_arrives_whole_and_in_order(
     assert seen == events
 
 
+@pytest.mark.timeout(60)
+async def test_a_publish_many_of_one_event_sends_its_headers(
+    kafka_bus_maker: KafkaBusMaker, kafka_bootstrap_servers: str
+) -> None:
+    """One event goes through ``producer.send`` rather than a batch of hexbus's: it too
+    leaves with its CloudEvents headers, built from the draft ``publish_many`` made."""
+    bus = kafka_bus_maker(partitions=1)
+    event = Ping(text="alone")
+    async with bus:
+        await bus.publish_many([event])
+    records = await _read_topic(kafka_bootstrap_servers, bus.topic_for(Ping), 1, 1)
+    assert _header(records[0], "ce_id") == str(event.event_id)
+    assert _header(records[0], "ce_type") == Ping.event_type
+    assert _header(records[0], "content-type") == "application/json"
+
+
 # -- 3. pattern subscription and a topic created after start --------------------------------
 @pytest.mark.timeout(90)
 async def test_pattern_subscription_picks_up_topic_created_after_start(

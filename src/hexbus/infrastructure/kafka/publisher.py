@@ -533,6 +533,7 @@ class KafkaPublisher:
                 producer = await self._ready_producer()
                 if len(items) == 1:
                     r = items[0]
+                    self._finish(r)  # a draft (publish_many of one event): its headers
                     fut = await _send_record(producer, r)
                     fut.add_done_callback(_retrieve)
                     futures[0] = fut
