@@ -167,29 +167,25 @@ class OutboxStore:
 
     async def dead_letter(self, claim: Claim, row: OutboxRow, error: RowError) -> bool:
         """Move ``row`` to the dead-letter table with the reason; ``False`` if no longer ours."""
-        outbox = self.tables.outbox
+        outbox, dead = self.tables.outbox, self.tables.dead_letters
         mine = (outbox.c.position == row.position) & (outbox.c.claimed_by == claim.token)
         async with self.engine.begin() as connection:
-            return await self._move_to_dead_letters(connection, mine, error)
-
-    async def _move_to_dead_letters(self, connection: Any, where: Any, error: RowError) -> bool:
-        outbox, dead = self.tables.outbox, self.tables.dead_letters
-        source = select(
-            outbox.c.position,
-            outbox.c.event_id,
-            outbox.c.event_type,
-            outbox.c.key,
-            outbox.c.attributes,
-            outbox.c.data,
-            outbox.c.created_at,
-            literal(error.reason),
-            literal(str(error)[:2000]),
-            literal(time.time()),
-        ).where(where)
-        await connection.execute(
-            insert(dead).from_select([*_COLUMNS, "reason", "error", "failed_at"], source)
-        )
-        result = await connection.execute(delete(outbox).where(where))
+            source = select(
+                outbox.c.position,
+                outbox.c.event_id,
+                outbox.c.event_type,
+                outbox.c.key,
+                outbox.c.attributes,
+                outbox.c.data,
+                outbox.c.created_at,
+                literal(error.reason),
+                literal(str(error)[:2000]),
+                literal(time.time()),
+            ).where(mine)
+            await connection.execute(
+                insert(dead).from_select([*_COLUMNS, "reason", "error", "failed_at"], source)
+            )
+            result = await connection.execute(delete(outbox).where(mine))
         return bool(result.rowcount)
 
     async def pending(self) -> tuple[int, float | None, int]:
