@@ -80,14 +80,6 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-async def _send_record(producer: Any, r: Record) -> asyncio.Future[Any]:
-    """``producer.send`` of one record: the future of its ack, once it is in a batch."""
-    fut: asyncio.Future[Any] = await producer.send(
-        r.topic, r.value, key=r.key, headers=r.headers
-    )
-    return fut
-
-
 def _acked(fut: asyncio.Future[Any]) -> bool:
     return fut.done() and not fut.cancelled() and fut.exception() is None
 
@@ -348,6 +340,15 @@ class KafkaPublisher:
         self._finish(record)
         return self._checked(record, rough)
 
+    async def _send_record(self, producer: Any, r: Record) -> asyncio.Future[Any]:
+        """``producer.send`` of one record (a draft's headers built first): the future
+        of its ack, once it is in a batch."""
+        self._finish(r)
+        fut: asyncio.Future[Any] = await producer.send(
+            r.topic, r.value, key=r.key, headers=r.headers
+        )
+        return fut
+
     def _finish(self, record: Record) -> None:
         """Build a draft's headers (see ``draft``)."""
         admitted = record.draft
@@ -439,7 +440,7 @@ class KafkaPublisher:
                     # groups, so a publish made meanwhile cannot overtake it.
                     async with self._submitting:
                         producer = await self._running_producer()
-                        fut = await _send_record(producer, record)
+                        fut = await self._send_record(producer, record)
                     fut.add_done_callback(_retrieve)
                     await asyncio.shield(fut)
                 else:
@@ -490,7 +491,7 @@ class KafkaPublisher:
                 producer = group.producer = await self._running_producer()
                 records, futures = group.records, group.futures
                 if len(records) == 1:
-                    futures[0] = await _send_record(producer, records[0])
+                    futures[0] = await self._send_record(producer, records[0])
                 else:
                     await self._send_batches(producer, records, futures)
         except asyncio.CancelledError:
@@ -533,8 +534,7 @@ class KafkaPublisher:
                 producer = await self._ready_producer()
                 if len(items) == 1:
                     r = items[0]
-                    self._finish(r)  # a draft (publish_many of one event): its headers
-                    fut = await _send_record(producer, r)
+                    fut = await self._send_record(producer, r)
                     fut.add_done_callback(_retrieve)
                     futures[0] = fut
                     await asyncio.shield(fut)
