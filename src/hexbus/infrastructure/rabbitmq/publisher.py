@@ -77,8 +77,8 @@ _PERSISTENT_MODE = int(_PERSISTENT)
 TRANSIENT_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
 
 _PENDING, _DONE, _EXPIRED = 0, 1, 2
-#: Publishes of one ``publish_many`` written to the connection in one piece (``_put_many``):
-#: ~0.7 kB each for a small event, so ~180 kB a write.
+#: Publishes written to the connection in one piece (``_put_many``: a ``publish_many``,
+#: or a group of concurrent publishes): ~0.7 kB each for a small event, ~180 kB a write.
 _FRAME_GROUP = 256
 #: What ``_put_many`` uses of an aiormq channel; without all of them (another aiormq
 #: version), ``publish_many`` publishes each event on its own as before.
@@ -461,10 +461,6 @@ class Publisher:
         exchange = self.exchange
         if exchange is None:
             raise self._not_connected()
-        whats = [
-            functools.partial("event {} {}".format, key, event_id)
-            for key, event_id in zip(routing_keys, ids, strict=True)
-        ]
         timeout = self.config.publish_timeout
         deadline = time.monotonic() + timeout
         futures: list[asyncio.Future[Any]] = []
@@ -494,23 +490,32 @@ class Publisher:
                 logger.debug("RabbitMQ: publish_many goes on one by one after %r", exc)
         outcomes: list[BaseException | None] = [None] * len(wires)
         again: list[int] = []  # never written, or lost with the channel: sent again
-        for index, what in enumerate(whats):
-            if index >= len(futures):
+        # An event's description (``what``, for an error) is made only when it failed.
+        for index in range(len(wires)):
+            if index >= len(futures):  # never written
                 again.append(index)
                 continue
             fut = futures[index]
             if not fut.done():  # the deadline came first
+                what = functools.partial(_describe, routing_keys, ids, index)
                 outcomes[index] = self._unconfirmed(what, None)
             elif fut.cancelled():  # aiormq cancels pending confirms when a channel closes
                 again.append(index)
             elif isinstance(fut.exception(), aio_pika.exceptions.DeliveryError):
+                what = functools.partial(_describe, routing_keys, ids, index)
                 outcomes[index] = self._nacked(what)  # basic.nack
             elif fut.exception() is not None:  # the channel or connection closed
                 again.append(index)
         if again:
             retried = await asyncio.gather(
                 *(
-                    self._send_slow(exchange, wires[i], routing_keys[i], whats[i], deadline)
+                    self._send_slow(
+                        exchange,
+                        wires[i],
+                        routing_keys[i],
+                        functools.partial(_describe, routing_keys, ids, i),
+                        deadline,
+                    )
                     for i in again
                 ),
                 return_exceptions=True,
@@ -655,6 +660,11 @@ class Publisher:
 
     def _not_connected(self) -> PublishError:
         return PublishError(f"the RabbitMQ event bus ({self.url}) is not connected; start it first")
+
+
+def _describe(routing_keys: Sequence[str], ids: Sequence[str], index: int) -> str:
+    """Event ``index`` of a ``_send_many`` call, for an error message."""
+    return f"event {routing_keys[index]} {ids[index]}"
 
 
 async def _put(
