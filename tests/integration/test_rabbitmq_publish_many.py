@@ -76,6 +76,15 @@ async def _started(bus: RabbitMQEventBus) -> RabbitMQEventBus:
     return bus
 
 
+async def _until_a_group_is_written(bus: RabbitMQEventBus) -> None:
+    """Return once a group of publishes is written (its confirms not all in yet: they
+    need the loop to run, and this returns in the turn the write is counted)."""
+    deadline = time.monotonic() + 10
+    while bus.publisher.grouped == 0:
+        assert time.monotonic() < deadline, "the group was never written"
+        await asyncio.sleep(0)
+
+
 async def _bus_before_a_full_queue(
     maker: RabbitBusMaker, url: str, queue: str, limit: int
 ) -> RabbitMQEventBus:
@@ -192,13 +201,30 @@ async def test_concurrent_publishes_are_written_together_each_with_its_own_outco
     bus = await _started(rabbit_bus_maker())
     try:
         tasks = [asyncio.create_task(bus.publish(Many(seq=n))) for n in range(50)]
-        deadline = time.monotonic() + 10
-        while bus.publisher.grouped == 0:  # the group is written, its confirms not all in
-            assert time.monotonic() < deadline, "the group was never written"
-            await asyncio.sleep(0)
+        await _until_a_group_is_written(bus)
         tasks[10].cancel()
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         assert isinstance(outcomes[10], asyncio.CancelledError)
         assert outcomes[:10] + outcomes[11:] == [None] * 49
     finally:
         await bus.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_stop_lets_a_group_of_publishes_under_way_be_confirmed(
+    rabbit_bus_maker: RabbitBusMaker, rabbitmq_url: str
+) -> None:
+    """``stop()`` while a group of concurrent publishes waits for its confirms: the bus
+    drains the group before it closes its connection, so every caller is confirmed
+    rather than cut off with a ``PublishError``."""
+    queue = f"{rabbit_bus_maker.service}.stopping"
+    await _bound_queue(rabbitmq_url, rabbit_bus_maker.exchange, queue)
+    bus = await _started(rabbit_bus_maker(publish_timeout=5.0))
+    events = [Many(seq=n) for n in range(200)]
+    tasks = [asyncio.create_task(bus.publish(e)) for e in events]
+    await _until_a_group_is_written(bus)
+    await bus.stop()
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    assert outcomes == [None] * len(events)
+    ids = await _drain(rabbitmq_url, queue, len(events))
+    assert set(ids) == {str(e.event_id) for e in events}
