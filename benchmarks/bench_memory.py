@@ -1,4 +1,4 @@
-"""Memory adapter vs a hand-written ``asyncio.gather`` bus vs a plain loop.
+"""Memory adapter vs a hand-written ``gather`` bus, the least isolated loop, a plain loop.
 
 Standalone: ``python benchmarks/bench_memory.py [--events N] [--handlers 1,4,16] [--json]``.
 The measuring code lives in ``hexbus.cli.bench`` (shared with ``hexbus bench``), so the

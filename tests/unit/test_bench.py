@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import subprocess
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from hexbus.cli import app
-from hexbus.cli.bench import CONTENDERS, BenchEvent, GatherBus, run_benchmark
+from hexbus.cli.bench import CONTENDERS, BenchEvent, GatherBus, IsolatedLoop, run_benchmark
 from hexbus.infrastructure.adapters import ADAPTERS, missing_extra
 
 runner = CliRunner()
@@ -105,6 +107,34 @@ async def test_gather_baseline_is_fail_open() -> None:
     bus.subscribe(BenchEvent, ok)
     await bus.publish(BenchEvent(seq=7))
     assert seen == [7]
+
+
+async def test_isolated_contender_isolates_errors_and_context_changes() -> None:
+    """The ``isolated`` floor must do what it claims, or ``hexbus ÷ isolated`` means
+    nothing: a failing handler does not stop the others, and a contextvar one handler
+    sets is seen neither by the handlers after it nor by the publisher."""
+    var: ContextVar[str] = ContextVar("bench_isolated", default="publisher")
+    seen: list[str] = []
+
+    async def boom(event: BenchEvent) -> None:
+        raise RuntimeError("x")
+
+    async def setter(event: BenchEvent) -> None:
+        var.set("setter")
+        seen.append(var.get())
+
+    async def reader(event: BenchEvent) -> None:
+        seen.append(var.get())
+
+    async def suspends(event: BenchEvent) -> None:
+        await asyncio.sleep(0)
+        seen.append(f"after await {event.seq}")
+
+    loop = IsolatedLoop([boom, setter, reader, suspends, reader])
+    await loop.publish(BenchEvent(seq=1))
+
+    assert seen == ["setter", "publisher", "after await 1", "publisher"]
+    assert var.get() == "publisher"
 
 
 def test_standalone_script_runs() -> None:

@@ -1,10 +1,13 @@
 """``hexbus bench``: what does the memory bus cost per publish, against honest baselines?
 
-Three contenders, measured in one run on the same pre-built events:
+Four contenders, measured in one run on the same pre-built events:
 
 - ``hexbus``: ``InMemoryEventBus`` in await mode (the real thing);
 - ``gather``: the 20-line bus people write by hand — ``dict[type, list]`` and
   ``asyncio.gather(..., return_exceptions=True)`` — the baseline to beat;
+- ``isolated``: the least an isolated bus does (``IsolatedLoop``): the handlers run
+  eagerly in a context copy of their own, each one's error caught, a context change
+  kept from the next; nothing else (no admission, stats, delivery context, Tasks);
 - ``sequential``: ``for h in handlers: await h(e)``, no isolation at all — the floor.
 
 Why interleaved repeats and medians: a laptop's clock and a shared CI box drift; running
@@ -29,14 +32,17 @@ import gc
 import importlib
 import importlib.util
 import json
+import operator
 import platform
 import statistics
 import time
+import types
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import Context, copy_context
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -54,9 +60,10 @@ from hexbus.infrastructure.settings import HexbusSettings, load_settings, redact
 __all__ = [
     "BROKER_ROWS",
     "CONTENDERS",
-    "BrokerOptions",
     "BenchEvent",
+    "BrokerOptions",
     "GatherBus",
+    "IsolatedLoop",
     "Measurement",
     "bench_command",
     "broker_notes",
@@ -67,7 +74,7 @@ __all__ = [
     "to_json",
 ]
 
-CONTENDERS = ("hexbus", "gather", "sequential")
+CONTENDERS = ("hexbus", "gather", "isolated", "sequential")
 #: The broker benchmark's rows (``hexbus.bench.harness.ROWS``, which the CLI may not
 #: import: it loads the broker benchmarks by name only).
 BROKER_ROWS = ("single", "concurrent", "batch", "e2e", "paced")
@@ -107,6 +114,72 @@ class GatherBus:
         handlers = self.handlers.get(type(event), ())
         # return_exceptions: one failing handler must not fail the publisher (fail-open).
         await asyncio.gather(*(h(event) for h in handlers), return_exceptions=True)
+
+
+_FINISHED: Any = object()  # what next() returns for a runner whose handlers all finished
+
+
+class IsolatedLoop:
+    """The least an isolated bus does, as a benchmark contender (not a usable bus).
+
+    What isolation costs and nothing else: each publish runs the handlers eagerly, one
+    after the other, in a fresh copy of the publisher's context (stepped by hand, as
+    hexbus's dispatcher does); each handler's error is caught; a handler that changes
+    the context (sets a contextvar) leaves a fresh copy to the handlers after it. No
+    admission, stats, delivery context or ``current_task`` stand-in; a handler that
+    suspends is waited for before the next one starts (hexbus gives it a Task instead:
+    the no-op handlers of the benchmark never suspend). ``hexbus ÷ isolated`` is what
+    the library's own features cost on top of isolation.
+    """
+
+    def __init__(self, handlers: Sequence[AsyncHandler]) -> None:
+        self.handlers = tuple(handlers)
+
+    async def publish(self, event: DomainEvent) -> None:
+        remaining = iter(self.handlers)
+        while True:
+            ctx = copy_context()
+            runner = _isolated_runner(remaining, event, ctx)
+            yielded = ctx.run(next, runner, _FINISHED)
+            if yielded is _FINISHED:
+                if operator.length_hint(remaining) == 0:
+                    return
+                continue  # a handler changed the context: the others start clean
+            await _carry_on(ctx, runner, yielded)
+            if operator.length_hint(remaining) == 0:
+                return
+
+
+@types.coroutine
+def _isolated_runner(
+    remaining: Iterator[AsyncHandler], event: DomainEvent, ctx: Context
+) -> Generator[Any, Any, None]:
+    clean = ctx.copy()
+    for handler in remaining:
+        try:
+            yield from cast("Coroutine[Any, Any, None]", handler(event))
+        except Exception:  # noqa: BLE001 - fail-open, as a bus must be
+            continue
+        if ctx != clean:
+            return
+
+
+@types.coroutine
+def _carry_on(ctx: Context, runner: Any, yielded: Any) -> Generator[Any, Any, None]:
+    """Step ``runner`` on in ``ctx`` from where it suspended, to its end."""
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:  # noqa: BLE001 - forwarded into the runner
+            try:
+                yielded = ctx.run(runner.throw, exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = ctx.run(runner.send, value)
+            except StopIteration:
+                return
 
 
 def _noop_handlers(count: int) -> list[AsyncHandler]:
@@ -182,7 +255,13 @@ async def _contenders(handler_count: int) -> tuple[dict[str, Publish], InMemoryE
         for h in handlers:
             await h(event)
 
-    return {"hexbus": bus.publish, "gather": gather_bus.publish, "sequential": sequential}, bus
+    publishers: dict[str, Publish] = {
+        "hexbus": bus.publish,
+        "gather": gather_bus.publish,
+        "isolated": IsolatedLoop(handlers).publish,
+        "sequential": sequential,
+    }
+    return publishers, bus
 
 
 async def run_benchmark(
@@ -247,6 +326,7 @@ def to_json(results: Sequence[Measurement], *, events: int, repeats: int) -> dic
         for name, m in per.items():
             row[name] = {k: v for k, v in asdict(m).items() if k not in ("contender", "handlers")}
         row["ratio_hexbus_vs_gather"] = per["hexbus"].events_per_s / per["gather"].events_per_s
+        row["ratio_hexbus_vs_isolated"] = per["hexbus"].events_per_s / per["isolated"].events_per_s
         row["ratio_hexbus_vs_sequential"] = (
             per["hexbus"].events_per_s / per["sequential"].events_per_s
         )
@@ -263,14 +343,16 @@ def to_json(results: Sequence[Measurement], *, events: int, repeats: int) -> dic
 def results_table(results: Sequence[Measurement]) -> Table:
     table = Table(title="hexbus memory adapter vs baselines (medians)")
     table.add_column("handlers", justify="right")
-    table.add_column("contender")
-    table.add_column("events/s", justify="right")
+    table.add_column("contender", no_wrap=True)
+    table.add_column("events/s", justify="right", no_wrap=True)
     table.add_column("p50 µs", justify="right")
     table.add_column("p99 µs", justify="right")
-    table.add_column("vs gather", justify="right")
-    table.add_column("vs sequential", justify="right")
+    table.add_column("÷ gather", justify="right")
+    table.add_column("÷ isolated", justify="right")
+    table.add_column("÷ sequential", justify="right")
     for count, per in sorted(_by_count(results).items()):
         gather_rate = per["gather"].events_per_s
+        isolated_rate = per["isolated"].events_per_s
         floor_rate = per["sequential"].events_per_s
         for name in CONTENDERS:
             m = per[name]
@@ -281,6 +363,7 @@ def results_table(results: Sequence[Measurement]) -> Table:
                 f"{m.p50_us:.1f}",
                 f"{m.p99_us:.1f}",
                 f"{m.events_per_s / gather_rate:.2f}x",
+                f"{m.events_per_s / isolated_rate:.0%}",
                 f"{m.events_per_s / floor_rate:.0%}",
                 end_section=name == CONTENDERS[-1],
             )
