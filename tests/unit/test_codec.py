@@ -36,6 +36,7 @@ from hexbus.infrastructure.codec import (
     extension_name,
 )
 from hexbus.infrastructure.kafka.marshal import (
+    PlainHeaders,
     decode_record,
     encode_record,
     from_kafka_headers,
@@ -532,6 +533,26 @@ def test_bindings_leave_out_a_correlationid_equal_to_the_id(codec: CloudEventCod
     assert "cloudEvents:correlationid" not in amqp
     assert decode_record(codec, kafka, body)[0] == event
     assert decode_message(codec, amqp, attrs["datacontenttype"], body)[0] == event
+
+
+@given(
+    event=_everything
+    | st.builds(CodecSimple, n=st.integers(), source=st.sampled_from(["", SERVICE, "other"])),
+    same_correlation=st.booleans(),
+)
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_plain_headers_are_the_bindings_headers_of_the_attributes(
+    codec: CloudEventCodec, event: DomainEvent, same_correlation: bool
+) -> None:
+    """The publisher's fast header builder (no metadata) gives exactly what
+    ``to_kafka_headers(codec.attributes(...))`` gives: names, bytes and order."""
+    if same_correlation:  # the first event of a conversation: correlationid is left out
+        event = event.model_copy(update={"correlation_id": str(event.event_id)})
+    build = PlainHeaders(codec.source)
+    for event_id in (str(event.event_id), "forwarded-id"):
+        expected = to_kafka_headers(codec.attributes(event, None, event_id))
+        assert build(event, event_id) == expected
+        assert build(event, event_id) == expected  # the per-class pairs, from the cache
 
 
 def test_from_kafka_headers_ignores_foreign_headers() -> None:

@@ -20,11 +20,13 @@ from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent
 from hexbus.infrastructure.codec import (
     CONTENT_TYPE,
+    SPECVERSION,
     STRUCTURED_CONTENT_TYPE,
     CloudEventCodec,
     DecodeReason,
     Delivered,
     decode_error,
+    format_time,
     is_structured,
     structured_identity,
 )
@@ -33,6 +35,7 @@ from hexbus.infrastructure.names import KAFKA_CONTENT_TYPE_HEADER, KAFKA_HEADER_
 __all__ = [
     "KAFKA_CONTENT_TYPE_HEADER",
     "KAFKA_PREFIX",
+    "PlainHeaders",
     "TYPE_HEADER",
     "decode_record",
     "encode_record",
@@ -67,6 +70,63 @@ def to_kafka_headers(attributes: Mapping[str, str]) -> list[tuple[str, bytes]]:
         for name, value in attributes.items()
         if name != "correlationid" or value != event_id
     ]
+
+
+_SPECVERSION_PAIR: Final = (KAFKA_PREFIX + "specversion", SPECVERSION.encode())
+_CONTENT_TYPE_PAIR: Final = (KAFKA_CONTENT_TYPE_HEADER, CONTENT_TYPE.encode())
+_TIME_HEADER: Final = KAFKA_PREFIX + "time"
+_SOURCE_HEADER: Final = KAFKA_PREFIX + "source"
+_CORRELATION_HEADER: Final = KAFKA_PREFIX + "correlationid"
+_CAUSATION_HEADER: Final = KAFKA_PREFIX + "causationid"
+
+
+class PlainHeaders:
+    """``to_kafka_headers(codec.attributes(event, None, event_id))``, made with fewer
+    objects: the headers of an event published without metadata.
+
+    Why: ``publish_many`` builds a header list per record, and the attributes dict and
+    the eight header pairs behind it were ~1 µs an event, plus the garbage collector's
+    time over the objects they left (a third of the publisher's CPU per event in a
+    10,000-event ``publish_many``). Here the pairs that are the same for every event of
+    a class (specversion, type, source, content type, version) are made once; only the
+    id, the time and the conversation ids are new per event. Same headers, same order
+    (a unit test compares them over generated events).
+    """
+
+    __slots__ = ("_by_class", "_source", "_source_pair")
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        self._source_pair = (_SOURCE_HEADER, source.encode())
+        self._by_class: dict[type[DomainEvent], tuple[tuple[str, bytes], tuple[str, bytes]]] = {}
+
+    def __call__(self, event: DomainEvent, event_id: str) -> list[tuple[str, bytes]]:
+        cls = event.__class__
+        fixed = self._by_class.get(cls)
+        if fixed is None:
+            fixed = self._by_class[cls] = (
+                (TYPE_HEADER, cls.event_type.encode()),
+                (KAFKA_PREFIX + "eventversion", str(cls.event_version).encode()),
+            )
+        source = event.source
+        headers = [
+            _SPECVERSION_PAIR,
+            (_ID_HEADER, event_id.encode()),
+            fixed[0],
+            self._source_pair
+            if not source or source == self._source
+            else (_SOURCE_HEADER, source.encode()),
+            (_TIME_HEADER, format_time(event.occurred_at).encode()),
+            _CONTENT_TYPE_PAIR,
+        ]
+        correlation = event.correlation_id
+        if correlation != event_id:  # the same as the id: left out (``to_kafka_headers``)
+            headers.append((_CORRELATION_HEADER, correlation.encode()))
+        headers.append(fixed[1])
+        causation = event.causation_id
+        if causation is not None:
+            headers.append((_CAUSATION_HEADER, causation.encode()))
+        return headers
 
 
 def from_kafka_headers(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -42,7 +42,7 @@ from hexbus.domain.errors import PublishError, UnknownEventTypeError
 from hexbus.domain.events import EventRegistry
 from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.kafka.config import KafkaConfig
-from hexbus.infrastructure.kafka.marshal import to_kafka_headers
+from hexbus.infrastructure.kafka.marshal import PlainHeaders, to_kafka_headers
 from hexbus.infrastructure.kafka.topology import TopicNames, Topology
 
 __all__ = ["KafkaPublisher", "Record"]
@@ -183,6 +183,8 @@ class KafkaPublisher:
     ) -> None:
         self.config = config
         self.codec = codec
+        #: The headers of an event without metadata (``_finish``'s common case).
+        self._plain_headers = PlainHeaders(codec.source)
         self.names = names
         self.registry = registry
         #: Topic of each event type ``send_encoded`` met (registered class or type name).
@@ -353,9 +355,12 @@ class KafkaPublisher:
         """Build a draft's headers (see ``draft``)."""
         admitted = record.draft
         if admitted is not None:
-            record.headers = to_kafka_headers(
-                self.codec.attributes(admitted.event, admitted.metadata, record.event_id)
-            )
+            if admitted.metadata:
+                record.headers = to_kafka_headers(
+                    self.codec.attributes(admitted.event, admitted.metadata, record.event_id)
+                )
+            else:
+                record.headers = self._plain_headers(admitted.event, record.event_id)
             record.draft = None
 
     def encoded(self, item: EncodedEvent) -> Record:
