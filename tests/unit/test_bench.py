@@ -117,6 +117,7 @@ async def test_isolated_contender_isolates_errors_and_context_changes() -> None:
     seen: list[str] = []
 
     async def boom(event: BenchEvent) -> None:
+        var.set("boom")
         raise RuntimeError("x")
 
     async def setter(event: BenchEvent) -> None:

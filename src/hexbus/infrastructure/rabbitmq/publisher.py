@@ -166,9 +166,10 @@ class _Confirms:
     Why not aiormq's future per publish: each one costs three done-callbacks (two future
     stores and an exception reader), each run through ``call_soon`` when it is settled,
     and a fourth for ``asyncio.wait``: with the garbage collector's share, ~20 µs of CPU
-    an event, a quarter of a concurrent publish (measured: 73-82 → 51-58 µs). A slot is a small object aiormq sees as a future (``done``, ``cancelled``,
-    ``set_result``, ``set_exception``: all its confirm handling calls); the call waits on
-    one future for all of them. A channel that closes fails aiormq's futures; one real
+    an event, a quarter of a concurrent publish (measured: 73-82 → 51-58 µs). A slot is
+    a small object aiormq sees as a future (``done``, ``cancelled``, ``set_result``,
+    ``set_exception``: all its confirm handling calls); the call waits on one future for
+    all of them. A channel that closes fails aiormq's futures; one real
     aiormq future per call (``sentinel``) is failed with them, and marks every slot
     still waiting as lost.
     """
