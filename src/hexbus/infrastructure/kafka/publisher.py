@@ -36,6 +36,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from hexbus.application.coalescing import Coalescer, Group
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.publishing import Admitted
 from hexbus.domain.errors import PublishError, UnknownEventTypeError
@@ -126,48 +127,6 @@ class _Batches:
             self.futures[index] = fut
 
 
-class _Group:
-    """The single publishes of one event-loop iteration, sent together (``send_one``).
-
-    Each caller waits on a future of its own (``waiters``), settled from its record's
-    batch ack: a caller that times out or is cancelled cancels only its own wait.
-    """
-
-    __slots__ = ("futures", "producer", "records", "waiters")
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.waiters: list[asyncio.Future[None]] = []
-        #: Per record, the future of its batch's ack, once submitted.
-        self.futures: list[asyncio.Future[Any] | None] = []
-        #: The producer the group went through, once submitted.
-        self.producer: Any = None
-
-    def add(self, record: Record, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
-        waiter: asyncio.Future[None] = loop.create_future()
-        self.records.append(record)
-        self.waiters.append(waiter)
-        self.futures.append(None)
-        return waiter
-
-    def fail(self, exc: BaseException) -> None:
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_exception(exc)
-
-    def settle(self, members: list[int], fut: asyncio.Future[Any]) -> None:
-        """``fut`` (a batch's ack) is done: tell the callers of its ``members``."""
-        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
-        waiters = self.waiters
-        for index in members:
-            waiter = waiters[index]
-            if not waiter.done():
-                if exc is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(exc)
-
-
 class KafkaPublisher:
     """Encodes admitted events and sends them; owns the producer and its replacement."""
 
@@ -197,11 +156,10 @@ class KafkaPublisher:
         self._running = False
         self._replacing: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
-        #: The group single publishes join until its task submits it (``send_one``).
-        self._group: _Group | None = None
-        #: ``send_one`` calls not returned yet: with none but the caller, no group.
-        self._in_flight = 0
-        self._submits: set[asyncio.Task[None]] = set()
+        #: Concurrent ``send_one`` calls, put into producer batches a group at a time.
+        self._coalescer: Coalescer[Record] = Coalescer(
+            self._submit, cancelled="the Kafka publish was cancelled (the bus stopped)"
+        )
         #: Groups go into producer batches one at a time, in the order they formed.
         self._submitting = asyncio.Lock()
 
@@ -228,8 +186,7 @@ class KafkaPublisher:
 
     async def close(self) -> None:
         """Stop replacing, flush what is buffered, close the producer."""
-        if self._submits:  # single publishes still being put into batches
-            await asyncio.wait(set(self._submits))
+        await self._coalescer.drain()  # single publishes still being put into batches
         self._running = False
         if self._replacing is not None:
             self._replacing.cancel()
@@ -431,82 +388,66 @@ class KafkaPublisher:
         record only.
         """
         timeout = self.config.publish_timeout
-        group: _Group | None = None
+        group: Group[Record] | None = None
         producer: Any = None
-        self._in_flight += 1
-        try:
-            async with asyncio.timeout(timeout):
-                if not self.topology.known(record.topic):
-                    await self._ensure_topics((record.topic,))
-                group = self._group
-                if group is None and self._in_flight == 1:
-                    # Nothing else in flight (one awaited publish at a time): no group
-                    # to wait for, straight to the producer; under the same lock as the
-                    # groups, so a publish made meanwhile cannot overtake it.
-                    async with self._submitting:
-                        producer = await self._running_producer()
-                        fut = await self._send_record(producer, record)
-                    fut.add_done_callback(_retrieve)
-                    await asyncio.shield(fut)
-                else:
-                    loop = asyncio.get_running_loop()
-                    if group is None:
-                        group = self._open_group(loop)
-                    await group.add(record, loop)
-        except TimeoutError:
-            if group is not None and group.producer is not None:
-                producer = group.producer
-            if producer is not None:
-                self._failed(producer)
-            why = await self.topology.explain({record.topic}, within=min(1.0, timeout))
-            raise PublishError(
-                f"Kafka did not acknowledge {record.event_type} event {record.event_id} "
-                f"(topic {record.topic!r}) within publish_timeout={timeout}s"
-                + (f": {why}" if why else "")
-                + "; it may or may not have been written, publish again to be sure "
-                "(consumers are at-least-once)"
-            ) from None
-        except (KafkaError, OSError) as exc:
-            if producer is not None:  # the direct path (a group tells its producer itself)
-                self._failed(producer)
-            raise PublishError(
-                f"Kafka refused {record.event_type} event {record.event_id} for topic "
-                f"{record.topic!r}: {type(exc).__name__}: {exc}; not sent or not "
-                "acknowledged"
-            ) from exc
-        finally:
-            self._in_flight -= 1
+        with self._coalescer.calling():
+            try:
+                async with asyncio.timeout(timeout):
+                    if not self.topology.known(record.topic):
+                        await self._ensure_topics((record.topic,))
+                    if self._coalescer.alone():
+                        # Nothing else in flight (one awaited publish at a time): no
+                        # group to wait for, straight to the producer; under the same
+                        # lock as the groups, so a publish made meanwhile cannot
+                        # overtake it.
+                        async with self._submitting:
+                            producer = await self._running_producer()
+                            fut = await self._send_record(producer, record)
+                        fut.add_done_callback(_retrieve)
+                        await asyncio.shield(fut)
+                    else:
+                        group, waiter = self._coalescer.join(record)
+                        await waiter
+            except TimeoutError:
+                if group is not None and group.state is not None:
+                    producer = group.state
+                if producer is not None:
+                    self._failed(producer)
+                why = await self.topology.explain({record.topic}, within=min(1.0, timeout))
+                raise PublishError(
+                    f"Kafka did not acknowledge {record.event_type} event {record.event_id} "
+                    f"(topic {record.topic!r}) within publish_timeout={timeout}s"
+                    + (f": {why}" if why else "")
+                    + "; it may or may not have been written, publish again to be sure "
+                    "(consumers are at-least-once)"
+                ) from None
+            except (KafkaError, OSError) as exc:
+                if producer is not None:  # the direct path (a group tells its producer itself)
+                    self._failed(producer)
+                raise PublishError(
+                    f"Kafka refused {record.event_type} event {record.event_id} for topic "
+                    f"{record.topic!r}: {type(exc).__name__}: {exc}; not sent or not "
+                    "acknowledged"
+                ) from exc
         self.stats.published += 1
 
-    def _open_group(self, loop: asyncio.AbstractEventLoop) -> _Group:
-        """A new group for this iteration's single publishes, and the task that submits
-        it: the task's first step runs after every publish already scheduled now."""
-        group = self._group = _Group()
-        task = loop.create_task(self._submit(group))
-        self._submits.add(task)
-        task.add_done_callback(self._submits.discard)
-        return group
-
-    async def _submit(self, group: _Group) -> None:
-        if self._group is group:
-            self._group = None  # closed: later publishes form the next group
+    async def _submit(self, group: Group[Record]) -> None:
+        """Put a group of single publishes into producer batches (the coalescer's
+        ``flush``); each member is settled as its batch is acknowledged."""
         producer: Any = None
+        records = group.items
+        futures: list[asyncio.Future[Any] | None] = [None] * len(records)
         try:
             async with self._submitting:
-                producer = group.producer = await self._running_producer()
-                records, futures = group.records, group.futures
+                producer = group.state = await self._running_producer()
                 if len(records) == 1:
                     futures[0] = await self._send_record(producer, records[0])
                 else:
                     await self._send_batches(producer, records, futures)
-        except asyncio.CancelledError:
-            group.fail(PublishError("the Kafka publish was cancelled (the bus stopped)"))
-            raise
-        except BaseException as exc:  # noqa: BLE001 - every member is told
-            if producer is not None and isinstance(exc, (KafkaError, OSError)):
+        except (KafkaError, OSError):
+            if producer is not None:
                 self._failed(producer)
-            group.fail(exc)
-            return
+            raise
         members: dict[asyncio.Future[Any], list[int]] = {}
         for index, fut in enumerate(futures):
             if fut is not None:
@@ -514,10 +455,15 @@ class KafkaPublisher:
         for fut, indices in members.items():
             fut.add_done_callback(functools.partial(self._acked_batch, group, indices))
 
-    def _acked_batch(self, group: _Group, members: list[int], fut: asyncio.Future[Any]) -> None:
-        group.settle(members, fut)
-        if fut.cancelled() or fut.exception() is not None:
-            self._failed(group.producer)
+    def _acked_batch(
+        self, group: Group[Record], members: list[int], fut: asyncio.Future[Any]
+    ) -> None:
+        """A batch of a group was acknowledged, or failed: tell its members."""
+        outcome = asyncio.CancelledError() if fut.cancelled() else fut.exception()
+        for index in members:
+            group.settle(index, outcome)
+        if outcome is not None:
+            self._failed(group.state)
 
     async def send(self, items: Sequence[Record]) -> None:
         """Send ``items``; return once all are acked (``acks=all``), else ``PublishError``.

@@ -53,6 +53,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 from yarl import URL
 
+from hexbus.application.coalescing import Coalescer, Group
 from hexbus.application.consuming import error_text
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.publishing import Admitted
@@ -245,45 +246,6 @@ class _Slot:
         self.confirms.settle(self.index, exc)
 
 
-class _Group:
-    """The single publishes of one event-loop iteration, written together (``publish``).
-
-    Each caller waits on a future of its own (``waiters``), settled from its event's
-    outcome: a caller that times out or is cancelled cancels only its own wait.
-    """
-
-    __slots__ = ("ids", "keys", "waiters", "wires")
-
-    def __init__(self) -> None:
-        self.wires: list[_Wire] = []
-        self.keys: list[str] = []
-        self.ids: list[str] = []
-        self.waiters: list[asyncio.Future[None]] = []
-
-    def add(
-        self, wire: _Wire, routing_key: str, event_id: str, loop: asyncio.AbstractEventLoop
-    ) -> asyncio.Future[None]:
-        waiter: asyncio.Future[None] = loop.create_future()
-        self.wires.append(wire)
-        self.keys.append(routing_key)
-        self.ids.append(event_id)
-        self.waiters.append(waiter)
-        return waiter
-
-    def settle(self, outcomes: Sequence[BaseException | None]) -> None:
-        for waiter, outcome in zip(self.waiters, outcomes, strict=True):
-            if not waiter.done():
-                if outcome is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(outcome)
-
-    def fail(self, exc: BaseException) -> None:
-        for waiter in self.waiters:
-            if not waiter.done():
-                waiter.set_exception(exc)
-
-
 class Publisher:
     """Puts admitted events and the consumer's copies on the broker, confirmed.
 
@@ -311,11 +273,10 @@ class Publisher:
         #: the others went one by one (after a connection loss, or with an aiormq
         #: that lacks what ``_put_many`` uses).
         self.grouped = 0
-        #: The group single publishes join until its task writes it (``publish``).
-        self._group: _Group | None = None
-        #: ``publish`` calls not returned yet: with none but the caller, no group.
-        self._in_flight = 0
-        self._flushes: set[asyncio.Task[None]] = set()
+        #: Concurrent ``publish`` calls, written a group at a time (``_flush``).
+        self._coalescer: Coalescer[tuple[_Wire, str, str]] = Coalescer(
+            self._flush, cancelled="the RabbitMQ publish was cancelled (the bus stopped)"
+        )
         #: Groups and ``publish_many`` calls are written one at a time, in call order.
         self._submitting = asyncio.Lock()
 
@@ -337,8 +298,7 @@ class Publisher:
 
     async def close(self) -> None:
         """Stop the deadline watchdog (the connection is closed by the bus)."""
-        for task in self._flushes:  # left by a bus that did not drain (a failed start)
-            task.cancel()
+        self._coalescer.cancel()  # groups left by a bus that did not drain (a failed start)
         await self.drain()
         self.channel = self.exchange = self.default_exchange = None
         self.connection = None
@@ -352,8 +312,7 @@ class Publisher:
         """Wait until the groups of single publishes under way are confirmed or failed
         (each within ``publish_timeout``): the bus calls this before closing its
         connection, so a publish made just before ``stop()`` is not cut off."""
-        if self._flushes:
-            await asyncio.wait(set(self._flushes))
+        await self._coalescer.drain()
 
     def _renew_soon(self) -> None:
         """After a nack: publish on a new confirm channel from now on (one renewal at a
@@ -471,10 +430,8 @@ class Publisher:
             raise self._not_connected()
         event = admitted.event
         wire = self.wire(admitted)
-        self._in_flight += 1
-        try:
-            group = self._group
-            if group is None and self._in_flight == 1:
+        with self._coalescer.calling():
+            if self._coalescer.alone():
                 await self.send(
                     exchange,
                     wire,
@@ -483,30 +440,14 @@ class Publisher:
                 )
                 self.stats.published += 1
                 return
-            loop = asyncio.get_running_loop()
-            if group is None:
-                group = self._group = _Group()
-                task = loop.create_task(self._flush(group))
-                self._flushes.add(task)
-                task.add_done_callback(self._flushes.discard)
-            await group.add(wire, event.event_type, str(event.event_id), loop)
-        finally:
-            self._in_flight -= 1
+            _, waiter = self._coalescer.join((wire, event.event_type, str(event.event_id)))
+            await waiter
 
-    async def _flush(self, group: _Group) -> None:
-        """Write a group of single publishes (its first step runs after every publish
-        of the iteration joined) and tell each caller its event's outcome."""
-        if self._group is group:
-            self._group = None  # closed: later publishes form the next group
-        try:
-            outcomes = await self._send_many(group.wires, group.keys, group.ids)
-        except asyncio.CancelledError:
-            group.fail(PublishError("the RabbitMQ publish was cancelled (the bus stopped)"))
-            raise
-        except BaseException as exc:  # noqa: BLE001 - every caller is told
-            group.fail(exc)
-            return
-        group.settle(outcomes)
+    async def _flush(self, group: Group[tuple[_Wire, str, str]]) -> None:
+        """Write a group of single publishes (the coalescer's ``flush``; it runs after
+        every publish of the iteration joined) and tell each caller its event's outcome."""
+        wires, keys, ids = (list(column) for column in zip(*group.items, strict=True))
+        group.settle_all(await self._send_many(wires, keys, ids))
 
     async def publish_many(self, admitted: list[Admitted]) -> None:
         """Send all in list order, confirms pipelined; return when all are confirmed.
