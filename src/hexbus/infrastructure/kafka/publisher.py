@@ -116,6 +116,7 @@ class _Batches:
                 batch, members = producer.create_batch(), []
                 # A new batch takes any first record (oversize ones were refused earlier).
                 batch.append(key=r.key, value=r.value, timestamp=None, headers=r.headers)
+            r.headers = _NO_HEADERS  # in the batch's buffer now: let the objects go
             members.append(index)
         if members:
             await self._submit(batch, tp, members)
