@@ -22,11 +22,17 @@ import pytest
 from aiormq import spec
 from aiormq.base import FutureStore
 
-from hexbus.infrastructure.rabbitmq.publisher import _LOST, _WAITING, _Confirms
+from hexbus.infrastructure.rabbitmq.publisher import (
+    _LOST,
+    _WAITING,
+    _Confirms,
+    _settle_confirms_in_order,
+)
 
 
-def _channel(loop: asyncio.AbstractEventLoop) -> Any:
-    """What aiormq's confirm handling reads of a channel, with its real methods bound."""
+def _channel(loop: asyncio.AbstractEventLoop, *, in_order: bool = False) -> Any:
+    """What aiormq's confirm handling reads of a channel, with its real methods bound
+    (``in_order``: with the publisher's replacement of ``_on_confirm_frame``)."""
     store = FutureStore(loop)
     channel = SimpleNamespace(
         loop=loop,
@@ -36,6 +42,9 @@ def _channel(loop: asyncio.AbstractEventLoop) -> Any:
         publisher_confirms=True,
     )
     channel._confirm_delivery = functools.partial(aiormq.Channel._confirm_delivery, channel)
+    channel._on_confirm_frame = functools.partial(aiormq.Channel._on_confirm_frame, channel)
+    if in_order:
+        _settle_confirms_in_order(channel)
     return channel
 
 
@@ -46,13 +55,16 @@ def _register(channel: Any, confirms: _Confirms, count: int) -> None:
 
 
 async def _frame(channel: Any, frame: Any) -> None:
-    await aiormq.Channel._on_confirm_frame(channel, frame)
+    await channel._on_confirm_frame(frame)
     for _ in range(3):  # a multiple ack settles each tag in a call_soon of its own
         await asyncio.sleep(0)
 
 
-async def test_acks_and_a_nack_settle_their_own_slots_and_the_call_wakes_once_all_did() -> None:
-    channel = _channel(asyncio.get_running_loop())
+@pytest.mark.parametrize("in_order", [False, True], ids=["aiormq", "in-order"])
+async def test_acks_and_a_nack_settle_their_own_slots_and_the_call_wakes_once_all_did(
+    in_order: bool,
+) -> None:
+    channel = _channel(asyncio.get_running_loop(), in_order=in_order)
     confirms = _Confirms(channel)
     _register(channel, confirms, 5)
 
@@ -74,10 +86,11 @@ async def test_acks_and_a_nack_settle_their_own_slots_and_the_call_wakes_once_al
     assert not channel.store.futures  # the sentinel left aiormq's store too
 
 
+@pytest.mark.parametrize("in_order", [False, True], ids=["aiormq", "in-order"])
 async def test_a_closing_channel_marks_the_slots_still_waiting_lost(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, in_order: bool
 ) -> None:
-    channel = _channel(asyncio.get_running_loop())
+    channel = _channel(asyncio.get_running_loop(), in_order=in_order)
     confirms = _Confirms(channel)
     _register(channel, confirms, 3)
     await _frame(channel, spec.Basic.Ack(delivery_tag=1))
@@ -99,8 +112,9 @@ async def test_a_closing_channel_marks_the_slots_still_waiting_lost(
     assert confirms.pending == 0
 
 
-async def test_a_confirm_after_the_call_gave_up_is_ignored() -> None:
-    channel = _channel(asyncio.get_running_loop())
+@pytest.mark.parametrize("in_order", [False, True], ids=["aiormq", "in-order"])
+async def test_a_confirm_after_the_call_gave_up_is_ignored(in_order: bool) -> None:
+    channel = _channel(asyncio.get_running_loop(), in_order=in_order)
     confirms = _Confirms(channel)
     _register(channel, confirms, 2)
     confirms.close()  # the call timed out and read its outcomes: both unconfirmed
@@ -110,3 +124,37 @@ async def test_a_confirm_after_the_call_gave_up_is_ignored() -> None:
     await _frame(channel, spec.Basic.Ack(delivery_tag=2, multiple=True))
     assert confirms.outcomes == [None, None]  # recorded, read by nobody
     assert confirms.done.done()
+
+
+async def test_in_order_settling_takes_each_tag_once_up_to_the_acked_one() -> None:
+    """The replacement of aiormq's ``_on_confirm_frame``: a multiple ack settles the
+    pending tags up to its own, in order, each once and at once (aiormq's own schedules
+    a callback per pending tag per ack), and leaves the later ones; a multiple nack
+    fails its range; aiormq's futures (a lone ``basic_publish``) are settled the same."""
+    loop = asyncio.get_running_loop()
+    channel = _channel(loop, in_order=True)
+    settled: list[int] = []
+    confirm = channel._confirm_delivery
+
+    def counting(tag: int, frame: Any) -> None:
+        settled.append(tag)
+        confirm(tag, frame)
+
+    channel._confirm_delivery = counting
+    channel._hexbus_in_order = False  # install again, over the counting confirm
+    _settle_confirms_in_order(channel)
+    confirms = _Confirms(channel)
+    _register(channel, confirms, 6)
+    future = loop.create_future()  # what basic_publish registers for a lone publish
+    channel.confirmations[7] = future
+
+    await channel._on_confirm_frame(spec.Basic.Ack(delivery_tag=2, multiple=True))
+    await channel._on_confirm_frame(spec.Basic.Ack(delivery_tag=4, multiple=True))
+    assert settled == [1, 2, 3, 4]  # no tag twice, none beyond the ack
+    assert confirms.outcomes[:4] == [None] * 4 and confirms.outcomes[4:] == [_WAITING] * 2
+
+    await channel._on_confirm_frame(spec.Basic.Nack(delivery_tag=6, multiple=True))
+    assert all(isinstance(o, aiormq.exceptions.DeliveryError) for o in confirms.outcomes[4:])
+    await channel._on_confirm_frame(spec.Basic.Ack(delivery_tag=7))
+    assert future.result() is not None
+    assert settled == [1, 2, 3, 4, 5, 6, 7] and not channel.confirmations

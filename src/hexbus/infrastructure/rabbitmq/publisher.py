@@ -504,6 +504,7 @@ class Publisher:
                         if underlay.publisher_confirms and all(
                             hasattr(underlay, name) for name in _BATCH_ATTRIBUTES
                         ):
+                            _settle_confirms_in_order(underlay)
                             confirms = _Confirms(underlay)
                             try:
                                 await _put_many(
@@ -777,6 +778,44 @@ async def _put_many(
                 tag += 1
                 confirmations[tag] = slot
             underlay.delivery_tag = tag
+
+
+def _settle_confirms_in_order(underlay: Any) -> None:
+    """Make the aiormq channel ``underlay`` settle a multiple ack without rescanning.
+
+    aiormq's ``_on_confirm_frame`` answers a ``basic.ack`` with ``multiple`` by walking
+    *every* pending delivery tag and scheduling a ``call_soon`` for each one at or below
+    the acked tag, including those an earlier ack already scheduled and that have not
+    run yet. With thousands of publishes pending, a burst of acks schedules each tag ~5
+    times: a third of a grouped publish's CPU. Here the pending tags are taken in order
+    (aiormq registers them in increasing order, ``confirmations`` keeps insertion order)
+    up to the acked one, each settled at once through aiormq's own ``_confirm_delivery``,
+    and the walk stops at the first tag above it. A single ack or nack is settled as
+    aiormq does. Set once per channel (a reconnection makes a new one); the publisher's
+    channel never publishes ``mandatory`` messages, the one case (a returned message)
+    where aiormq re-registers a tag out of order.
+    """
+    if getattr(underlay, "_hexbus_in_order", False):
+        return
+    confirmations = underlay.confirmations
+    confirm = underlay._confirm_delivery
+
+    async def on_confirm_frame(frame: Any) -> None:
+        tag = frame.delivery_tag
+        if not getattr(frame, "multiple", False):
+            if tag in confirmations:
+                confirm(tag, frame)
+            else:
+                logger.warning("RabbitMQ confirmed an unknown delivery tag %r; ignored", tag)
+            return
+        while confirmations:
+            first = next(iter(confirmations))
+            if first > tag:
+                break
+            confirm(first, frame)
+
+    underlay._on_confirm_frame = on_confirm_frame
+    underlay._hexbus_in_order = True
 
 
 def _as_message(wire: _Wire) -> aio_pika.Message:
