@@ -46,6 +46,16 @@ class _Sender:
             await waiter
 
 
+async def _held(count: int) -> tuple[_Sender, list[asyncio.Future[None]]]:
+    """``count`` concurrent sends whose group is being flushed and held there."""
+    sender = _Sender()
+    sender.hold = asyncio.Event()
+    calls = [asyncio.ensure_future(sender.send(f"e{i}")) for i in range(count)]
+    while not sender.groups:
+        await asyncio.sleep(0)
+    return sender, calls
+
+
 async def test_a_lone_call_goes_direct_and_concurrent_calls_form_one_group_in_call_order() -> None:
     sender = _Sender()
     await sender.send("a")
@@ -76,11 +86,7 @@ async def test_a_flush_that_raises_fails_every_member_and_a_cancelled_one_says_s
     assert results[0] is None  # the first went direct
     assert all(isinstance(r, ConnectionError) for r in results[1:])
 
-    sender = _Sender()
-    sender.hold = asyncio.Event()
-    calls = [asyncio.ensure_future(sender.send(f"e{i}")) for i in range(3)]
-    while not sender.groups:
-        await asyncio.sleep(0)
+    sender, calls = await _held(3)
     sender.coalescer.cancel()  # the bus stopped without draining
     results = await asyncio.gather(*calls, return_exceptions=True)
     assert isinstance(results[1], PublishError) and "cancelled: stopped" in str(results[1])
@@ -88,11 +94,7 @@ async def test_a_flush_that_raises_fails_every_member_and_a_cancelled_one_says_s
 
 
 async def test_a_caller_that_gives_up_leaves_the_others_their_outcome() -> None:
-    sender = _Sender()
-    sender.hold = asyncio.Event()
-    calls = [asyncio.ensure_future(sender.send(f"e{i}")) for i in range(4)]
-    while not sender.groups:
-        await asyncio.sleep(0)
+    sender, calls = await _held(4)
     calls[2].cancel()
     sender.hold.set()
     results = await asyncio.gather(*calls, return_exceptions=True)
@@ -101,11 +103,7 @@ async def test_a_caller_that_gives_up_leaves_the_others_their_outcome() -> None:
 
 
 async def test_drain_waits_for_the_groups_formed_so_far() -> None:
-    sender = _Sender()
-    sender.hold = asyncio.Event()
-    calls = [asyncio.ensure_future(sender.send(f"e{i}")) for i in range(3)]
-    while not sender.groups:
-        await asyncio.sleep(0)
+    sender, calls = await _held(3)
     drained = asyncio.ensure_future(sender.coalescer.drain())
     await asyncio.sleep(0)
     assert not drained.done()
