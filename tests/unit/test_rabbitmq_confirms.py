@@ -141,8 +141,7 @@ async def test_in_order_settling_takes_each_tag_once_up_to_the_acked_one() -> No
         confirm(tag, frame)
 
     channel._confirm_delivery = counting
-    channel._hexbus_in_order = False  # install again, over the counting confirm
-    _settle_confirms_in_order(channel)
+    _settle_confirms_in_order(channel)  # again, over the counting confirm
     confirms = _Confirms(channel)
     _register(channel, confirms, 6)
     future = loop.create_future()  # what basic_publish registers for a lone publish

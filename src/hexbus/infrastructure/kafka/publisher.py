@@ -263,8 +263,7 @@ class KafkaPublisher:
     def record(self, admitted: Admitted) -> Record:
         """The record of an admitted event; ``PublishError`` if Kafka would refuse its size."""
         record = self.draft(admitted)
-        if record.draft is not None:
-            self._finish(record)
+        self._finish(record)
         return record
 
     def draft(self, admitted: Admitted) -> Record:

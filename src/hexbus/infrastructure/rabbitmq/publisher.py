@@ -81,8 +81,9 @@ _PENDING, _DONE, _EXPIRED = 0, 1, 2
 #: Publishes written to the connection in one piece (``_put_many``: a ``publish_many``,
 #: or a group of concurrent publishes): ~0.7 kB each for a small event, ~180 kB a write.
 _FRAME_GROUP = 256
-#: What ``_put_many`` uses of an aiormq channel; without all of them (another aiormq
-#: version), ``publish_many`` publishes each event on its own as before.
+#: What ``_put_many`` and ``_settle_confirms_in_order`` use of an aiormq channel;
+#: without all of them (another aiormq version), ``publish_many`` publishes each event
+#: on its own as before.
 _BATCH_ATTRIBUTES = (
     "lock",
     "delivery_tag",
@@ -93,6 +94,8 @@ _BATCH_ATTRIBUTES = (
     "create_future",
     "publisher_confirms",
     "loop",
+    "_confirm_delivery",
+    "_on_confirm_frame",
 )
 
 
@@ -501,10 +504,7 @@ class Publisher:
                 async with asyncio.timeout(timeout):
                     async with self._submitting:
                         underlay = await channel.get_underlay_channel()
-                        if underlay.publisher_confirms and all(
-                            hasattr(underlay, name) for name in _BATCH_ATTRIBUTES
-                        ):
-                            _settle_confirms_in_order(underlay)
+                        if _groupable(underlay):
                             confirms = _Confirms(underlay)
                             try:
                                 await _put_many(
@@ -780,6 +780,21 @@ async def _put_many(
             underlay.delivery_tag = tag
 
 
+def _groupable(underlay: Any) -> bool:
+    """Can publishes be written in groups on the aiormq channel ``underlay``? Decided
+    once per channel (a reconnection makes a new one): a confirm channel with all of
+    ``_BATCH_ATTRIBUTES``, which then settles multiple acks in order."""
+    groupable: bool | None = getattr(underlay, "_hexbus_groupable", None)
+    if groupable is None:
+        groupable = bool(underlay.publisher_confirms) and all(
+            hasattr(underlay, name) for name in _BATCH_ATTRIBUTES
+        )
+        if groupable:
+            _settle_confirms_in_order(underlay)
+        underlay._hexbus_groupable = groupable
+    return groupable
+
+
 def _settle_confirms_in_order(underlay: Any) -> None:
     """Make the aiormq channel ``underlay`` settle a multiple ack without rescanning.
 
@@ -791,12 +806,10 @@ def _settle_confirms_in_order(underlay: Any) -> None:
     (aiormq registers them in increasing order, ``confirmations`` keeps insertion order)
     up to the acked one, each settled at once through aiormq's own ``_confirm_delivery``,
     and the walk stops at the first tag above it. A single ack or nack is settled as
-    aiormq does. Set once per channel (a reconnection makes a new one); the publisher's
-    channel never publishes ``mandatory`` messages, the one case (a returned message)
-    where aiormq re-registers a tag out of order.
+    aiormq does. Set once per channel, by ``_groupable``; the publisher's channel never
+    publishes ``mandatory`` messages, the one case (a returned message) where aiormq
+    re-registers a tag out of order.
     """
-    if getattr(underlay, "_hexbus_in_order", False):
-        return
     confirmations = underlay.confirmations
     confirm = underlay._confirm_delivery
 
@@ -815,7 +828,6 @@ def _settle_confirms_in_order(underlay: Any) -> None:
             confirm(first, frame)
 
     underlay._on_confirm_frame = on_confirm_frame
-    underlay._hexbus_in_order = True
 
 
 def _as_message(wire: _Wire) -> aio_pika.Message:
