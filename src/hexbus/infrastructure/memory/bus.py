@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Self
 from hexbus.application.bus import BusState, EventBusBase, merged_config
 from hexbus.application.consuming import ConsumePipeline
 from hexbus.application.dispatch import Dispatcher, DispatchStats
-from hexbus.application.publishing import stamp_causation, validate_metadata
-from hexbus.domain.context import DeliveryContext, delivery_context
+from hexbus.application.publishing import validate_metadata
+from hexbus.domain.context import DeliveryContext
 from hexbus.domain.errors import DecodeError
 from hexbus.domain.events import DomainEvent, EventRegistry, event_registry
 from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
@@ -36,8 +36,6 @@ __all__ = ["InMemoryEventBus"]
 logger = logging.getLogger("hexbus.memory")
 _NO_METADATA: Mapping[str, str] = DeliveryContext().metadata
 _RUNNING = BusState.RUNNING
-_new_context = tuple.__new__  # DeliveryContext(...) without NamedTuple's Python-level __new__
-_current = delivery_context.get
 
 
 class InMemoryEventBus(EventBusBase):
@@ -134,20 +132,14 @@ class InMemoryEventBus(EventBusBase):
             if changed.__class__ is not cls:
                 subs = self.subscriptions.for_event(changed.__class__)
             event = changed
-        if _current().event is not None and event.causation_id is None:  # in a handler
-            event = stamp_causation(event)
         dispatcher = self.dispatcher
-        dispatcher.stats.published += 1
-        if not subs:
+        if self._background:  # causation, the count and the context now; handlers later
+            delivery = dispatcher.delivery_of(event, subs, metadata or _NO_METADATA, session, key)
+            if delivery is not None:
+                event, context = delivery
+                self._track(asyncio.create_task(dispatcher.dispatch(event, subs, context)))
             return
-        context = _new_context(
-            DeliveryContext,
-            (event, metadata or _NO_METADATA, 1, session, key, None, None),
-        )
-        if self._background:
-            self._track(asyncio.create_task(dispatcher.dispatch(event, subs, context)))
-            return
-        pending = dispatcher.start(event, subs, context)
+        pending = dispatcher.deliver(event, subs, metadata or _NO_METADATA, session, key)
         if pending:
             for task in pending:
                 self._track(task)
