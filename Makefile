@@ -11,7 +11,7 @@ NODE_STAMP := $(ASYNCAPI_TOOLS)/node_modules/.installed
 
 .PHONY: install demo test test-cluster test-containers test-secure lint unit integration bench brokers brokers-down clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml hatch_build.py src/hexbus/application/_eager.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -32,6 +32,9 @@ _MEMORY = Capabilities(
     delivers_in_publish=True,
 )
 
+# Each test runs with the compiled eager start and with the Python one (conftest.py).
+pytestmark = pytest.mark.usefixtures("dispatcher_kind")
+
 
 class TestMemoryAwaitContract(EventBusContract):
     capabilities = _MEMORY

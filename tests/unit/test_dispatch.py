@@ -23,6 +23,9 @@ from hexbus.application.dispatch import Dispatcher
 from hexbus.application.handlers import Subscription
 from hexbus.domain.context import DeliveryContext
 
+# Each test runs with the compiled eager start and with the Python one (conftest.py).
+pytestmark = pytest.mark.usefixtures("dispatcher_kind")
+
 BOUND = 5.0  # seconds: generous upper bound for anything that should be immediate
 
 

@@ -32,6 +32,9 @@ from hexbus.domain.errors import (
     NotADomainEventError,
 )
 
+# Each test runs with the compiled eager start and with the Python one (conftest.py).
+pytestmark = pytest.mark.usefixtures("dispatcher_kind")
+
 BOUND = 5.0
 
 

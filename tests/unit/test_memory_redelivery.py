@@ -17,6 +17,9 @@ from hexbus.domain.ports import (
 from hexbus.infrastructure.adapters import build_bus
 from hexbus.testing import eventually
 
+# Each test runs with the compiled eager start and with the Python one (conftest.py).
+pytestmark = pytest.mark.usefixtures("dispatcher_kind")
+
 
 class Flaky(DomainEvent, event_type="memory.redelivery.flaky"):
     n: int

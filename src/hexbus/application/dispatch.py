@@ -31,6 +31,7 @@ hands everything rare back to it: a handler that suspends (``_adopt``), a failur
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import operator
 import os
@@ -96,8 +97,8 @@ def _compiled_engine() -> type[_eager.Engine] | None:
     if os.environ.get("HEXBUS_PURE_PYTHON"):
         return None
     try:
-        from hexbus.application import _eager  # noqa: PLC0415 - optional: may be absent
-    except ImportError:
+        _eager: Any = importlib.import_module("hexbus.application._eager")
+    except ImportError:  # not built: no compiler at install, or another interpreter
         return None
     if DeliveryContext._fields != _CONTEXT_FIELDS:  # pragma: no cover - a change there
         logger.warning("DeliveryContext changed; _eager.c's deliver() must follow it")
@@ -110,7 +111,7 @@ def _compiled_engine() -> type[_eager.Engine] | None:
             _ENGINE_API,
         )
         return None
-    return _eager.Engine
+    return _eager.Engine  # type: ignore[no-any-return]
 
 
 _Engine = _compiled_engine()
@@ -310,7 +311,7 @@ class Dispatcher:
     @property
     def compiled(self) -> bool:
         """Whether ``start`` is the compiled one (``hexbus.application._eager``)."""
-        return self.start is not self.start_in_python
+        return self._engine is not None and self._instrumentation is None
 
     @property
     def instrumentation(self) -> Instrumentation | None:
