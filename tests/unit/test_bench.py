@@ -14,8 +14,16 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import hexbus.application.dispatch as dispatch
 from hexbus.cli import app
-from hexbus.cli.bench import CONTENDERS, BenchEvent, GatherBus, IsolatedLoop, run_benchmark
+from hexbus.cli.bench import (
+    CONTENDERS,
+    BenchEvent,
+    GatherBus,
+    IsolatedLoop,
+    dispatcher_kind,
+    run_benchmark,
+)
 from hexbus.infrastructure.adapters import ADAPTERS, missing_extra
 
 runner = CliRunner()
@@ -42,12 +50,20 @@ def test_bench_json_has_every_contender_and_positive_numbers() -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["adapter"] == "memory" and report["events"] == 200
+    assert report["dispatcher"] in {"compiled", "python"}
     assert [row["handlers"] for row in report["results"]] == [1, 4]
     for row in report["results"]:
         assert row["ratio_hexbus_vs_gather"] > 0
         for name in CONTENDERS:
             assert row[name]["events_per_s"] > 0
             assert 0 < row[name]["p50_us"] <= row[name]["p99_us"]
+
+
+def test_the_report_says_which_dispatcher_it_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    if dispatch._Engine is not None:
+        assert dispatcher_kind() == "compiled"
+    monkeypatch.setattr(dispatch, "_Engine", None)
+    assert dispatcher_kind() == "python"
 
 
 def test_bench_table_output() -> None:
