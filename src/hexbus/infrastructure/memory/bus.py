@@ -77,6 +77,7 @@ class InMemoryEventBus(EventBusBase):
         #: Reads back what the outbox relay hands ``send_encoded`` (this service's source).
         self._codec = CloudEventCodec(source=cfg.service_name, registry=registry)
         self._routes = self.subscriptions.routes  # the table's own cache, read on the hot path
+        self._middleware = self.middleware.items  # appended to, never replaced: read per publish
 
     @classmethod
     def from_settings(cls, settings: HexbusSettings, **overrides: Any) -> Self:
@@ -125,21 +126,21 @@ class InMemoryEventBus(EventBusBase):
             subs = self.subscriptions.for_event(cls)
         if metadata is not None:  # checked even when nobody listens: brokers would refuse it
             metadata = validate_metadata(metadata)
-        if self.middleware.items:
+        if self._middleware:
             changed = await self.middleware.apply(event)
             if changed is None:
                 return
             if changed.__class__ is not cls:
                 subs = self.subscriptions.for_event(changed.__class__)
             event = changed
-        dispatcher = self.dispatcher
         if self._background:  # causation, the count and the context now; handlers later
+            dispatcher = self.dispatcher
             delivery = dispatcher.delivery_of(event, subs, metadata or _NO_METADATA, session, key)
             if delivery is not None:
                 event, context = delivery
                 self._track(asyncio.create_task(dispatcher.dispatch(event, subs, context)))
             return
-        pending = dispatcher.deliver(event, subs, metadata or _NO_METADATA, session, key)
+        pending = self.dispatcher.deliver(event, subs, metadata or _NO_METADATA, session, key)
         if pending:
             for task in pending:
                 self._track(task)
