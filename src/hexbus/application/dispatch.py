@@ -471,15 +471,7 @@ class Dispatcher:
                 # A handler suspended: a Task carries its runner on, and the stand-in it
                 # may have seen as its current task now forwards to that Task.
                 sub = subs[len(subs) - 1 - operator.length_hint(remaining)]
-                task = self._task_for(
-                    loop=loop,
-                    ctx=ctx,
-                    runner=runner,
-                    yielded=yielded,
-                    sub=sub,
-                    event=event,
-                    stand_in=stand_in,
-                )
+                task = self._task_for(loop, ctx, runner, yielded, sub, event, stand_in)
                 stand_in = _EagerTaskStandIn(loop)
                 registry[loop] = stand_in
                 if pending is None:
@@ -535,9 +527,8 @@ class Dispatcher:
                 break
         self.stats.handled += handled
 
-    def _task_for(
+    def _task_for(  # noqa: PLR0917 - _adopt's arguments, in _adopt's order
         self,
-        *,
         loop: asyncio.AbstractEventLoop,
         ctx: Context,
         runner: Any,
@@ -572,15 +563,7 @@ class Dispatcher:
         """
         runner = self._carry(coro, yielded, sub, event, context)
         ctx.run(next, runner)  # to its first yield (``yielded``): no handler code runs
-        return self._task_for(
-            loop=loop,
-            ctx=ctx,
-            runner=runner,
-            yielded=yielded,
-            sub=sub,
-            event=event,
-            stand_in=stand_in,
-        )
+        return self._task_for(loop, ctx, runner, yielded, sub, event, stand_in)
 
     @types.coroutine
     def _carry(
