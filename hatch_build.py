@@ -31,7 +31,7 @@ def compile_in_place(root: str) -> Path:
             {
                 "name": "hexbus",
                 "package_dir": {"": "src"},
-                "ext_modules": [Extension(EXTENSION, [SOURCE], extra_compile_args=["-O2"])],
+                "ext_modules": [Extension(EXTENSION, [SOURCE])],
             }
         )
         command = build_ext(dist)
@@ -55,7 +55,8 @@ class EagerExtensionHook(BuildHookInterface):  # type: ignore[type-arg]
             built = compile_in_place(self.root)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the pure-Python path
             self.app.display_warning(
-                f"hexbus: the compiled dispatcher ({EXTENSION}) was not built: {exc}. "
+                f"hexbus: the compiled dispatcher ({EXTENSION}) was not built: "
+                f"{str(exc).rstrip('.')}. "
                 "hexbus works without it, slower on the in-memory hot path; install a C "
                 "compiler and the Python headers, then reinstall, to get it."
             )
