@@ -33,7 +33,7 @@ typedef struct {
     PyObject *get_running_loop; /* asyncio.get_running_loop */
     PyObject *delivery_var;     /* the delivery_context ContextVar */
     PyObject *cancelled_error;  /* asyncio.CancelledError */
-    PyObject *stats;            /* DispatchStats: `handled` is added to per publish */
+    PyObject *stats;            /* DispatchStats: `published` and `handled` are added to */
     PyObject *new_stand_in;     /* new_stand_in(loop) -> stand-in */
     PyObject *adopt;            /* adopt(loop, ctx, coro, yielded, sub, event, context, stand_in) -> Task */
     PyObject *failed;           /* failed(sub, event, exc, context) */
