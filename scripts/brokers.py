@@ -7,6 +7,7 @@ Stdlib only; runs with any Python >= 3.11 (no venv needed).
     python3 scripts/brokers.py down
     python3 scripts/brokers.py restart NAME      # rabbitmq, kafka, kafka-2, postgres, ...
     python3 scripts/brokers.py stop NAME | start NAME
+    python3 scripts/brokers.py pause NAME | resume NAME   # SIGSTOP / SIGCONT: a stalled broker
     python3 scripts/brokers.py status | env
     python3 scripts/brokers.py run [--nodes N] [--only X] [--secure] -- CMD ARGS...
 

@@ -1,4 +1,5 @@
-"""The command line of scripts/brokers.py: up, down, run, restart, stop, start, status, env."""
+"""The command line of scripts/brokers.py: up, down, run, restart, stop, start, pause, resume,
+status, env."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from . import cluster, tls
 from .nodes import KINDS, Layout, Node
-from .processes import BrokerError, log, mask_secrets, port_answers
+from .processes import BrokerError, log, mask_secrets, port_answers, signal_group
 from .state import STATE_ENV, State
 
 DEFAULT_TIMEOUT = float(os.environ.get("HEXBUS_BROKERS_TIMEOUT", "120"))
@@ -64,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
             "credentials and the CA file",
         )
     sub.add_parser("down", parents=[common])
-    for name in ("restart", "stop", "start"):
+    for name in ("restart", "stop", "start", "pause", "resume"):
         p = sub.add_parser(name, parents=[common])
         p.add_argument("name")
         p.add_argument("--nodes", type=int, choices=(1, 3))
@@ -123,6 +124,8 @@ def _dispatch(state: State, args: argparse.Namespace, child: list[str]) -> int:
         for line in cluster.env_lines(layout):
             print(line)
         return 0
+    if args.cmd in ("pause", "resume"):
+        return cmd_freeze(state, args.name, args.nodes, freeze=args.cmd == "pause")
     if args.cmd == "status":
         return cmd_status(state)
     if args.cmd == "env":
@@ -134,6 +137,21 @@ def _dispatch(state: State, args: argparse.Namespace, child: list[str]) -> int:
             print(line)
         return 0
     return 2
+
+
+def cmd_freeze(state: State, name: str, size: int | None, *, freeze: bool) -> int:
+    """``pause``: SIGSTOP the node's process group (its connections stay open and nothing
+    answers: a stalled broker, for the publish-timeout tests); ``resume``: SIGCONT it."""
+    _, nodes = cluster.resolve(state, name, size)
+    for node in nodes:
+        running = node.running_pid()
+        if running is None:
+            raise BrokerError(
+                f"{node.name} is not running (start it with `{state.command} start {name}`)"
+            )
+        signal_group(running[0], signal.SIGSTOP if freeze else signal.SIGCONT)
+    log(f"{'pause' if freeze else 'resume'} {name}: done")
+    return 0
 
 
 def print_up(layout: Layout, started: list[Node], secs: float) -> None:

@@ -10,7 +10,9 @@
   processes they kill; ``restart_test_broker`` restarts this session's broker in
   place (its container, or a native broker of ``scripts/brokers.py``);
   ``stop_test_broker`` / ``start_test_broker`` and ``broker_outage(kind, port,
-  at_least=15)`` take it away for a while (the outbox relay's outage test).
+  at_least=15)`` take it away for a while (the outbox relay's outage test);
+  ``broker_stall(kind, port)`` freezes it (connections open, nothing answered: the
+  publish-timeout tests).
 - The database fixtures (``hexbus.testing.databases``): ``sqlite_url``,
   ``postgres_database_url`` (a fresh PostgreSQL database per test) and ``database_url``
   (both), for code on the outbox and inbox.
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
         FaultEvent,
         Undecodable,
         broker_outage,
+        broker_stall,
         publish_until_acked,
         require_native_broker,
         require_restartable_broker,
@@ -72,6 +75,7 @@ __all__ = [
     "TelemetryCapture",
     "Undecodable",
     "broker_outage",
+    "broker_stall",
     "eventually",
     "publish_until_acked",
     "require_native_broker",
@@ -95,6 +99,7 @@ _LAZY: dict[str, str] = {
             "FaultEvent",
             "Undecodable",
             "broker_outage",
+            "broker_stall",
             "publish_until_acked",
             "require_native_broker",
             "require_restartable_broker",

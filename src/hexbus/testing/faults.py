@@ -444,6 +444,16 @@ def _container_start(container: ContainerBroker, kind: str, timeout: float) -> N
         time.sleep(0.2)
 
 
+def _container_freeze(container: ContainerBroker, freeze: bool) -> None:
+    wrapped = _docker_client().containers.get(container.container_id)
+    if freeze:
+        wrapped.pause()
+    else:
+        wrapped.reload()
+        if wrapped.status == "paused":
+            wrapped.unpause()
+
+
 async def stop_test_broker(
     kind: str,
     port: int,
@@ -524,6 +534,42 @@ async def broker_outage(
 _SUITE_MARKS: list[pytest.MarkDecorator] = []
 if importlib.util.find_spec("pytest_asyncio") is not None:
     _SUITE_MARKS.append(pytest.mark.asyncio)
+
+
+@asynccontextmanager
+async def broker_stall(
+    kind: str,
+    port: int,
+    *,
+    script: Path | None = None,
+    timeout: float = 60.0,  # noqa: ASYNC109 - each command's own deadline
+) -> AsyncIterator[float]:
+    """The ``kind`` broker on ``port`` is frozen inside the block, and thawed on leaving
+    (also when the block fails). Yields the ``time.monotonic()`` of the freeze.
+
+    Why a freeze and not ``broker_outage``: a stopped broker closes its connections, so
+    clients fail fast; a frozen one (a long GC pause, a full disk, a hung host) keeps
+    them open and answers nothing, and only the client's own deadline ends the wait.
+    That is the case ``publish_timeout`` is for. The process is stopped with SIGSTOP
+    (``scripts/brokers.py pause``; this session's container: ``docker pause``), so
+    TCP connects still succeed through the kernel's backlog.
+    """
+    container = container_broker(kind, port)
+    if container is None:  # skip (or fail in CI) before freezing anything
+        script = await require_native_broker(kind, port, script=script)
+    try:
+        if container is not None:
+            await asyncio.to_thread(_container_freeze, container, True)
+        else:
+            assert script is not None
+            await _native_broker_command("pause", kind, script, timeout)
+        yield time.monotonic()
+    finally:
+        if container is not None:
+            await asyncio.to_thread(_container_freeze, container, False)
+        else:
+            assert script is not None
+            await _native_broker_command("resume", kind, script, timeout)
 
 
 class EventBusFaultSuite(DeclaredSuite[FaultCapabilities]):

@@ -37,6 +37,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from hexbus.application.coalescing import Coalescer, Group
+from hexbus.application.deadlines import Deadlines
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.publishing import Admitted
 from hexbus.domain.errors import PublishError, UnknownEventTypeError
@@ -163,6 +164,8 @@ class KafkaPublisher:
         )
         #: Groups go into producer batches one at a time, in the order they formed.
         self._submitting = asyncio.Lock()
+        #: ``publish_timeout`` of the single publishes (``send_one``).
+        self._deadlines = Deadlines(config.publish_timeout)
 
     # -- the producer ----------------------------------------------------------------
     def _new_producer(self) -> Any:
@@ -200,15 +203,14 @@ class KafkaPublisher:
                 await producer.stop()  # flushes what is still buffered
             except Exception as exc:  # noqa: BLE001 - closing anyway
                 logger.warning("hexbus kafka: closing the producer: %s", exc)
-
-    async def _ready_producer(self) -> Any:
-        if not self._ready.is_set():
-            await self._ready.wait()
-        return self._producer
+        await self._deadlines.close()
 
     async def _running_producer(self) -> Any:
-        """The producer once ready; ``PublishError`` when the publisher was closed."""
-        producer = await self._ready_producer()
+        """The producer once ready (not while a wedged one is replaced); ``PublishError``
+        when the publisher was closed."""
+        if not self._ready.is_set():
+            await self._ready.wait()
+        producer = self._producer
         if producer is None:
             raise PublishError("the Kafka producer is not running (the bus stopped)")
         return producer
@@ -387,40 +389,31 @@ class KafkaPublisher:
         producer. Each caller waits for its own record's ack and is told about its own
         record only.
         """
-        timeout = self.config.publish_timeout
         group: Group[Record] | None = None
         producer: Any = None
         with self._coalescer.calling():
+            # The shared watchdog, not an ``asyncio.timeout`` per publish (~4 µs less).
+            deadline = self._deadlines.start(asyncio.current_task())
             try:
-                async with asyncio.timeout(timeout):
-                    if not self.topology.known(record.topic):
-                        await self._ensure_topics((record.topic,))
-                    if self._coalescer.alone():
-                        # Nothing else in flight (one awaited publish at a time): no
-                        # group to wait for, straight to the producer; under the same
-                        # lock as the groups, so a publish made meanwhile cannot
-                        # overtake it.
-                        async with self._submitting:
-                            producer = await self._running_producer()
-                            fut = await self._send_record(producer, record)
-                        fut.add_done_callback(_retrieve)
-                        await asyncio.shield(fut)
-                    else:
-                        group, waiter = self._coalescer.join(record)
-                        await waiter
-            except TimeoutError:
-                if group is not None and group.state is not None:
-                    producer = group.state
-                if producer is not None:
-                    self._failed(producer)
-                why = await self.topology.explain({record.topic}, within=min(1.0, timeout))
-                raise PublishError(
-                    f"Kafka did not acknowledge {record.event_type} event {record.event_id} "
-                    f"(topic {record.topic!r}) within publish_timeout={timeout}s"
-                    + (f": {why}" if why else "")
-                    + "; it may or may not have been written, publish again to be sure "
-                    "(consumers are at-least-once)"
-                ) from None
+                if not self.topology.known(record.topic):
+                    await self._ensure_topics((record.topic,))
+                if self._coalescer.alone():
+                    # Nothing else in flight (one awaited publish at a time): no group
+                    # to wait for, straight to the producer; under the same lock as the
+                    # groups, so a publish made meanwhile cannot overtake it.
+                    async with self._submitting:
+                        producer = await self._running_producer()
+                        fut = await self._send_record(producer, record)
+                    # Awaited directly, not through ``asyncio.shield``: one event-loop
+                    # step less. A timeout cancels the record's future, which is
+                    # harmless: aiokafka settles only the futures not done yet.
+                    await fut
+                else:
+                    group, waiter = self._coalescer.join(record)
+                    await waiter
+            except asyncio.CancelledError:
+                if not deadline.timed_out():
+                    raise
             except (KafkaError, OSError) as exc:
                 if producer is not None:  # the direct path (a group tells its producer itself)
                     self._failed(producer)
@@ -429,7 +422,27 @@ class KafkaPublisher:
                     f"{record.topic!r}: {type(exc).__name__}: {exc}; not sent or not "
                     "acknowledged"
                 ) from exc
+            finally:
+                deadline.end()
+            if deadline.expired:
+                if group is not None and group.state is not None:
+                    producer = group.state
+                if producer is not None:
+                    self._failed(producer)
+                raise await self._unacknowledged(record)
         self.stats.published += 1
+
+    async def _unacknowledged(self, record: Record) -> PublishError:
+        """The error of a publish that timed out, with what the topology can tell of why."""
+        timeout = self.config.publish_timeout
+        why = await self.topology.explain({record.topic}, within=min(1.0, timeout))
+        return PublishError(
+            f"Kafka did not acknowledge {record.event_type} event {record.event_id} "
+            f"(topic {record.topic!r}) within publish_timeout={timeout}s"
+            + (f": {why}" if why else "")
+            + "; it may or may not have been written, publish again to be sure "
+            "(consumers are at-least-once)"
+        )
 
     async def _submit(self, group: Group[Record]) -> None:
         """Put a group of single publishes into producer batches (the coalescer's
@@ -482,7 +495,7 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(timeout):
                 await self._ensure_topics({r.topic for r in items})
-                producer = await self._ready_producer()
+                producer = await self._running_producer()
                 if len(items) == 1:
                     r = items[0]
                     fut = await self._send_record(producer, r)
@@ -597,7 +610,7 @@ class KafkaPublisher:
         try:
             async with asyncio.timeout(self.config.publish_timeout):
                 await self._ensure_topics([topic])
-                producer = await self._ready_producer()
+                producer = await self._running_producer()
                 fut = await producer.send(topic, value, key=key, headers=headers)
                 fut.add_done_callback(_retrieve)
                 await asyncio.shield(fut)

@@ -33,7 +33,6 @@ import contextlib
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -55,6 +54,7 @@ from yarl import URL
 
 from hexbus.application.coalescing import Coalescer, Group
 from hexbus.application.consuming import error_text
+from hexbus.application.deadlines import Deadlines
 from hexbus.application.dispatch import DispatchStats
 from hexbus.application.publishing import Admitted
 from hexbus.domain.errors import PublishError
@@ -77,7 +77,6 @@ _PERSISTENT_MODE = int(_PERSISTENT)
 #: Errors after which a send is worth repeating (the connection or channel went away).
 TRANSIENT_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, RuntimeError)
 
-_PENDING, _DONE, _EXPIRED = 0, 1, 2
 #: Publishes written to the connection in one piece (``_put_many``: a ``publish_many``,
 #: or a group of concurrent publishes): ~0.7 kB each for a small event, ~180 kB a write.
 _FRAME_GROUP = 256
@@ -112,52 +111,6 @@ class _Wire:
     def __init__(self, body: bytes, properties: spec.Basic.Properties) -> None:
         self.body = body
         self.properties = properties
-
-
-class _Deadlines:
-    """One timer for every publish in flight, instead of an ``asyncio.timeout`` each.
-
-    A per-publish timeout costs ~4 µs of timer handling, a tenth of the adapter's CPU per
-    publish. All publishes share one timeout, so their deadlines come in FIFO order: a
-    watchdog task wakes every ``timeout / 10`` (at most 0.5 s) and cancels the tasks whose
-    deadline passed; the entry's state tells such a cancellation from a real one. A
-    publish may so run up to ``timeout`` + one interval.
-    """
-
-    __slots__ = ("_entries", "_interval", "_task", "timeout")
-
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-        self._interval = min(0.5, timeout / 10)
-        self._entries: deque[list[Any]] = deque()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self, task: asyncio.Task[Any]) -> list[Any]:
-        entries = self._entries
-        while entries and entries[0][2] != _PENDING:
-            entries.popleft()
-        entry = [time.monotonic() + self.timeout, task, _PENDING]
-        entries.append(entry)
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watch())
-        return entry
-
-    async def _watch(self) -> None:
-        entries = self._entries
-        while True:
-            await asyncio.sleep(self._interval)
-            now = time.monotonic()
-            while entries and (entries[0][2] != _PENDING or entries[0][0] <= now):
-                entry = entries.popleft()
-                if entry[2] == _PENDING:
-                    entry[2] = _EXPIRED
-                    entry[1].cancel()
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task])
-            self._task = None
 
 
 _WAITING: Any = object()  # a confirmation slot's outcome before the broker answered
@@ -269,7 +222,7 @@ class Publisher:
         self.connection: AbstractRobustConnection | None = None
         self.exchange: AbstractExchange | None = None
         self.default_exchange: AbstractExchange | None = None
-        self._deadlines = _Deadlines(config.publish_timeout)
+        self._deadlines = Deadlines(config.publish_timeout)
         #: Replacing the confirm channel after a nack (``_renew_soon``), if under way.
         self._renewal: asyncio.Task[None] | None = None
         #: Publishes ``publish_many`` / ``send_encoded`` wrote in groups (``_put_many``);
@@ -613,23 +566,22 @@ class Publisher:
         channel: Any = getattr(exchange, "channel", None)
         task = asyncio.current_task()
         if channel is not None and not channel.is_closed and task is not None:
-            entry = self._deadlines.start(task)
+            watched = self._deadlines.start(task)
             try:
                 await _put(exchange, message, routing_key)
                 return
             except aio_pika.exceptions.DeliveryError:
                 raise self._nacked(what) from None
             except asyncio.CancelledError:
-                if entry[2] == _EXPIRED and task.uncancel() == 0:
+                if watched.timed_out():
                     raise self._unconfirmed(what, None) from None
                 if _really_cancelled():
                     raise
             except TRANSIENT_ERRORS:
                 pass
             finally:
-                if entry[2] == _PENDING:
-                    entry[2] = _DONE
-            if entry[2] == _EXPIRED:
+                watched.end()
+            if watched.expired:
                 raise self._unconfirmed(what, None)
         deadline = began + self.config.publish_timeout
         await self._send_slow(exchange, message, routing_key, what, deadline)
