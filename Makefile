@@ -58,7 +58,7 @@ lint: $(STAMP)
 ## hexbus/postgres from docker/, runs, and stops the engine it started.
 CONTAINER_TESTS := tests/integration/test_*_contract.py tests/integration/test_faults.py \
 	tests/integration/test_smoke_*.py tests/integration/test_databases.py \
-	$(wildcard tests/integration/test_outbox*.py)
+	tests/integration/test_publish_timeouts.py $(wildcard tests/integration/test_outbox*.py)
 test-containers: $(STAMP)
 	env -u HEXBUS_RABBITMQ_URL -u HEXBUS_KAFKA_BOOTSTRAP_SERVERS -u HEXBUS_TEST_POSTGRES_URL \
 		HEXBUS_TEST_BROKERS=containers TESTCONTAINERS_RYUK_DISABLED=true \
