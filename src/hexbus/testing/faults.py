@@ -557,19 +557,19 @@ async def broker_stall(
     container = container_broker(kind, port)
     if container is None:  # skip (or fail in CI) before freezing anything
         script = await require_native_broker(kind, port, script=script)
-    try:
+
+    async def freeze(on: bool) -> None:
         if container is not None:
-            await asyncio.to_thread(_container_freeze, container, True)
+            await asyncio.to_thread(_container_freeze, container, on)
         else:
             assert script is not None
-            await _native_broker_command("pause", kind, script, timeout)
+            await _native_broker_command("pause" if on else "resume", kind, script, timeout)
+
+    try:
+        await freeze(True)
         yield time.monotonic()
     finally:
-        if container is not None:
-            await asyncio.to_thread(_container_freeze, container, False)
-        else:
-            assert script is not None
-            await _native_broker_command("resume", kind, script, timeout)
+        await freeze(False)
 
 
 class EventBusFaultSuite(DeclaredSuite[FaultCapabilities]):
