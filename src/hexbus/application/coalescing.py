@@ -7,8 +7,8 @@ own) is what made thousands of concurrent publishes several times slower than on
 one *group*; a task opened by the first of them runs after the others of that iteration
 joined (a task's first step comes after every callback already scheduled) and hands
 the whole group to the transport's ``flush``, which writes it the way ``publish_many``
-does. A call with nothing else in flight skips the group (``alone``): one awaited
-publish at a time waits for no task.
+does. A call with nothing queued ahead of it skips the group (``direct``): one awaited
+publish at a time, or a steady stream of them, waits for no task.
 
 Each caller waits on a future of its own, settled from its own item's outcome, so a
 caller that times out or is cancelled cancels only its own wait, and is told about its
@@ -82,11 +82,13 @@ class Coalescer(Generic[T]):
         self._group: Group[T] | None = None
         #: Calls inside ``calling()``: with none but the caller, no group.
         self._in_flight = 0
+        #: A call with company went straight in this event-loop iteration.
+        self._direct = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     def calling(self) -> Self:
         """``with coalescer.calling():`` counts the caller as in flight for the block
-        (see ``alone``). A plain ``__enter__``/``__exit__``, not a ``@contextmanager``
+        (see ``direct``). A plain ``__enter__``/``__exit__``, not a ``@contextmanager``
         generator: that would cost a few µs on every publish."""
         return self
 
@@ -96,10 +98,28 @@ class Coalescer(Generic[T]):
     def __exit__(self, *exc_info: object) -> None:
         self._in_flight -= 1
 
-    def alone(self) -> bool:
-        """Is the caller (inside ``calling()``) the only publish in flight, with no group
-        forming? Then it goes straight to the transport instead of joining one."""
-        return self._group is None and self._in_flight == 1
+    def direct(self) -> bool:
+        """Should the caller (inside ``calling()``) go straight to the transport rather
+        than join a group? Yes when nothing is queued ahead of it: no group forming or
+        being written, and no other call with company went straight in this event-loop
+        iteration. Publishes that only wait for their acks do not count: a steady stream
+        (a publish a millisecond, the previous confirm still out) goes straight to the
+        wire instead of paying a task and a loop turn for a group of one. A burst sends
+        its first two calls straight and groups the rest; a lone call (one awaited
+        publish at a time) never waits for a task.
+        """
+        if self._in_flight == 1:
+            return self._group is None
+        if self._group is not None or self._tasks or self._direct:
+            return False
+        # One straight call with company per iteration: the next ones of this
+        # iteration (a burst) form a group.
+        self._direct = True
+        asyncio.get_running_loop().call_soon(self._next_iteration)
+        return True
+
+    def _next_iteration(self) -> None:
+        self._direct = False
 
     def join(self, item: T) -> tuple[Group[T], asyncio.Future[None]]:
         """Add ``item`` to this iteration's group (opening it, and its task, if none is

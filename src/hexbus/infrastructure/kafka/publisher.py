@@ -384,10 +384,11 @@ class KafkaPublisher:
         join one group, which a task puts into producer batches together (``_send_batches``,
         ``publish_many``'s path) instead of each paying ``producer.send``'s per-record
         work (a coroutine, a size estimate, a future per record): thousands of concurrent
-        ``publish()`` calls cost about what one ``publish_many`` of them does. A lone
-        publish with nothing else in flight skips the group and goes straight to the
-        producer. Each caller waits for its own record's ack and is told about its own
-        record only.
+        ``publish()`` calls cost about what one ``publish_many`` of them does. A publish
+        with nothing queued ahead of it (``Coalescer.direct``: one at a time, or a steady
+        stream whose earlier records only await their acks) skips the group and goes
+        straight to the producer. Each caller waits for its own record's ack and is told
+        about its own record only.
         """
         group: Group[Record] | None = None
         producer: Any = None
@@ -397,8 +398,8 @@ class KafkaPublisher:
             try:
                 if not self.topology.known(record.topic):
                     await self._ensure_topics((record.topic,))
-                if self._coalescer.alone():
-                    # Nothing else in flight (one awaited publish at a time): no group
+                if self._coalescer.direct():
+                    # Nothing queued ahead (no group forming or being written): no group
                     # to wait for, straight to the producer; under the same lock as the
                     # groups, so a publish made meanwhile cannot overtake it.
                     async with self._submitting:

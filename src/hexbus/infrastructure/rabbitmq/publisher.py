@@ -377,9 +377,10 @@ class Publisher:
         Concurrent publishes are written together: the ``publish()`` calls of one
         event-loop iteration join one group, which a task writes as ``publish_many``
         does (``_send_many``) instead of each taking the channel lock, a timer, a future
-        and a write of its own. A publish with nothing else in flight goes straight to
-        the channel (``send``). Each caller waits for its own event's confirm and is
-        told about its own event only.
+        and a write of its own. A publish with nothing queued ahead of it goes straight
+        to the channel (``send``; ``Coalescer.direct``: one at a time, or a steady stream
+        whose earlier events only await their confirms). Each caller waits for its own
+        event's confirm and is told about its own event only.
         """
         exchange = self.exchange
         if exchange is None:
@@ -387,7 +388,7 @@ class Publisher:
         event = admitted.event
         wire = self.wire(admitted)
         with self._coalescer.calling():
-            if self._coalescer.alone():
+            if self._coalescer.direct():
                 await self.send(
                     exchange,
                     wire,
