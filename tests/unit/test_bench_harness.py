@@ -26,6 +26,7 @@ from hexbus.bench.harness import (
     plain_body,
     report,
     run_plan,
+    run_single,
 )
 from hexbus.bench.kafka import KafkaBenchEvent
 from hexbus.bench.rabbitmq import BenchTick
@@ -150,6 +151,7 @@ class _FakeEndpoint:
     async def send(self, seq: int) -> None:
         await asyncio.sleep(0)
         self.sent.append(seq)
+        self.log.append(f"send {self.name} {seq}")
         if self.consume is not None:
             asyncio.get_running_loop().call_soon(self.consume, seq)
 
@@ -206,6 +208,29 @@ async def test_run_plan_interleaves_sides_on_fresh_endpoints() -> None:
     batch_endpoint = sides[0].endpoints[ROWS.index("batch")]
     assert batch_endpoint.sent == list(range(7)) + list(range(7))
     assert len(progress) == len(ROWS) * 3 * 2
+
+
+async def test_the_single_row_runs_the_sides_publish_by_publish_in_rotating_order() -> None:
+    log: list[str] = []
+    sides = [_FakeSide(name, log) for name in ("a", "b", "c")]
+    plan = Plan(rows=("single",), repeats=1, single=4)
+
+    results = await run_single(sides, plan)
+
+    assert set(results) == {"a", "b", "c"}
+    assert all(sample["events_per_s"] > 0 for sample in results.values())
+    # every endpoint open before any is timed; each warmed (4 + 4), then the timed
+    # publishes in turns: seq 0 a b c, seq 1 b c a, ...; every endpoint closed
+    sends = [line for line in log if line.startswith("send")]
+    assert [line.split()[1] for line in sends[:8]] == ["a"] * 8
+    timed = sends[24:]
+    assert timed == [
+        f"send {name} {seq}"
+        for seq in range(4)
+        for name in [*"abc"[seq % 3 :], *"abc"[: seq % 3]]
+    ]
+    assert [line for line in log if line.startswith("close")] == ["close a", "close b", "close c"]
+    assert log.index("open c 4 publish") < log.index("send a 0")
 
 
 def test_soak_checkpoints_include_100k_500k_and_1m() -> None:

@@ -20,6 +20,7 @@ The sides, in one process, against the same broker, with the same durability:
 The rows:
 
 - ``single``: one awaited publish at a time (a request handler publishing one event);
+  the sides take turns publish by publish (``run_single``), each on its own endpoint;
 - ``concurrent``: ``concurrency`` publishes gathered at once (many requests at once);
 - ``batch``: the side's batch path (``publish_many``; raw: N sends, then wait for all);
 - ``e2e``: publish N through the batch path, one consumer counts N (events/s);
@@ -58,6 +59,7 @@ __all__ = [
     "plain_body",
     "report",
     "run_plan",
+    "run_single",
 ]
 
 ROWS = ("single", "concurrent", "batch", "e2e", "paced")
@@ -218,25 +220,59 @@ async def _timed(run: Callable[[], Awaitable[None]], events: int) -> float:
     return events / (time.perf_counter() - began)
 
 
+async def run_single(sides: Sequence[Side], plan: Plan) -> dict[str, dict[str, float]]:
+    """One run of the ``single`` row on every side at once: per side ``{"events_per_s":
+    ...}``, the number of publishes over the time its own publishes took.
+
+    Why the sides take turns publish by publish (side A's first, B's first, ..., then
+    each side's second, the order rotating) instead of each doing its 300 in a block:
+    one awaited publish is a broker round trip, which the broker's state sets (a log
+    flush, the other core's load) and which drifts over seconds. In blocks, that drift
+    swung one side's figure up to 2.6x between the repeats of one run and decided the
+    ratios of sides a few per cent apart; publish by publish, every side meets the same
+    broker. Each side
+    still sends one publish at a time, on its own endpoint, warmed first.
+    """
+    n = plan.events("single")
+    endpoints: list[Endpoint] = []
+    try:
+        for side in sides:
+            endpoints.append(await side.endpoint(n, None))
+        for endpoint in endpoints:
+            await endpoint.send_many(0, min(n, 10))  # connection and route warm, untimed
+            # And the one-at-a-time path itself (a lone publish skips the batching of
+            # the others): its first round trips to a topic just created vary
+            # several-fold between runs on a busy broker.
+            for seq in range(min(n, _SINGLE_WARM_UP)):
+                await endpoint.send(seq)
+        spent = [0.0] * len(endpoints)
+        clock = time.perf_counter
+        async with asyncio.timeout(_TIMEOUT * len(endpoints)):
+            for seq in range(n):
+                for turn in range(len(endpoints)):
+                    index = (seq + turn) % len(endpoints)
+                    began = clock()
+                    await endpoints[index].send(seq)
+                    spent[index] += clock() - began
+        return {
+            side.name: {"events_per_s": n / spent[index]} for index, side in enumerate(sides)
+        }
+    finally:
+        for endpoint in endpoints:
+            await endpoint.close()
+
+
 async def run_row(side: Side, row: str, plan: Plan) -> dict[str, float]:
-    """One run of ``row`` on ``side``: ``{"events_per_s": ...}`` or latency percentiles."""
+    """One run of ``row`` on ``side``: ``{"events_per_s": ...}`` or latency percentiles
+    (``single`` runs every side at once: ``run_single``)."""
+    if row == "single":
+        return (await run_single([side], plan))[side.name]
     n = plan.events(row)
-    if row in ("single", "concurrent", "batch"):
+    if row in ("concurrent", "batch"):
         endpoint = await side.endpoint(n, None)
         try:
             await endpoint.send_many(0, min(n, 10))  # connection and route warm, untimed
-            if row == "single":
-                # And the one-at-a-time path itself (a lone publish skips the batching
-                # of the others): its first round trips to a topic just created vary
-                # several-fold between runs on a busy broker.
-                for seq in range(min(n, _SINGLE_WARM_UP)):
-                    await endpoint.send(seq)
-
-                async def run() -> None:
-                    for seq in range(n):
-                        await endpoint.send(seq)
-
-            elif row == "concurrent":
+            if row == "concurrent":
 
                 async def run() -> None:
                     await asyncio.gather(*(endpoint.send(seq) for seq in range(n)))
@@ -292,15 +328,21 @@ async def _paced(endpoint: Endpoint, counter: _Counter, n: int, rate: float) -> 
 async def run_plan(
     sides: Sequence[Side], plan: Plan, progress: Progress | None = None
 ) -> dict[str, dict[str, list[dict[str, float]]]]:
-    """Every row on every side, ``plan.repeats`` times, interleaved: results[row][side]."""
+    """Every row on every side, ``plan.repeats`` times, interleaved: results[row][side].
+    The ``single`` row runs its sides publish by publish (``run_single``)."""
     results: dict[str, dict[str, list[dict[str, float]]]] = {
         row: {side.name: [] for side in sides} for row in plan.rows
     }
     for repeat in range(plan.repeats):
         for index, row in enumerate(plan.rows):
             shift = (repeat + index) % len(sides)
-            for side in [*sides[shift:], *sides[:shift]]:
-                sample = await run_row(side, row, plan)
+            ordered = [*sides[shift:], *sides[:shift]]
+            together = await run_single(ordered, plan) if row == "single" else None
+            for side in ordered:
+                if together is not None:
+                    sample = together[side.name]
+                else:
+                    sample = await run_row(side, row, plan)
                 results[row][side.name].append(sample)
                 if progress is not None:
                     figures = ", ".join(f"{k}={v:,.1f}" for k, v in sample.items())
