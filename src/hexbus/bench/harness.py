@@ -230,8 +230,8 @@ async def run_single(sides: Sequence[Side], plan: Plan) -> dict[str, dict[str, f
     flush, the other core's load) and which drifts over seconds. In blocks, that drift
     swung one side's figure up to 2.6x between the repeats of one run and decided the
     ratios of sides a few per cent apart; publish by publish, every side meets the same
-    broker. Each side
-    still sends one publish at a time, on its own endpoint, warmed first.
+    broker. Each side still sends one publish at a time, on its own endpoint, warmed
+    first.
     """
     n = plan.events("single")
     endpoints: list[Endpoint] = []
