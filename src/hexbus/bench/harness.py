@@ -263,10 +263,8 @@ async def run_single(sides: Sequence[Side], plan: Plan) -> dict[str, dict[str, f
 
 
 async def run_row(side: Side, row: str, plan: Plan) -> dict[str, float]:
-    """One run of ``row`` on ``side``: ``{"events_per_s": ...}`` or latency percentiles
-    (``single`` runs every side at once: ``run_single``)."""
-    if row == "single":
-        return (await run_single([side], plan))[side.name]
+    """One run of ``row`` on ``side``: ``{"events_per_s": ...}`` or latency percentiles.
+    Every row but ``single``, which runs every side at once (``run_single``)."""
     n = plan.events(row)
     if row in ("concurrent", "batch"):
         endpoint = await side.endpoint(n, None)
@@ -337,12 +335,14 @@ async def run_plan(
         for index, row in enumerate(plan.rows):
             shift = (repeat + index) % len(sides)
             ordered = [*sides[shift:], *sides[:shift]]
+            # ``single``: every side at once; the others side by side, each reported
+            # as it finishes.
             together = await run_single(ordered, plan) if row == "single" else None
             for side in ordered:
-                if together is not None:
-                    sample = together[side.name]
-                else:
+                if together is None:
                     sample = await run_row(side, row, plan)
+                else:
+                    sample = together[side.name]
                 results[row][side.name].append(sample)
                 if progress is not None:
                     figures = ", ".join(f"{k}={v:,.1f}" for k, v in sample.items())
