@@ -39,7 +39,7 @@ from hexbus.domain.ports import DeadLetter, ReplayReport, SubscriptionLag
 from hexbus.infrastructure.codec import CloudEventCodec, EncodedEvent
 from hexbus.infrastructure.rabbitmq import dead_letters, topology
 from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig, config_from_settings
-from hexbus.infrastructure.rabbitmq.consumer import Consumers
+from hexbus.infrastructure.rabbitmq.consumer import ConsumerConnection, Consumers
 from hexbus.infrastructure.rabbitmq.publisher import Publisher, Unreachable, connect_first, mask
 from hexbus.infrastructure.settings import redact_url
 
@@ -117,9 +117,10 @@ class RabbitMQEventBus(EventBusBase):
         return self._connection
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def _connect(self, role: str) -> AbstractRobustConnection:
+    async def _connect(self, role: str, **options: Any) -> AbstractRobustConnection:
         """A robust connection to the first node of ``config.urls`` that answers (the
-        others are failed over to later, see ``publisher.connect_first``)."""
+        others are failed over to later, see ``publisher.connect_first``); ``options``
+        go to ``aio_pika.connect_robust``."""
         config = self.config
         try:
             return await connect_first(
@@ -128,6 +129,7 @@ class RabbitMQEventBus(EventBusBase):
                 reconnect_interval=config.reconnect_interval,
                 client_properties={"connection_name": f"hexbus {config.service_name} {role}"},
                 ssl_context=self._tls,
+                **options,
             )
         except Unreachable as exc:
             explained = await config.security_failure(exc.failures, self._tls)  # TLS, password
@@ -156,7 +158,10 @@ class RabbitMQEventBus(EventBusBase):
     async def _start(self) -> None:
         self._connection = await self._connect("publisher")
         try:
-            self._consumer_connection = await self._connect("consumer")
+            # Its queues run each handler in the client's delivery task (DirectQueue).
+            self._consumer_connection = await self._connect(
+                "consumer", connection_class=ConsumerConnection
+            )
             await self.publisher.open(self._connection)
             keys = {
                 name: {s.routing_key for s in subs}

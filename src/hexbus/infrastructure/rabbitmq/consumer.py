@@ -2,7 +2,11 @@
 
 One robust channel per subscription name with ``prefetch`` unacked messages; each
 message is handled in the task the client delivers it in (handlers of one queue start
-in delivery order and run concurrently up to ``prefetch``). What happens to a message is
+in delivery order and run concurrently up to ``prefetch``). That is aiormq's task per
+delivery: the consumer connection's queues (``DirectQueue``) skip the second task
+aio-pika's ``Queue.consume`` starts for every message (one task and one turn of the
+event loop less between the frame and the handler) and keep aio-pika's robust
+re-consume after a reconnection. What happens to a message is
 decided by the consume pipeline (``hexbus.application.consuming``); this module only
 does it in AMQP terms:
 
@@ -44,7 +48,11 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
+    ConsumerTag,
+    TimeoutType,
 )
+from aiormq.abc import DeliveredMessage
+from pamqp.common import Arguments
 
 from hexbus.application.consuming import Action, ConsumePipeline, Decoded, Outcome
 from hexbus.domain.errors import DecodeError
@@ -55,12 +63,86 @@ from hexbus.infrastructure.rabbitmq.config import RabbitMQConfig
 from hexbus.infrastructure.rabbitmq.marshal import read_message
 from hexbus.infrastructure.rabbitmq.publisher import TRANSIENT_ERRORS, Publisher
 
-__all__ = ["Consumers", "SubscriptionConsumer", "copy_headers", "copy_message"]
+__all__ = [
+    "ConsumerConnection",
+    "Consumers",
+    "DirectQueue",
+    "SubscriptionConsumer",
+    "copy_headers",
+    "copy_message",
+]
 
 logger = logging.getLogger("hexbus.rabbitmq")
 
 _PERSISTENT = aio_pika.DeliveryMode.PERSISTENT
 _ACK, _RETRY = Action.ACK, Action.RETRY
+
+
+async def _deliver(
+    callback: Callable[[AbstractIncomingMessage], Awaitable[Any]],
+    no_ack: bool,
+    delivered: DeliveredMessage,
+) -> None:
+    await callback(aio_pika.IncomingMessage(delivered, no_ack=no_ack))
+
+
+class DirectQueue(aio_pika.RobustQueue):
+    """A robust queue whose consumer callback runs in the client's delivery task.
+
+    Why: aiormq starts a task per delivery, and aio-pika's ``Queue.consume`` wraps the
+    callback in a second one (``aio_pika.queue.consumer``), so every message cost two
+    tasks and two turns of the event loop before its handler ran. ``consume`` here
+    registers the callback with the channel itself and records the consumer exactly as
+    ``RobustQueue.consume`` does (same tag, same arguments), so aio-pika restores it
+    after a reconnection: ``RobustQueue.restore`` calls this ``consume`` again. (A
+    consumer aio-pika recovers on an open channel after the broker cancelled it goes
+    through ``Queue.consume``: the same callback, with aio-pika's extra task, until
+    the next reconnection.)
+    """
+
+    __slots__ = ()
+
+    async def consume(  # noqa: PLR0917 - RobustQueue.consume's signature
+        self,
+        callback: Callable[[AbstractIncomingMessage], Awaitable[Any]],
+        no_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Arguments = None,
+        consumer_tag: ConsumerTag | None = None,
+        timeout: TimeoutType = None,  # noqa: ASYNC109 - the override keeps aio-pika's
+        robust: bool = True,
+    ) -> ConsumerTag:
+        channel = await self.channel.get_underlay_channel()
+        consume_ok = await channel.basic_consume(
+            queue=self.name,
+            consumer_callback=functools.partial(_deliver, callback, no_ack),
+            exclusive=exclusive,
+            no_ack=no_ack,
+            arguments=arguments,
+            consumer_tag=consumer_tag,
+            timeout=timeout,
+        )
+        tag = consume_ok.consumer_tag
+        if tag is None:  # pamqp types it optional; the broker always names it
+            raise RuntimeError(f"RabbitMQ gave no consumer tag for queue {self.name!r}")
+        if robust:  # what RobustQueue.consume records, for restore()
+            self._consumers[tag] = dict(
+                callback=callback, no_ack=no_ack, exclusive=exclusive, arguments=arguments
+            )
+        return tag
+
+
+class _ConsumerChannel(aio_pika.RobustChannel):
+    QUEUE_CLASS = DirectQueue
+
+
+class ConsumerConnection(aio_pika.RobustConnection):
+    """The consumer connection's class (``connect_robust(connection_class=...)``).
+
+    Its channels declare their queues as ``DirectQueue``.
+    """
+
+    CHANNEL_CLASS = _ConsumerChannel
 
 
 @dataclass(eq=False)
