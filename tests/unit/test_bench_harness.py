@@ -25,6 +25,7 @@ from hexbus.bench.harness import (
     percentile,
     plain_body,
     report,
+    run_paced,
     run_plan,
     run_single,
 )
@@ -231,6 +232,30 @@ async def test_the_single_row_runs_the_sides_publish_by_publish_in_rotating_orde
     ]
     assert [line for line in log if line.startswith("close")] == ["close a", "close b", "close c"]
     assert log.index("open c 4 publish") < log.index("send a 0")
+
+
+async def test_the_paced_row_runs_the_sides_in_stretches_in_rotating_order() -> None:
+    log: list[str] = []
+    sides = [_FakeSide(name, log) for name in ("a", "b", "c")]
+    plan = Plan(rows=("paced",), repeats=1, rate=100_000, paced_seconds=0.0015)  # 150 each
+
+    results = await run_paced(sides, plan)
+
+    assert set(results) == {"a", "b", "c"}
+    for sample in results.values():
+        assert 0 <= sample["p50_ms"] <= sample["p99_ms"] <= sample["max_ms"]
+    # every endpoint (with a consumer) open before anything is sent; each warmed with
+    # seqs 0-9, then the timed seqs 10-159 in stretches of 100: round one a b c,
+    # round two (the last 50 each) b c a; every endpoint closed
+    assert log.index("open c 160 consume") < log.index("send a 0")
+    sends = [line for line in log if line.startswith("send")]
+    assert sends[:30] == [f"send {name} {seq}" for name in "abc" for seq in range(10)]
+    stretch = [(name, range(10, 110)) for name in "abc"]
+    stretch += [(name, range(110, 160)) for name in "bca"]
+    assert sends[30:] == [f"send {name} {seq}" for name, seqs in stretch for seq in seqs]
+    assert [line for line in log if line.startswith("close")] == ["close a", "close b", "close c"]
+    # each side sent each of its 160 events once
+    assert all(side.endpoints[0].sent == list(range(160)) for side in sides)
 
 
 def test_soak_checkpoints_include_100k_500k_and_1m() -> None:
