@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
 import aiormq
+from aio_pika import RobustConnection
 from aio_pika.abc import AbstractRobustConnection
 
 from hexbus.application.bus import BusState, EventBusBase, merged_config
@@ -117,10 +118,9 @@ class RabbitMQEventBus(EventBusBase):
         return self._connection
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def _connect(self, role: str, **options: Any) -> AbstractRobustConnection:
+    async def _connect(self, role: str) -> AbstractRobustConnection:
         """A robust connection to the first node of ``config.urls`` that answers (the
-        others are failed over to later, see ``publisher.connect_first``); ``options``
-        go to ``aio_pika.connect_robust``."""
+        others are failed over to later, see ``publisher.connect_first``)."""
         config = self.config
         try:
             return await connect_first(
@@ -129,7 +129,7 @@ class RabbitMQEventBus(EventBusBase):
                 reconnect_interval=config.reconnect_interval,
                 client_properties={"connection_name": f"hexbus {config.service_name} {role}"},
                 ssl_context=self._tls,
-                **options,
+                connection_class=ConsumerConnection if role == "consumer" else RobustConnection,
             )
         except Unreachable as exc:
             explained = await config.security_failure(exc.failures, self._tls)  # TLS, password
@@ -158,10 +158,7 @@ class RabbitMQEventBus(EventBusBase):
     async def _start(self) -> None:
         self._connection = await self._connect("publisher")
         try:
-            # Its queues run each handler in the client's delivery task (DirectQueue).
-            self._consumer_connection = await self._connect(
-                "consumer", connection_class=ConsumerConnection
-            )
+            self._consumer_connection = await self._connect("consumer")
             await self.publisher.open(self._connection)
             keys = {
                 name: {s.routing_key for s in subs}
