@@ -41,7 +41,8 @@ import math
 import platform
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -223,6 +224,22 @@ async def _timed(run: Callable[[], Awaitable[None]], events: int) -> float:
     return events / (time.perf_counter() - began)
 
 
+@asynccontextmanager
+async def _opened(
+    sides: Sequence[Side], items: int, consumers: Sequence[Consume | None]
+) -> AsyncIterator[list[Endpoint]]:
+    """Every side's endpoint (``consumers[i]`` for side ``i``), all opened before the
+    block runs and all closed when it ends: the rows whose sides take turns."""
+    endpoints: list[Endpoint] = []
+    try:
+        for side, consume in zip(sides, consumers, strict=True):
+            endpoints.append(await side.endpoint(items, consume))
+        yield endpoints
+    finally:
+        for endpoint in endpoints:
+            await endpoint.close()
+
+
 async def run_single(sides: Sequence[Side], plan: Plan) -> dict[str, dict[str, float]]:
     """One run of the ``single`` row on every side at once: per side ``{"events_per_s":
     ...}``, the number of publishes over the time its own publishes took.
@@ -237,10 +254,7 @@ async def run_single(sides: Sequence[Side], plan: Plan) -> dict[str, dict[str, f
     first.
     """
     n = plan.events("single")
-    endpoints: list[Endpoint] = []
-    try:
-        for side in sides:
-            endpoints.append(await side.endpoint(n, None))
+    async with _opened(sides, n, [None] * len(sides)) as endpoints:
         for endpoint in endpoints:
             await endpoint.send_many(0, min(n, 10))  # connection and route warm, untimed
             # And the one-at-a-time path itself (a lone publish skips the batching of
@@ -260,9 +274,6 @@ async def run_single(sides: Sequence[Side], plan: Plan) -> dict[str, dict[str, f
         return {
             side.name: {"events_per_s": n / spent[index]} for index, side in enumerate(sides)
         }
-    finally:
-        for endpoint in endpoints:
-            await endpoint.close()
 
 
 async def run_row(side: Side, row: str, plan: Plan) -> dict[str, float]:
@@ -323,10 +334,7 @@ async def run_paced(sides: Sequence[Side], plan: Plan) -> dict[str, dict[str, fl
     n = plan.events("paced")
     warm = _PACED_WARM_UP
     counters = [_Counter(warm) for _ in sides]  # first the warm-up, then n more
-    endpoints: list[Endpoint] = []
-    try:
-        for side, counter in zip(sides, counters, strict=True):
-            endpoints.append(await side.endpoint(n + warm, counter))
+    async with _opened(sides, n + warm, counters) as endpoints:
         async with asyncio.timeout(_TIMEOUT):
             for endpoint in endpoints:  # connection, route and consumer warm, untimed
                 await endpoint.send_many(0, warm)
@@ -344,9 +352,6 @@ async def run_paced(sides: Sequence[Side], plan: Plan) -> dict[str, dict[str, fl
             }
             for side, counter in zip(sides, counters, strict=True)
         }
-    finally:
-        for endpoint in endpoints:
-            await endpoint.close()
 
 
 def _stretches(sides: int, n: int, first: int) -> list[tuple[int, int]]:
