@@ -1,6 +1,8 @@
 """``publish_many`` on RabbitMQ writes its publishes in groups under one hold of the
 channel lock (``publisher._put_many``): list order on the wire, one confirm each, a nack
-reported for its own event, and the publishes a lost connection took sent again."""
+reported for its own event, and the publishes a lost connection took sent again. A
+publish awaited on its own is written by the publisher too (``publisher._put_one``),
+with the same guarantees."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
+import aiormq
 import pytest
 from bus_makers import RabbitBusMaker
 
@@ -229,3 +232,71 @@ async def test_stop_lets_a_group_of_publishes_under_way_be_confirmed(
     assert outcomes == [None] * len(events)
     ids = await _drain(rabbitmq_url, queue, len(events))
     assert set(ids) == {str(e.event_id) for e in events}
+
+
+@pytest.mark.timeout(90)
+async def test_a_publish_on_its_own_is_written_by_the_publisher_confirmed_or_refused(
+    rabbit_bus_maker: RabbitBusMaker, rabbitmq_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishes awaited one at a time skip aiormq's ``basic_publish`` (``_put_one``):
+    the 5 a queue takes (``reject-publish`` beyond 5) are confirmed and stored in call
+    order, and the 6th, which the broker nacks, raises a ``PublishError`` naming it."""
+    queue = f"{rabbit_bus_maker.service}.single"
+    bus = await _bus_before_a_full_queue(rabbit_bus_maker, rabbitmq_url, queue, 5)
+    through_aiormq: list[str] = []
+    original = aiormq.Channel.basic_publish
+
+    async def basic_publish(self: aiormq.Channel, body: bytes, **kwargs: Any) -> Any:
+        through_aiormq.append(kwargs.get("routing_key", ""))
+        return await original(self, body, **kwargs)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_publish", basic_publish)
+    events = [Many(seq=n) for n in range(6)]
+    try:
+        for event in events[:5]:
+            await bus.publish(event)
+        with pytest.raises(PublishError) as info:
+            await bus.publish(events[5])
+        assert str(events[5].event_id) in str(info.value), info.value
+        assert "basic.nack" in str(info.value)
+        assert bus.stats.published == 5
+        assert through_aiormq == []
+    finally:
+        await bus.stop()
+    ids = await _drain(rabbitmq_url, queue, 5)
+    assert ids == [str(e.event_id) for e in events[:5]]
+
+
+@pytest.mark.timeout(120)
+async def test_a_publish_on_its_own_whose_confirm_the_connection_took_is_sent_again(
+    rabbit_bus_maker: RabbitBusMaker, rabbitmq_url: str
+) -> None:
+    """The connection drops after a lone publish was written and before its confirm
+    came: the call still returns normally (the event was sent again after the
+    reconnection) and the event is stored."""
+    queue = f"{rabbit_bus_maker.service}.lone"
+    await _bound_queue(rabbitmq_url, rabbit_bus_maker.exchange, queue)
+    bus = await _started(rabbit_bus_maker(publish_timeout=30.0))
+    sent: list[Many] = []
+    try:
+        channel = bus.publisher.channel
+        assert channel is not None
+        underlay: Any = await channel.get_underlay_channel()
+        for attempt in range(50):  # until the drop falls between write and confirm
+            event = Many(seq=attempt)
+            sent.append(event)
+            publishing = asyncio.create_task(bus.publish(event))
+            while not underlay.confirmations and not publishing.done():
+                await asyncio.sleep(0)
+            if not publishing.done():
+                break
+            await publishing
+        else:
+            pytest.fail("every publish was confirmed before the test could drop the connection")
+        assert _drop_connections_to(rabbitmq_url) >= 1
+        await asyncio.wait_for(publishing, 60)
+        assert bus.stats.published == len(sent)
+    finally:
+        await bus.stop()
+    ids = await _drain(rabbitmq_url, queue, len(sent))
+    assert set(ids) == {str(e.event_id) for e in sent}

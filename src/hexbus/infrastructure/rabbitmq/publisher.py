@@ -664,17 +664,21 @@ async def _put(
 ) -> None:
     """One publish, returning once confirmed (``DeliveryError`` on a nack).
 
-    An event (``_Wire``) goes straight to aiormq's ``basic_publish`` with
-    ``wait=False``: the frames are queued for the connection's writer and the confirm
-    is awaited, but the channel lock is not held until the writer drained them (with
-    ``wait=True``, aio-pika's default, every publish on the channel waits one writer
-    turn for the one before it, which serialised concurrent publishes). Neither changes
-    what is guaranteed: the confirm is what says the broker stored the message; the
-    frames still leave in the order the publishes took the channel lock.
+    An event (``_Wire``) goes straight to the aiormq channel (``_put_one``; aiormq's
+    ``basic_publish`` with ``wait=False`` on a channel that lacks what it uses): the
+    frames are queued for the connection's writer and the confirm is awaited, but the
+    channel lock is not held until the writer drained them (with ``wait=True``,
+    aio-pika's default, every publish on the channel waits one writer turn for the one
+    before it, which serialised concurrent publishes). Neither changes what is
+    guaranteed: the confirm is what says the broker stored the message; the frames
+    still leave in the order the publishes took the channel lock.
     """
     if isinstance(message, _Wire):
         channel: Any = exchange.channel  # type: ignore[attr-defined]  # aio-pika's Exchange
         underlay = await channel.get_underlay_channel()
+        if _groupable(underlay):
+            await _put_one(underlay, exchange.name, message, routing_key)
+            return
         await underlay.basic_publish(
             message.body,
             exchange=exchange.name,
@@ -712,18 +716,7 @@ async def _put_many(
             stop = min(start + _FRAME_GROUP, len(wires))
             frames: list[Any] = []
             for index in range(start, stop):
-                wire = wires[index]
-                body = wire.body
-                frames.append(
-                    spec.Basic.Publish(exchange=exchange, routing_key=routing_keys[index])
-                )
-                frames.append(ContentHeader(0, len(body), wire.properties))
-                if len(body) < size:
-                    frames.append(ContentBody(body))
-                else:
-                    frames.extend(
-                        ContentBody(body[at : at + size]) for at in range(0, len(body), size)
-                    )
+                _add_frames(frames, exchange, wires[index], routing_keys[index], size)
             await underlay.write_queue.put(ChannelFrame.marshall(number, frames))
             tag = underlay.delivery_tag
             confirmations = underlay.confirmations
@@ -731,6 +724,45 @@ async def _put_many(
                 tag += 1
                 confirmations[tag] = slot
             underlay.delivery_tag = tag
+
+
+async def _put_one(underlay: Any, exchange: str, wire: _Wire, routing_key: str) -> None:
+    """Queue one publish on the aiormq channel ``underlay`` and wait for its confirm.
+
+    What ``_put_many`` does for a group, for one message, with aiormq's own future as
+    its confirmation (``DeliveryError`` on a nack; failed with the channel when it
+    closes). Why not ``basic_publish``: besides the same frames, a delivery tag and a
+    confirmation entry, it builds a timeout scope, a context manager, a message-id map
+    entry and a done-callback per publish (for ``mandatory`` returns and its own
+    timeout, neither used here: ``send`` bounds the wait with its deadline watchdog).
+    Measured: 10-17 µs less CPU per publish, of ~115-155.
+    """
+    frames: list[Any] = []
+    _add_frames(frames, exchange, wire, routing_key, underlay.max_content_size)
+    async with underlay.lock:
+        await underlay.write_queue.put(ChannelFrame.marshall(underlay.number, frames))
+        tag = underlay.delivery_tag + 1
+        underlay.delivery_tag = tag
+        confirmation = underlay.create_future()
+        underlay.confirmations[tag] = confirmation
+    await confirmation
+
+
+def _add_frames(
+    frames: list[Any], exchange: str, wire: _Wire, routing_key: str, size: int
+) -> None:
+    """Append the frames of one publish (method, content header, body in frames of at
+    most ``size`` bytes, none for an empty body): what aiormq's ``basic_publish``
+    writes for it."""
+    body = wire.body
+    frames.append(spec.Basic.Publish(exchange=exchange, routing_key=routing_key))
+    frames.append(ContentHeader(0, len(body), wire.properties))
+    if not body:
+        return
+    if len(body) < size:
+        frames.append(ContentBody(body))
+    else:
+        frames.extend(ContentBody(body[at : at + size]) for at in range(0, len(body), size))
 
 
 def _groupable(underlay: Any) -> bool:
