@@ -13,6 +13,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
+from hexbus.bench import kafka, rabbitmq
 from hexbus.bench.harness import (
     BODY_BYTES,
     ROWS,
@@ -48,6 +49,30 @@ def test_every_side_sends_a_200_byte_json_body(seq: int) -> None:
     for event_cls in (BenchTick, KafkaBenchEvent):
         _, body = codec.encode(event_cls(seq=seq, text=body_text(seq)))
         assert body == plain_body(seq)  # hexbus's body is the plain side's, byte for byte
+
+
+def test_the_plain_raw_sides_encode_each_event_in_its_publish_the_same_bytes_ones_not() -> None:
+    """Every side but ``raw_same_bytes`` encodes its event inside the timing (a service
+    cannot encode an event before it exists): the plain raw sides build a new message
+    or record per publish, with the plain 200-byte body; the same-bytes sides hand out
+    the message hexbus's encoder built beforehand."""
+    plain = rabbitmq.RawSide("amqp://guest:guest@127.0.0.1:1/", "t", same_bytes=False)
+    message = plain._messages(3)
+    first, again = message(2), message(2)
+    assert first is not again and first.body == again.body == plain_body(2)
+    assert first.content_type == "application/json" and first.delivery_mode == 2
+    same = rabbitmq.RawSide("amqp://guest:guest@127.0.0.1:1/", "t", same_bytes=True)
+    prebuilt = same._messages(3)
+    assert prebuilt(1) is prebuilt(1)
+    assert prebuilt(1).headers and prebuilt(1).body == plain_body(1)
+
+    cfg = kafka._config("127.0.0.1:1", "t")
+    record, codec = kafka.RawSide("127.0.0.1:1", "t", same_bytes=False)._records(cfg, "top", 3)
+    assert codec is None
+    assert record(2) == ("top", b"2", plain_body(2), [])
+    assert record(2)[2] is not record(2)[2]  # encoded again, not kept
+    record, codec = kafka.RawSide("127.0.0.1:1", "t", same_bytes=True)._records(cfg, "top", 3)
+    assert codec is not None and record(1) is record(1) and record(1)[2] == plain_body(1)
 
 
 def test_rows_parse_in_canonical_order_and_reject_unknown_names() -> None:

@@ -55,11 +55,13 @@ __all__ = [
     "Plan",
     "Side",
     "body_text",
+    "encode_plain",
     "make_plan",
     "median",
     "parse_rows",
     "percentile",
     "plain_body",
+    "plain_payload",
     "report",
     "run_paced",
     "run_plan",
@@ -82,9 +84,26 @@ def body_text(seq: int) -> str:
     return "x" * max(0, BODY_BYTES - overhead)
 
 
+def plain_payload(seq: int) -> dict[str, Any]:
+    """The plain raw side's event as a hand-rolled service holds it before sending."""
+    return {"seq": seq, "text": body_text(seq)}
+
+
+def encode_plain(payload: Mapping[str, Any]) -> bytes:
+    """How the plain raw side encodes its event, in every publish (compact JSON).
+
+    Why inside the timing: a service cannot encode an event before it exists. hexbus
+    and FastStream encode theirs in each publish; so does the plain raw side (until
+    2026-11-25 it sent messages built before the timing, which measured the client
+    without the work every service does). ``raw_same_bytes`` still sends prebuilt
+    messages: it is the floor of the client alone with hexbus's bytes.
+    """
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
 def plain_body(seq: int) -> bytes:
     """The raw side's body: the same JSON hexbus puts in its body (seq + text), 200 bytes."""
-    return json.dumps({"seq": seq, "text": body_text(seq)}, separators=(",", ":")).encode()
+    return encode_plain(plain_payload(seq))
 
 
 class Endpoint(Protocol):
@@ -111,7 +130,8 @@ class Side(Protocol):
     consumer_note: str
 
     async def endpoint(self, items: int, consume: Consume | None) -> Endpoint:
-        """A fresh endpoint with ``items`` messages pre-built (outside any timing);
+        """A fresh endpoint with ``items`` events ready (made outside any timing; each
+        side encodes them in its publishes, except ``raw_same_bytes``, prebuilt);
         with ``consume``, a consumer calls it with each message's ``seq`` and the
         endpoint is returned once that consumer is ready."""
 

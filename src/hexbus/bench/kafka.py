@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -34,8 +35,9 @@ from hexbus.bench.harness import (
     Progress,
     Side,
     body_text,
+    encode_plain,
     make_plan,
-    plain_body,
+    plain_payload,
     run_plan,
 )
 from hexbus.bench.harness import report as build_report
@@ -51,6 +53,8 @@ __all__ = ["DURABILITY", "KafkaBenchEvent", "delete_run", "run_bench", "run_kafk
 PARTITIONS = 3
 _FETCH_MAX_WAIT_MS = 100  # what hexbus's consumer uses; the same on every side
 _DEFAULTS = KafkaConfig()
+#: A raw side's record: topic, key, value, headers.
+_Record = tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]
 DURABILITY = (
     "acks=all + enable_idempotence on every producer "
     f"(linger_ms={_DEFAULTS.linger_ms}, max_batch_size={_DEFAULTS.max_batch_size}); "
@@ -181,21 +185,23 @@ class _RawEndpoint:
         side: RawSide,
         prefix: str,
         producer: AIOKafkaProducer,
-        records: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]],
+        record: Callable[[int], _Record],
         consumer: asyncio.Task[None] | None,
     ) -> None:
         self.side, self.prefix, self.producer = side, prefix, producer
-        self.records, self.consumer = records, consumer
+        self.record, self.consumer = record, consumer
 
     async def send(self, seq: int) -> None:
-        topic, key, value, headers = self.records[seq]
+        topic, key, value, headers = self.record(seq)
         await self.producer.send_and_wait(topic, value, key=key, headers=headers)
 
     async def send_many(self, start: int, stop: int) -> None:
         # N sends (each returns once buffered), then wait for every ack.
         send = self.producer.send
         futures = []
-        for topic, key, value, headers in self.records[start:stop]:
+        record = self.record
+        for seq in range(start, stop):
+            topic, key, value, headers = record(seq)
             futures.append(await send(topic, value, key=key, headers=headers))
         await asyncio.gather(*futures)
 
@@ -209,7 +215,8 @@ class _RawEndpoint:
 
 class RawSide:
     """aiokafka alone. ``same_bytes``: hexbus's records (key, CloudEvents headers, body)
-    built by hexbus's own encoder; else a plain 200-byte JSON value keyed by ``seq``."""
+    built by hexbus's own encoder before the timing; else a plain 200-byte JSON value
+    keyed by ``seq``, encoded in each publish."""
 
     def __init__(self, bootstrap: str, prefix: str, *, same_bytes: bool) -> None:
         self.bootstrap, self.prefix, self.same_bytes = bootstrap, prefix, same_bytes
@@ -223,25 +230,34 @@ class RawSide:
 
     def _records(
         self, cfg: KafkaConfig, topic: str, items: int
-    ) -> tuple[list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]], Any]:
+    ) -> tuple[Callable[[int], _Record], Any]:
+        """The record of event ``seq``: prebuilt with hexbus's bytes; else encoded in
+        each publish, as a service does (``harness.encode_plain``)."""
         if self.same_bytes:
             # A bus that is never started: only its record builder is used.
             publisher = KafkaEventBus(cfg).publisher
             built = [publisher.record(Admitted(event)) for event in _events(items)]
-            return [(r.topic, r.key, r.value, list(r.headers)) for r in built], publisher.codec
-        return [(topic, str(i).encode(), plain_body(i), []) for i in range(items)], None
+            records = [(r.topic, r.key, r.value, list(r.headers)) for r in built]
+            return records.__getitem__, publisher.codec
+        payloads = [plain_payload(i) for i in range(items)]
+
+        def record(seq: int) -> _Record:
+            payload = payloads[seq]
+            return topic, str(payload["seq"]).encode(), encode_plain(payload), []
+
+        return record, None
 
     async def endpoint(self, items: int, consume: Consume | None) -> _RawEndpoint:
         cfg = _config(self.bootstrap, _prefix(self.prefix))
         topic = event_topic(cfg.topic_prefix, KafkaBenchEvent)
         await _create(self.bootstrap, topic)
-        records, codec = self._records(cfg, topic, items)
+        record, codec = self._records(cfg, topic, items)
         producer = _producer(self.bootstrap)
         await producer.start()
         task = None
         if consume is not None:
             task = await self._consume(topic, codec, consume)
-        return _RawEndpoint(self, cfg.topic_prefix, producer, records, task)
+        return _RawEndpoint(self, cfg.topic_prefix, producer, record, task)
 
     async def _consume(self, topic: str, codec: Any, consume: Consume) -> asyncio.Task[None]:
         consumer = AIOKafkaConsumer(

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aio_pika
@@ -34,8 +35,9 @@ from hexbus.bench.harness import (
     Progress,
     Side,
     body_text,
+    encode_plain,
     make_plan,
-    plain_body,
+    plain_payload,
     run_plan,
 )
 from hexbus.bench.harness import report as build_report
@@ -171,14 +173,14 @@ class _RawEndpoint:
         queue: str,
         connections: list[aio_pika.abc.AbstractConnection],
         exchange: aio_pika.abc.AbstractExchange,
-        messages: list[aio_pika.Message],
+        message: Callable[[int], aio_pika.Message],
     ) -> None:
         self.url, self.exchange_name, self.queue = url, exchange_name, queue
-        self.connections, self.exchange, self.messages = connections, exchange, messages
+        self.connections, self.exchange, self.message = connections, exchange, message
 
     async def send(self, seq: int) -> None:
         await self.exchange.publish(
-            self.messages[seq], routing_key=BenchTick.event_type, mandatory=False
+            self.message(seq), routing_key=BenchTick.event_type, mandatory=False
         )
 
     async def send_many(self, start: int, stop: int) -> None:
@@ -194,7 +196,8 @@ class _RawEndpoint:
 
 class RawSide:
     """aio-pika alone. ``same_bytes``: hexbus's message (headers, properties, body) built
-    by hexbus's own encoder; else a plain persistent 200-byte JSON body."""
+    by hexbus's own encoder before the timing; else a plain persistent 200-byte JSON
+    body, encoded in each publish."""
 
     def __init__(self, url: str, prefix: str, *, same_bytes: bool) -> None:
         self.url, self.prefix, self.same_bytes = url, prefix, same_bytes
@@ -210,17 +213,21 @@ class RawSide:
             RabbitMQConfig(url=url, exchange="unused", service_name="bench-raw")
         ).publisher
 
-    def _messages(self, items: int) -> list[aio_pika.Message]:
+    def _messages(self, items: int) -> Callable[[int], aio_pika.Message]:
+        """The message of event ``seq``: prebuilt with hexbus's bytes; else encoded and
+        built in each publish, as a service does (``harness.encode_plain``)."""
         if self.same_bytes:
-            return [self._encoder.message(Admitted(tick)) for tick in _ticks(items)]
-        return [
-            aio_pika.Message(
-                plain_body(i),
+            return [self._encoder.message(Admitted(tick)) for tick in _ticks(items)].__getitem__
+        payloads = [plain_payload(i) for i in range(items)]
+
+        def message(seq: int) -> aio_pika.Message:
+            return aio_pika.Message(
+                encode_plain(payloads[seq]),
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
-            for i in range(items)
-        ]
+
+        return message
 
     def _seq(self, message: AbstractIncomingMessage) -> int:
         if self.same_bytes:  # decoded into the event, as hexbus's consumer does
@@ -258,7 +265,7 @@ class RawSide:
             queue=queue,
             connections=connections,
             exchange=exchange,
-            messages=self._messages(items),
+            message=self._messages(items),
         )
 
 
