@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from typing import Any
 
 import aio_pika
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from hexbus import DomainEvent
 from hexbus.infrastructure.kafka import KafkaConfig, KafkaEventBus
 from hexbus.infrastructure.rabbitmq import RabbitMQConfig, RabbitMQEventBus
 
-__all__ = ["KafkaBusMaker", "RabbitBusMaker", "RabbitTestEvent", "delete_topics"]
+__all__ = ["KafkaBusMaker", "RabbitBusMaker", "RabbitTestEvent", "delete_topics", "read_topic"]
 
 
 class RabbitTestEvent(DomainEvent, event_type="rabbitmq.fault.event"):
@@ -117,3 +119,32 @@ class KafkaBusMaker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(bus.stop(), 60)
         await delete_topics(self.bootstrap_servers, self.prefix)
+
+
+async def read_topic(
+    bootstrap_servers: str, topic: str, partitions: int, count: int, timeout: float = 15.0
+) -> list[Any]:
+    """Every record on ``topic`` (at least ``count``), read from the beginning without a
+    group, in partition and offset order."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        deadline = time.monotonic() + timeout
+        total = count
+        while len(out) < total and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                out.extend(records)
+            if len(out) >= count:  # anything beyond ``count`` already there is read too
+                total = sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+    assert total == len(out), (total, len(out))
+    out.sort(key=lambda r: (r.partition, r.offset))
+    return out

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from typing import Any, ClassVar
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from bus_makers import KafkaBusMaker, delete_topics
+from bus_makers import KafkaBusMaker, delete_topics, read_topic
 from dependency_injector import providers
 
 from hexbus import DomainEvent, PublishError
@@ -67,34 +65,6 @@ async def _list_topics(bootstrap_servers: str) -> set[str]:
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
-
-
-async def _read_topic(
-    bootstrap_servers: str, topic: str, partitions: int, count: int, timeout: float = 15.0
-) -> list[Any]:
-    """Read ``count`` records of ``topic`` from the beginning, without a group."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        deadline = time.monotonic() + timeout
-        while len(out) < count and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                out.extend(records)
-        # Anything beyond ``count`` that is already there must be seen too.
-        end = await consumer.end_offsets(tps)
-        total = sum(end.values())
-    finally:
-        await consumer.stop()
-    assert total == len(out), (total, len(out))
-    out.sort(key=lambda r: (r.partition, r.offset))
-    return out
 
 
 def _header(record: Any, name: str) -> str | None:
@@ -149,7 +119,7 @@ async def test_shared_topic_override_filters_by_type_and_keeps_order(
     assert shared in topics
     assert kafka_bus_maker.prefix + SharedA.event_type not in topics
     assert kafka_bus_maker.prefix + SharedB.event_type not in topics
-    records = await _read_topic(kafka_bootstrap_servers, shared, 3, 2 * n)
+    records = await read_topic(kafka_bootstrap_servers, shared, 3, 2 * n)
     assert {r.partition for r in records} == {records[0].partition}  # one key, one partition
     types = [_header(r, "ce_type") for r in records]
     assert types == [SharedA.event_type, SharedB.event_type] * n
@@ -188,7 +158,7 @@ async def test_oversize_event_is_refused_before_sending(
     assert seen == ["small"]
     assert bus.stats.published == 1
     # The topic holds exactly the small record: the big one never reached the broker.
-    records = await _read_topic(kafka_bootstrap_servers, bus.topic_for(Payload), 1, 1)
+    records = await read_topic(kafka_bootstrap_servers, bus.topic_for(Payload), 1, 1)
     assert [r.value is not None and b"small" in r.value for r in records] == [True]
 
 
@@ -211,7 +181,7 @@ async def test_oversize_event_late_in_a_long_publish_many_refuses_the_whole_call
         assert "not sent" in str(info.value)
         assert bus.stats.published == 0
         await bus.publish(Payload(data="after"))
-    records = await _read_topic(kafka_bootstrap_servers, bus.topic_for(Payload), 1, 1)
+    records = await read_topic(kafka_bootstrap_servers, bus.topic_for(Payload), 1, 1)
     assert [r.value is not None and b"after" in r.value for r in records] == [True]
 
 
@@ -251,7 +221,7 @@ async def test_a_publish_many_of_one_event_sends_its_headers(
     event = Ping(text="alone")
     async with bus:
         await bus.publish_many([event])
-    records = await _read_topic(kafka_bootstrap_servers, bus.topic_for(Ping), 1, 1)
+    records = await read_topic(kafka_bootstrap_servers, bus.topic_for(Ping), 1, 1)
     assert _header(records[0], "ce_id") == str(event.event_id)
     assert _header(records[0], "ce_type") == Ping.event_type
     assert _header(records[0], "content-type") == "application/json"
