@@ -122,10 +122,10 @@ class KafkaBusMaker:
 
 
 async def read_topic(
-    bootstrap_servers: str, topic: str, partitions: int, count: int, timeout: float = 15.0
+    bootstrap_servers: str, topic: str, partitions: int, count: int = 0, timeout: float = 15.0
 ) -> list[Any]:
     """Every record on ``topic`` (at least ``count``), read from the beginning without a
-    group, in partition and offset order."""
+    group up to the end offsets, in partition and offset order."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
     )
@@ -137,12 +137,13 @@ async def read_topic(
         await consumer.seek_to_beginning(*tps)
         deadline = time.monotonic() + timeout
         total = count
-        while len(out) < total and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
+        while time.monotonic() < deadline:
+            if len(out) >= total:  # anything beyond ``count`` already there is read too
+                total = max(count, sum((await consumer.end_offsets(tps)).values()))
+                if len(out) >= total:
+                    break
+            for records in (await consumer.getmany(timeout_ms=200)).values():
                 out.extend(records)
-            if len(out) >= count:  # anything beyond ``count`` already there is read too
-                total = sum((await consumer.end_offsets(tps)).values())
     finally:
         await consumer.stop()
     assert total == len(out), (total, len(out))

@@ -28,9 +28,9 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from bus_makers import KafkaBusMaker
+from bus_makers import KafkaBusMaker, read_topic
 
 from hexbus import DomainEvent, EventBus, current_context
 from hexbus.application.handlers import SubscriptionTable
@@ -110,27 +110,6 @@ async def produce_raw(
         ]
     finally:
         await producer.stop()
-
-
-async def read_all(bootstrap_servers: str, topic: str, partitions: int) -> list[Any]:
-    """Every record of ``topic`` (group-less, from the beginning to the end offsets)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    out: list[Any] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
-        deadline = time.monotonic() + 15
-        while len(out) < sum(end.values()) and time.monotonic() < deadline:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                out.extend(records)
-    finally:
-        await consumer.stop()
-    return out
 
 
 async def wait_dead_letters(
@@ -273,7 +252,7 @@ async def test_dead_letter_after_max_attempts_carries_the_failure_record(
     assert letter.headers["ce_tenant"] == b"acme"
 
     # The wire record: same key, value and original headers; each failure header once.
-    (record,) = await read_all(kafka_bootstrap_servers, dlq, bus.config.partitions)
+    (record,) = await read_topic(kafka_bootstrap_servers, dlq, bus.config.partitions)
     assert record.key == b"order-1"
     assert record.value == value
     names = [name for name, _ in record.headers]
@@ -326,7 +305,7 @@ async def test_a_replay_that_fails_again_keeps_key_headers_and_first_origin(
     assert again.origin == first.origin, "the replay lost the origin"
     assert again.position == f"{bus.dlq_topic('stubborn')}[0]@1"
     assert (again.event_id, again.attempts, again.body) == (first.event_id, 2, first.body)
-    (copy,) = await read_all(kafka_bootstrap_servers, bus.replay_topic("stubborn"), 1)
+    (copy,) = await read_topic(kafka_bootstrap_servers, bus.replay_topic("stubborn"), 1)
     assert copy.key == b"order-9"
     assert copy.value == first.body
     assert dict(copy.headers)["ce_tenant"] == b"acme"

@@ -9,14 +9,11 @@ the two apart.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import Any
 
 import aio_pika
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from bus_makers import KafkaBusMaker, RabbitBusMaker
+from bus_makers import KafkaBusMaker, RabbitBusMaker, read_topic
 
 from hexbus import DomainEvent
 from hexbus.domain.context import DeliveryContext, current_context
@@ -152,28 +149,6 @@ async def test_rabbitmq_send_encoded_writes_what_publish_many_writes(
 
 
 # -- Kafka -----------------------------------------------------------------------------
-async def _read_records(bootstrap: str, topic: str, partitions: int, count: int) -> list[Any]:
-    """``count`` records of ``topic`` from the beginning, without a consumer group."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-    )
-    await consumer.start()
-    records: list[Any] = []
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        async with asyncio.timeout(20):
-            while len(records) < count:
-                batch = await consumer.getmany(timeout_ms=500)
-                for found in batch.values():
-                    records.extend(found)
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-    return records
-
-
 async def test_kafka_send_encoded_is_received_like_a_publish(
     kafka_bus_maker: KafkaBusMaker,
 ) -> None:
@@ -204,7 +179,7 @@ async def test_kafka_send_encoded_writes_what_publish_many_writes(
         for event, meta, key in zip(events, metas, keys, strict=True):
             await bus.publish(event, metadata=meta or None, key=key)
         topic = bus.topic_for(OutboxShipped)
-    records = await _read_records(
+    records = await read_topic(
         kafka_bus_maker.bootstrap_servers, topic, bus.config.partitions, 2 * len(events)
     )
     by_id: dict[bytes, list[Any]] = {}
