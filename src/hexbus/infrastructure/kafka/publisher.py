@@ -140,25 +140,7 @@ class _Batches:
             self.futures[index] = fut
 
 
-def _writable(producer: Any) -> bool:
-    """Whether ``producer`` can take a lone record from ``_LoneRequest``: an idempotent,
-    non-transactional ``AIOKafkaProducer`` with the internals that class uses (aiokafka
-    0.14's). Otherwise every record goes through ``producer.send``, as before."""
-    sender = getattr(producer, "_sender", None)
-    accumulator = getattr(producer, "_message_accumulator", None)
-    txn = getattr(producer, "_txn_manager", None)
-    client = getattr(producer, "client", None)
-    return (
-        txn is not None
-        and getattr(txn, "transactional_id", "") is None
-        and all(hasattr(txn, a) for a in _TXN_PARTS)
-        and all(hasattr(sender, a) for a in _SENDER_PARTS)
-        and all(hasattr(accumulator, a) for a in _ACCUMULATOR_PARTS)
-        and all(hasattr(client, a) for a in _CLIENT_PARTS)
-        and all(hasattr(producer, a) for a in _PRODUCER_PARTS)
-    )
-
-
+#: The aiokafka 0.14 internals ``_LoneRequest`` uses, by the object holding them.
 _TXN_PARTS = (
     "has_pid", "sequence_number", "increment_sequence_number", "producer_id", "producer_epoch"
 )
@@ -176,6 +158,25 @@ _ACCUMULATOR_PARTS = (
 )
 _CLIENT_PARTS = ("_conns", "_request_timeout_ms", "cluster", "force_metadata_update")
 _PRODUCER_PARTS = ("_partition", "_metadata")
+
+
+def _writable(producer: Any) -> bool:
+    """Whether ``producer`` can take a lone record from ``_LoneRequest``: an idempotent,
+    non-transactional ``AIOKafkaProducer`` with the internals that class uses (aiokafka
+    0.14's). Otherwise every record goes through ``producer.send``, as before."""
+    sender = getattr(producer, "_sender", None)
+    accumulator = getattr(producer, "_message_accumulator", None)
+    txn = getattr(producer, "_txn_manager", None)
+    client = getattr(producer, "client", None)
+    return (
+        txn is not None
+        and getattr(txn, "transactional_id", "") is None
+        and all(hasattr(txn, a) for a in _TXN_PARTS)
+        and all(hasattr(sender, a) for a in _SENDER_PARTS)
+        and all(hasattr(accumulator, a) for a in _ACCUMULATOR_PARTS)
+        and all(hasattr(client, a) for a in _CLIENT_PARTS)
+        and all(hasattr(producer, a) for a in _PRODUCER_PARTS)
+    )
 
 
 class _LoneRequest:
