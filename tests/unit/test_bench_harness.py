@@ -28,6 +28,7 @@ from hexbus.bench.harness import (
     report,
     run_paced,
     run_plan,
+    run_row,
     run_single,
 )
 from hexbus.bench.kafka import KafkaBenchEvent
@@ -234,6 +235,14 @@ async def test_run_plan_interleaves_sides_on_fresh_endpoints() -> None:
     batch_endpoint = sides[0].endpoints[ROWS.index("batch")]
     assert batch_endpoint.sent == list(range(7)) + list(range(7))
     assert len(progress) == len(ROWS) * 3 * 2
+
+
+@pytest.mark.parametrize("row", ["single", "paced", "nonsense"])
+async def test_run_row_refuses_the_rows_that_run_every_side_at_once(row: str) -> None:
+    log: list[str] = []
+    with pytest.raises(ValueError, match=rf"not '{row}'.*run_single, run_paced"):
+        await run_row(_FakeSide("a", log), row, Plan(single=3))
+    assert log == []  # refused before any endpoint was opened
 
 
 async def test_the_single_row_runs_the_sides_publish_by_publish_in_rotating_order() -> None:

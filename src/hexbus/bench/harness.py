@@ -300,10 +300,22 @@ async def run_row(side: Side, row: str, plan: Plan) -> dict[str, float]:
     """One run of a throughput row (``concurrent``, ``batch``, ``e2e``) on ``side``:
     ``{"events_per_s": ...}``. ``single`` and ``paced`` run every side at once
     (``run_single``, ``run_paced``)."""
+    if row not in ("concurrent", "batch", "e2e"):
+        raise ValueError(
+            f"run_row runs the concurrent, batch and e2e rows, not {row!r}; "
+            "single and paced run every side at once (run_single, run_paced)"
+        )
     n = plan.events(row)
-    if row in ("concurrent", "batch"):
-        endpoint = await side.endpoint(n, None)
-        try:
+    counter = _Counter(n) if row == "e2e" else None
+    async with _opened([side], n, [counter]) as (endpoint,):
+        if counter is not None:
+            consumed = counter.done
+
+            async def run() -> None:
+                await endpoint.send_many(0, n)
+                await consumed.wait()
+
+        else:
             await endpoint.send_many(0, min(n, 10))  # connection and route warm, untimed
             if row == "concurrent":
 
@@ -315,20 +327,7 @@ async def run_row(side: Side, row: str, plan: Plan) -> dict[str, float]:
                 async def run() -> None:
                     await endpoint.send_many(0, n)
 
-            return {"events_per_s": await _timed(run, n)}
-        finally:
-            await endpoint.close()
-    counter = _Counter(n)
-    endpoint = await side.endpoint(n, counter)
-    try:
-
-        async def run() -> None:
-            await endpoint.send_many(0, n)
-            await counter.done.wait()
-
         return {"events_per_s": await _timed(run, n)}
-    finally:
-        await endpoint.close()
 
 
 #: Events one side sends at ``rate`` before the next side's turn in the ``paced`` row.
